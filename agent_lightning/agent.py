@@ -1,0 +1,314 @@
+"""The Agent: a LightningModule that wraps a Hugging Face sequence classifier and picks an action for a request."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
+from transformers.modeling_outputs import SequenceClassifierOutput
+from typing_extensions import override
+
+from agent_lightning.backbone import resolve_backbone
+from agent_lightning.io import atomic_directory
+from agent_lightning.tensorboard import write_hparams_session
+
+__all__ = ["Agent"]
+
+_CONFIG_KEY = "agent_lightning/hf_config"
+_METRIC_TAGS = ("val/acc", "val/f1", "val/loss", "test/acc", "test/f1")
+
+
+class Agent(LightningModule):
+    """An agent that perceives a text request and picks an action: a Hugging Face encoder with a classification head.
+
+    The head is sized from ``labels`` (the CLI links them from the datamodule). Training uses AdamW with decoupled
+    weight decay on matrices only, and a linear warm-up then linear decay over ``trainer.estimated_stepping_batches``.
+    Validation and test log accuracy and macro-F1 (``val/acc``, ``val/f1``, ``test/acc``, ``test/f1``).
+
+    Args:
+        model: a local folder (e.g. one written by :meth:`save_pretrained`) or a hub name. ``None`` (default) is the
+            packaged all-MiniLM-L6-v2, which needs no network.
+        labels: the action names, in label-id order. ``None`` takes them from the model folder's ``id2label`` if it
+            has real names.
+        num_labels: optional check: must equal ``len(labels)``.
+        learning_rate: peak AdamW learning rate.
+        weight_decay: AdamW weight decay on weight matrices (biases and norms are not decayed).
+        warmup_fraction: fraction of all optimizer steps spent warming up linearly from 0.
+        max_length: longest tokenized input; longer requests are truncated (``act`` and the datamodule agree on it).
+
+    Raises:
+        ValueError: a bad value, with the argument, the value and the fix in the message.
+
+    Example:
+        >>> agent = Agent(labels=["play_music", "set_alarm"])  # doctest: +SKIP
+        >>> agent.act("wake me at 7")  # doctest: +SKIP
+        [('set_alarm', 0.52)]
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        labels: list[str] | None = None,
+        num_labels: int | None = None,
+        learning_rate: float = 1e-4,
+        weight_decay: float = 0.01,
+        warmup_fraction: float = 0.06,
+        max_length: int = 64,
+    ) -> None:
+        super().__init__()
+        _check_positive("learning_rate", learning_rate)
+        _check_range("weight_decay", weight_decay, 0.0, None)
+        _check_range("warmup_fraction", warmup_fraction, 0.0, 1.0, high_open=True)
+        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
+            raise ValueError(f"max_length={max_length!r} must be an integer >= 2 (tokens per request), e.g. 64.")
+        source = resolve_backbone(model, argument="model")
+        config = _load_config(source)
+        labels = _resolve_labels(labels, num_labels, config)
+        self.save_hyperparameters(
+            {
+                "model": model,
+                "labels": labels,
+                "learning_rate": learning_rate,
+                "weight_decay": weight_decay,
+                "warmup_fraction": warmup_fraction,
+                "max_length": max_length,
+            }
+        )
+        self.labels: list[str] = labels
+        config.num_labels = len(labels)
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {name: i for i, name in enumerate(labels)}
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            source, config=config, ignore_mismatched_sizes=True
+        )
+        self.tokenizer = AutoTokenizer.from_pretrained(source)
+        num_classes = len(labels)
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.val_f1 = MulticlassF1Score(num_classes=num_classes, average="macro")
+        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.test_f1 = MulticlassF1Score(num_classes=num_classes, average="macro")
+
+    # -- the model ---------------------------------------------------------------------------------------------------
+    @override
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        labels: Tensor | None = None,
+    ) -> SequenceClassifierOutput:
+        """Run the wrapped model. Shapes: ``input_ids``/``attention_mask``/``token_type_ids`` ``(B, L)``,
+        ``labels`` ``(B,)``; returns an HF output whose ``logits`` are ``(B, num_labels)``."""
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **extra)
+
+    @override
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        output = self(**batch)
+        self.log(
+            "train/loss", output.loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch["labels"])
+        )
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            self.log("train/lr", scheduler.get_last_lr()[0], on_step=True, on_epoch=False)
+        return output.loss
+
+    @override
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_acc, self.val_f1)
+
+    @override
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_acc, self.test_f1)
+
+    @override
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Any]:
+        """Returns ``{"labels": list[str] of length B, "probabilities": Tensor (B, num_labels)}``."""
+        probabilities = self._probabilities(batch)
+        return {"labels": [self.labels[i] for i in probabilities.argmax(-1).tolist()], "probabilities": probabilities}
+
+    def _evaluate(self, batch: dict[str, Tensor], stage: str, accuracy: MulticlassAccuracy, f1: MulticlassF1Score):
+        output = self(**batch)
+        predictions = output.logits.argmax(-1)
+        accuracy(predictions, batch["labels"])
+        f1(predictions, batch["labels"])
+        size = len(batch["labels"])
+        self.log(f"{stage}/loss", output.loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=size)
+        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True, batch_size=size)
+        self.log(f"{stage}/f1", f1, on_step=False, on_epoch=True, batch_size=size)
+
+    def _probabilities(self, batch: dict[str, Tensor]) -> Tensor:
+        logits = self(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids")).logits
+        return logits.float().softmax(-1)
+
+    # -- optimisation ------------------------------------------------------------------------------------------------
+    @override
+    def configure_optimizers(self) -> dict[str, Any]:
+        decay = [p for p in self.parameters() if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for p in self.parameters() if p.requires_grad and p.ndim < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.learning_rate,
+        )
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(self.hparams.warmup_fraction * total), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------------
+    @override
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        data_labels = getattr(datamodule, "label_names", None)
+        if data_labels is not None and list(data_labels) != self.labels:
+            raise ValueError(
+                f"The agent's labels ({len(self.labels)}: {_preview(self.labels)}) differ from the datamodule's "
+                f"({len(data_labels)}: {_preview(data_labels)}). Build the agent with labels=datamodule.label_names "
+                "(the CLI links them), or load a checkpoint trained on the same label set."
+            )
+
+    @override
+    def on_fit_start(self) -> None:
+        self._write_hparams_session()
+
+    @rank_zero_only
+    def _write_hparams_session(self) -> None:
+        params = {k: v for k, v in self.hparams.items() if k != "labels"}
+        params["num_labels"] = len(self.labels)
+        write_hparams_session(self.logger, params, _METRIC_TAGS)
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[_CONFIG_KEY] = self.model.config.to_dict()
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get(_CONFIG_KEY)
+        if saved is None:
+            return
+        config = type(self.model.config).from_dict(saved)
+        if config.to_diff_dict() != self.model.config.to_diff_dict():
+            # The checkpoint's architecture differs from the backbone's (e.g. a student with fewer layers):
+            # rebuild from the saved config, then Lightning loads the weights into it.
+            self.model = AutoModelForSequenceClassification.from_config(config)
+
+    # -- acting and exporting ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def act(self, texts: str | Sequence[str], batch_size: int = 64) -> list[tuple[str, float]]:
+        """Pick an action for each raw request.
+
+        Args:
+            texts: one request or a sequence of requests.
+            batch_size: requests per forward pass.
+
+        Returns:
+            ``(action, confidence)`` for each request, confidence being the softmax probability of the action.
+
+        Raises:
+            TypeError: ``texts`` is not a string or a sequence of strings.
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, Sequence) or not all(isinstance(t, str) for t in texts):
+            raise TypeError(f"act(texts=...) takes a string or a list of strings, got {type(texts).__name__}.")
+        was_training = self.training
+        self.eval()
+        decisions: list[tuple[str, float]] = []
+        try:
+            for start in range(0, len(texts), batch_size):
+                encoded = self.tokenizer(
+                    list(texts[start : start + batch_size]),
+                    padding=True,
+                    truncation=True,
+                    max_length=self.hparams.max_length,
+                    return_tensors="pt",
+                ).to(self.device)
+                confidence, index = self._probabilities(dict(encoded)).max(-1)
+                decisions += [(self.labels[i], c) for i, c in zip(index.tolist(), confidence.tolist())]
+        finally:
+            self.train(was_training)
+        return decisions
+
+    def save_pretrained(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write a Hugging Face folder (model, tokenizer, ``id2label``) that
+        ``AutoModelForSequenceClassification.from_pretrained`` loads, atomically.
+
+        Args:
+            directory: the folder to write.
+            overwrite: replace an existing, non-empty folder.
+
+        Returns:
+            The folder written.
+
+        Raises:
+            FileExistsError: ``directory`` exists and is not empty, and ``overwrite`` is false.
+        """
+        with atomic_directory(directory, overwrite=overwrite, argument="directory") as staging:
+            self.model.save_pretrained(staging)
+            self.tokenizer.save_pretrained(staging)
+            (staging / "labels.json").write_text(json.dumps(self.labels, indent=1), encoding="utf-8")
+        return Path(directory)
+
+
+def _load_config(source: str):
+    try:
+        return AutoConfig.from_pretrained(source)
+    except OSError as error:
+        raise ValueError(
+            f"model={source!r} could not be loaded: {error}. Pass an existing model folder, a hub name reachable "
+            "from this machine (HF_HUB_OFFLINE=1 forbids downloads), or leave model unset for the packaged default."
+        ) from error
+
+
+def _resolve_labels(labels: list[str] | None, num_labels: int | None, config) -> list[str]:
+    if num_labels is not None and (not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 2):
+        raise ValueError(f"num_labels={num_labels!r} must be an integer >= 2, or left unset to follow labels.")
+    if labels is None:
+        names = [config.id2label[i] for i in sorted(config.id2label)] if getattr(config, "id2label", None) else []
+        if names and not all(name == f"LABEL_{i}" for i, name in enumerate(names)):
+            labels = names
+        elif num_labels is not None:
+            labels = [f"LABEL_{i}" for i in range(num_labels)]
+        else:
+            raise ValueError(
+                "Agent(labels=None): the agent needs its action names. Pass labels=datamodule.label_names "
+                "(train.py links them from --data), or num_labels=N for anonymous labels."
+            )
+    if isinstance(labels, str) or not all(isinstance(name, str) for name in labels):
+        raise TypeError(f"labels={labels!r} must be a list of strings, e.g. ['play_music', 'set_alarm'].")
+    labels = list(labels)
+    if len(labels) < 2 or len(set(labels)) != len(labels):
+        raise ValueError(f"labels must hold at least two distinct names, got {_preview(labels)}.")
+    if num_labels is not None and num_labels != len(labels):
+        raise ValueError(
+            f"num_labels={num_labels} contradicts the {len(labels)} labels of the data ({_preview(labels)}). "
+            f"Drop num_labels (it follows the data) or set it to {len(labels)}."
+        )
+    return labels
+
+
+def _preview(names: Sequence[str], limit: int = 6) -> str:
+    shown = ", ".join(map(str, list(names)[:limit]))
+    return f"[{shown}{', ...' if len(names) > limit else ''}]"
+
+
+def _check_positive(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name}={value!r} must be a number > 0.")
+
+
+def _check_range(name: str, value: float, low: float, high: float | None, high_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}={value!r} must be a number.")
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if value < low or too_high:
+        bound = "" if high is None else (f" and < {high}" if high_open else f" and <= {high}")
+        raise ValueError(f"{name}={value!r} is out of range: it must be >= {low}{bound}.")

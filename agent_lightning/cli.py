@@ -1,0 +1,104 @@
+"""The command line: ``train.py`` / ``agent-lightning`` with ``fit``, ``validate``, ``test`` and ``predict``.
+
+Built on :class:`lightning.pytorch.cli.LightningCLI`, so every argument of the Agent, the datamodule and the Trainer
+is a typed flag (``--model.learning_rate``, ``--data.batch_size``, ``--trainer.max_epochs``), ``-c config.yaml``
+reads a config, ``--print_config`` prints the full config of a run, and the config is saved beside its logs.
+Compression callbacks attach with ``--trainer.callbacks+=CLASS`` (``--trainer.callbacks+=Pruning
+--trainer.callbacks.sparsity=0.5``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_only
+
+from agent_lightning.agent import Agent
+from agent_lightning.datamodules import TextClassificationDataModule
+
+__all__ = ["AgentLightningCLI", "main"]
+
+TRAINER_DEFAULTS = {
+    "max_epochs": 5,
+    "log_every_n_steps": 10,
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": "runs", "name": "agent", "default_hp_metric": False},
+    },
+}
+CHECKPOINT_DEFAULTS = {
+    "checkpoint.monitor": "val/acc",
+    "checkpoint.mode": "max",
+    # "/" in a metric name would make sub-folders, hence the explicit names and auto_insert_metric_name=False.
+    "checkpoint.filename": "epoch{epoch:02d}-step{step:05d}-val_acc{val/acc:.4f}",
+    "checkpoint.auto_insert_metric_name": False,
+    "checkpoint.save_last": True,
+}
+
+
+def _label_names(datamodule: TextClassificationDataModule) -> list[str]:
+    return datamodule.label_names
+
+
+class AgentLightningCLI(LightningCLI):
+    """LightningCLI for an :class:`Agent` and a :class:`TextClassificationDataModule`.
+
+    Adds a ``checkpoint`` section (ModelCheckpoint on ``val/acc``, readable file names, ``last.ckpt`` for resuming),
+    TensorBoard logging under ``runs/``, a rich progress bar, and links: the agent's backbone and ``max_length``
+    configure the datamodule's tokenizer; the datamodule's label vocabulary sizes the agent's head.
+    """
+
+    @classmethod
+    def create(cls, args: Sequence[str] | None = None, run: bool = True) -> AgentLightningCLI:
+        """Build the CLI with this project's defaults; ``args`` default to ``sys.argv[1:]``."""
+        return cls(
+            Agent,
+            TextClassificationDataModule,
+            seed_everything_default=42,
+            trainer_defaults={**TRAINER_DEFAULTS, "callbacks": [RichProgressBar(leave=True)]},
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"default_env": False},
+            args=args,
+            run=run,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(CHECKPOINT_DEFAULTS)
+        parser.link_arguments("model.model", "data.tokenizer")
+        parser.link_arguments("model.max_length", "data.max_length")
+        parser.link_arguments("data", "model.labels", compute_fn=_label_names, apply_on="instantiate")
+
+    def after_fit(self) -> None:
+        self._print_outputs()
+
+    @rank_zero_only
+    def _print_outputs(self) -> None:
+        from rich.console import Console
+
+        trainer = self.trainer
+        console = Console(stderr=False)
+        if trainer.logger is not None and trainer.logger.log_dir:
+            log_dir = os.path.relpath(trainer.logger.log_dir)
+            console.print(
+                f"[bold]TensorBoard logs:[/bold] {log_dir}   (view: tensorboard --logdir {os.path.dirname(log_dir)})"
+            )
+        callback = trainer.checkpoint_callback
+        if callback is not None and callback.best_model_path:
+            score = callback.best_model_score
+            shown = "" if score is None else f"  ({callback.monitor} = {float(score):.4f})"
+            console.print(f"[bold]Best checkpoint:[/bold] {os.path.relpath(callback.best_model_path)}{shown}")
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """Entry point of ``agent-lightning`` and ``train.py``."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    AgentLightningCLI.create(list(sys.argv[1:] if args is None else args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,331 @@
+"""A LightningDataModule for labelled requests: files, hub data sets or the built-in assistant-actions data."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+from transformers import AutoTokenizer, DataCollatorWithPadding
+from transformers.trainer_pt_utils import LengthGroupedSampler
+from typing_extensions import override
+
+from agent_lightning.backbone import resolve_backbone
+from agent_lightning.datamodules.sources import (
+    BUILTIN_DATASETS,
+    LabelledTexts,
+    builtin_dataset_dir,
+    find_split_files,
+    load_hub_dataset,
+    read_labelled_file,
+)
+
+__all__ = ["TextClassificationDataModule", "TokenizedTexts"]
+
+DEFAULT_DATASET = "assistant-actions"
+
+
+class TokenizedTexts(Dataset):
+    """Pre-tokenized examples; items are dicts of token-id lists (padding happens per batch in the collator)."""
+
+    def __init__(self, encodings: dict[str, list[list[int]]], label_ids: list[int] | None) -> None:
+        self.encodings = encodings
+        self.label_ids = label_ids
+        self.lengths = [len(ids) for ids in encodings["input_ids"]]
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = {key: values[index] for key, values in self.encodings.items()}
+        if self.label_ids is not None:
+            item["labels"] = self.label_ids[index]
+        return item
+
+
+class TextClassificationDataModule(LightningDataModule):
+    """Labelled texts for an :class:`~agent_lightning.Agent`, tokenized with the agent's tokenizer.
+
+    Where the data comes from (one of):
+
+    - ``dataset=None`` and no files: the built-in ``assistant-actions`` data set (24 actions, 1,644 requests).
+    - ``dataset="assistant-actions"``: a built-in data set by name.
+    - ``dataset="path/to/folder"``: a folder holding ``train.{csv,tsv,json,jsonl}`` and optionally
+      ``validation``/``val``/``dev`` and ``test`` files.
+    - ``dataset="hub:NAME"``: a Hugging Face hub data set (needs ``pip install 'agent-lightning[hub]'`` and a network).
+    - ``train_file=`` (and optionally ``val_file=``, ``test_file=``): explicit files.
+
+    The label vocabulary is the sorted set of training labels, so it is the same on every run and machine; it is
+    saved in checkpoints (``state_dict``). A label in val/test that training never saw is an error. Without a
+    validation source, a stratified ``val_fraction`` of train is carved off with ``split_seed`` (independent of the
+    global seed, so the split never changes between runs).
+
+    Batches are padded dynamically to their longest member (``padding="dynamic"``) and, with ``group_by_length``,
+    training batches are drawn from length-sorted pools so that little padding is left (transformers'
+    ``LengthGroupedSampler``: random pools, random batch order).
+
+    Args:
+        dataset: a built-in name, a folder, or ``"hub:NAME"``; see above.
+        train_file: a training file (CSV, TSV, JSON list or JSONL).
+        val_file: a validation file; default: carved from train.
+        test_file: a test file; default: the dataset's test split, else none.
+        predict_file: texts to predict (labels optional); default: the test split.
+        text_column: the column holding the text.
+        label_column: the column holding the label.
+        hub_config: the hub data set's configuration name, if it has several.
+        val_fraction: share of each training label held out for validation when no validation source exists.
+        split_seed: seed of that split.
+        tokenizer: tokenizer folder or hub name; ``None`` uses the packaged backbone's. The CLI links it to
+            ``--model.model``.
+        max_length: longest tokenized input; the CLI links it to ``--model.max_length``.
+        batch_size: training batch size.
+        eval_batch_size: validation/test/predict batch size (default: twice ``batch_size``).
+        padding: ``"dynamic"`` pads each batch to its longest example; ``"max_length"`` pads to ``max_length``.
+        group_by_length: draw training batches of similar lengths.
+        num_workers: data loader worker processes.
+
+    Raises:
+        ValueError: a bad argument or bad data, naming the argument, the value and the fix.
+
+    Example:
+        >>> dm = TextClassificationDataModule(train_file="train.csv", label_column="category")  # doctest: +SKIP
+        >>> dm.label_names[:2]  # doctest: +SKIP
+        ['activate_my_card', 'age_limit']
+    """
+
+    def __init__(
+        self,
+        dataset: str | None = None,
+        train_file: str | None = None,
+        val_file: str | None = None,
+        test_file: str | None = None,
+        predict_file: str | None = None,
+        text_column: str = "text",
+        label_column: str = "label",
+        hub_config: str | None = None,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        tokenizer: str | None = None,
+        max_length: int = 64,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        padding: Literal["dynamic", "max_length"] = "dynamic",
+        group_by_length: bool = True,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if dataset is not None and train_file is not None:
+            raise ValueError(
+                f"dataset={dataset!r} and train_file={train_file!r} both name the training data; pass only one."
+            )
+        if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
+            raise ValueError(f"val_fraction={val_fraction!r} must be a number in (0, 1), e.g. 0.1.")
+        for name, value in (
+            ("batch_size", batch_size),
+            ("max_length", max_length),
+            ("eval_batch_size", eval_batch_size),
+        ):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name}={value!r} must be a positive integer.")
+        if padding not in ("dynamic", "max_length"):
+            raise ValueError(f"padding={padding!r} is not a choice; use 'dynamic' (default) or 'max_length'.")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"num_workers={num_workers!r} must be an integer >= 0.")
+        self.save_hyperparameters()
+        self.tokenizer_source = resolve_backbone(tokenizer, argument="tokenizer")
+        self._check_sources_exist()
+        self._splits: dict[str, LabelledTexts] | None = None
+        self._label_names: list[str] | None = None
+        self._tokenizer = None
+        self._datasets: dict[str, TokenizedTexts] = {}
+
+    # -- sources and labels ------------------------------------------------------------------------------------------
+    def _check_sources_exist(self) -> None:
+        hp = self.hparams
+        dataset = hp.dataset
+        if dataset is not None and not dataset.startswith("hub:") and dataset not in BUILTIN_DATASETS:
+            if not Path(dataset).is_dir():
+                raise ValueError(
+                    f"dataset={dataset!r} is neither a built-in data set ({sorted(BUILTIN_DATASETS)}), a folder, "
+                    "nor 'hub:NAME'. Pass one of those, or train_file=PATH for a single file."
+                )
+        for name in ("train_file", "val_file", "test_file", "predict_file"):
+            value = hp[name]
+            if value is not None and not Path(value).is_file():
+                raise ValueError(f"{name}={value!r} does not exist. Check the path (relative to {Path.cwd()}).")
+        if hp.train_file is None and any(hp[name] for name in ("val_file", "test_file")) and dataset is None:
+            raise ValueError("val_file/test_file were given without train_file; pass train_file=PATH as well.")
+
+    def _read_splits(self) -> dict[str, LabelledTexts]:
+        hp = self.hparams
+        columns = (hp.text_column, hp.label_column)
+        if hp.dataset is not None and hp.dataset.startswith("hub:"):
+            splits = load_hub_dataset(hp.dataset[4:], hp.hub_config, *columns)
+        else:
+            if hp.train_file is not None:
+                files = {"train": Path(hp.train_file)}
+            else:
+                name = hp.dataset or DEFAULT_DATASET
+                folder = builtin_dataset_dir(name) if name in BUILTIN_DATASETS else Path(name)
+                files = find_split_files(folder)
+            arguments = {"train": "train_file", "val": "val_file", "test": "test_file"}
+            splits = {
+                split: read_labelled_file(path, *columns, argument=arguments[split] if hp.train_file else "dataset")
+                for split, path in files.items()
+            }
+        for split, argument in (("val", "val_file"), ("test", "test_file")):
+            if hp[argument] is not None:
+                splits[split] = read_labelled_file(hp[argument], *columns, argument=argument)
+        if "val" not in splits:
+            splits["train"], splits["val"] = _stratified_split(splits["train"], hp.val_fraction, hp.split_seed)
+        return splits
+
+    @property
+    def splits(self) -> dict[str, LabelledTexts]:
+        """The raw labelled texts per split (``train``, ``val``, optionally ``test``), read once."""
+        if self._splits is None:
+            splits = self._read_splits()
+            names = sorted(set(splits["train"].labels))
+            if len(names) < 2:
+                raise ValueError(
+                    f"The training data ({splits['train'].origin}) has {len(names)} label(s) {names}; a classifier "
+                    f"needs at least two. Check label_column={self.hparams.label_column!r}."
+                )
+            known = set(names)
+            for split in ("val", "test"):
+                if split in splits:
+                    unseen = sorted(set(splits[split].labels) - known)
+                    if unseen:
+                        raise ValueError(
+                            f"The {split} data ({splits[split].origin}) has label(s) that training never saw: "
+                            f"{unseen[:5]}{' ...' if len(unseen) > 5 else ''}. Add examples of them to the training "
+                            f"data or remove them from the {split} data."
+                        )
+            self._splits, self._label_names = splits, names
+        return self._splits
+
+    @property
+    def label_names(self) -> list[str]:
+        """The label vocabulary (sorted training labels); label id ``i`` is ``label_names[i]``."""
+        if self._label_names is None:
+            self.splits  # noqa: B018 - reads and validates the data
+        return list(self._label_names)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    # -- tokenization and loaders ------------------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_source)
+            if self._tokenizer.pad_token is None:  # GPT-2 style tokenizers have none
+                self._tokenizer.pad_token = self._tokenizer.eos_token
+        return self._tokenizer
+
+    @override
+    def setup(self, stage: str) -> None:
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}[stage]
+        for split in wanted:
+            if split not in self._datasets:
+                self._datasets[split] = self._tokenize(split)
+
+    def _tokenize(self, split: str) -> TokenizedTexts:
+        if split == "predict" and self.hparams.predict_file is not None:
+            texts = read_labelled_file(self.hparams.predict_file, self.hparams.text_column, None, "predict_file").texts
+            return TokenizedTexts(self._encode(texts), None)
+        source = "test" if split == "predict" else split
+        if source not in self.splits:
+            raise ValueError(
+                f"There is no {source} split: pass test_file=PATH (or predict_file=PATH to predict), "
+                "or use a dataset folder that holds a test file."
+            )
+        data = self.splits[source]
+        index = {name: i for i, name in enumerate(self.label_names)}
+        return TokenizedTexts(self._encode(data.texts), [index[label] for label in data.labels])
+
+    def _encode(self, texts: Sequence[str]) -> dict[str, list[list[int]]]:
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.hparams.max_length)
+        return {key: list(values) for key, values in encoded.items()}
+
+    def _collator(self) -> DataCollatorWithPadding:
+        if self.hparams.padding == "max_length":
+            return DataCollatorWithPadding(self.tokenizer, padding="max_length", max_length=self.hparams.max_length)
+        return DataCollatorWithPadding(self.tokenizer, padding="longest")
+
+    @override
+    def train_dataloader(self) -> DataLoader:
+        data = self._datasets["train"]
+        batch_size = self.hparams.batch_size
+        if self.hparams.group_by_length:
+            sampler = LengthGroupedSampler(batch_size, lengths=data.lengths)
+            return self._loader(data, batch_size, sampler=sampler)
+        return self._loader(data, batch_size, shuffle=True)
+
+    @override
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._datasets["val"], self._eval_batch_size)
+
+    @override
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self._datasets["test"], self._eval_batch_size)
+
+    @override
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self._datasets["predict"], self._eval_batch_size)
+
+    @property
+    def _eval_batch_size(self) -> int:
+        return self.hparams.eval_batch_size or 2 * self.hparams.batch_size
+
+    def _loader(self, data: TokenizedTexts, batch_size: int, **kwargs: Any) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(
+            data,
+            batch_size=batch_size,
+            collate_fn=self._collator(),
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            **kwargs,
+        )
+
+    # -- checkpointed state ------------------------------------------------------------------------------------------
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"label_names": self.label_names}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("label_names")
+        if saved is not None and list(saved) != self.label_names:
+            raise ValueError(
+                f"The checkpoint was trained on {len(saved)} labels {saved[:4]}..., but this data has "
+                f"{self.num_labels} {self.label_names[:4]}.... Resume with the same data, or start a new run."
+            )
+
+
+def _stratified_split(data: LabelledTexts, fraction: float, seed: int) -> tuple[LabelledTexts, LabelledTexts]:
+    """Hold out ``fraction`` of each label's examples (at least one where the label has two or more)."""
+    by_label: dict[str, list[int]] = defaultdict(list)
+    for i, label in enumerate(data.labels):
+        by_label[label].append(i)
+    rng = random.Random(seed)
+    held_out: set[int] = set()
+    for label in sorted(by_label):
+        indices = by_label[label]
+        if len(indices) < 2:
+            continue
+        rng.shuffle(indices)
+        held_out.update(indices[: max(1, round(fraction * len(indices)))])
+    keep = [i for i in range(len(data)) if i not in held_out]
+    val = sorted(held_out)
+    pick = lambda idx: ([data.texts[i] for i in idx], [data.labels[i] for i in idx])  # noqa: E731
+    return (
+        LabelledTexts(*pick(keep), origin=data.origin),
+        LabelledTexts(*pick(val), origin=f"{data.origin} (validation split, val_fraction={fraction}, seed={seed})"),
+    )

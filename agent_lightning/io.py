@@ -1,0 +1,69 @@
+"""Writing files and folders atomically, so that an interrupted write never leaves half an output behind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["atomic_directory", "atomic_write_text"]
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike, overwrite: bool = False, argument: str = "directory") -> Iterator[Path]:
+    """Yield an empty staging folder that replaces ``target`` only once the ``with`` block has succeeded.
+
+    The staging folder sits beside ``target`` (same file system), so the final step is a rename. If the block raises,
+    the staging folder is removed and ``target`` is left as it was.
+
+    Args:
+        target: the folder to create.
+        overwrite: replace a ``target`` that exists and is not empty. Without it such a target is refused.
+        argument: the name of the argument that gave ``target``, for the error message.
+
+    Raises:
+        FileExistsError: ``target`` exists, is not empty, and ``overwrite`` is false.
+
+    Example:
+        >>> with atomic_directory("export/hf") as staging:  # doctest: +SKIP
+        ...     (staging / "config.json").write_text("{}")
+    """
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(f"{argument}={str(target)!r} is a file; give a folder path.")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{argument}={str(target)!r} exists and is not empty. Choose a new folder, or pass overwrite=True "
+            "(--overwrite on the command line) to replace it."
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    backup = None
+    if target.exists():
+        backup = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, backup)
+    os.replace(staging, target)
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
