@@ -90,6 +90,7 @@ class Agent(LightningModule):
         self.model = AutoModelForSequenceClassification.from_pretrained(
             source, config=config, ignore_mismatched_sizes=True
         )
+        self.model.train()  # from_pretrained returns eval mode, which would silently disable dropout in training
         self.tokenizer = AutoTokenizer.from_pretrained(source)
         num_classes = len(labels)
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")

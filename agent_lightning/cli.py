@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
 
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+# Lightning's own calls into jsonargparse raise deprecation warnings that users can do nothing about.
+os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+from collections.abc import Sequence
+from typing import Any
+
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -59,7 +64,7 @@ class AgentLightningCLI(LightningCLI):
             Agent,
             TextClassificationDataModule,
             seed_everything_default=42,
-            trainer_defaults={**TRAINER_DEFAULTS, "callbacks": [RichProgressBar(leave=True)]},
+            trainer_defaults=TRAINER_DEFAULTS,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"default_env": False},
             args=args,
@@ -73,6 +78,13 @@ class AgentLightningCLI(LightningCLI):
         parser.link_arguments("model.max_length", "data.max_length")
         parser.link_arguments("data", "model.labels", compute_fn=_label_names, apply_on="instantiate")
 
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        # A rich progress bar unless the user turned bars off or chose another one.
+        chosen = list(config.get("callbacks") or []) + callbacks
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in chosen):
+            callbacks = [*callbacks, RichProgressBar(leave=True)]
+        return super()._instantiate_trainer(config, callbacks)
+
     def after_fit(self) -> None:
         self._print_outputs()
 
@@ -81,7 +93,7 @@ class AgentLightningCLI(LightningCLI):
         from rich.console import Console
 
         trainer = self.trainer
-        console = Console(stderr=False)
+        console = Console(soft_wrap=True)
         if trainer.logger is not None and trainer.logger.log_dir:
             log_dir = os.path.relpath(trainer.logger.log_dir)
             console.print(

@@ -1,0 +1,79 @@
+"""Shared fixtures: a tiny randomly initialised BERT (real tokenizer), small labelled files, the BANKING77 path."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+BANKING77 = REPO.parent / "shared" / "data" / "banking77"
+
+# Four actions with distinct vocabularies, so that a tiny model can learn them in a few dozen steps.
+TINY_EXAMPLES = {
+    "play_music": ["play some jazz", "put on my playlist", "play a song by queen", "start the music", "play rock"],
+    "set_alarm": ["wake me at seven", "set an alarm for six", "alarm at five tomorrow", "wake me up early", "alarm 8"],
+    "get_weather": ["will it rain today", "weather in paris", "is it cold outside", "forecast for sunday", "is it hot"],
+    "call": ["call mom", "phone john", "dial the office", "ring my sister", "call the bank now"],
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> str:
+    """A 2-layer, width-32 BERT with random weights and the packaged MiniLM tokenizer, saved as an HF folder."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from agent_lightning.backbone import default_backbone_path
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(default_backbone_path()).save_pretrained(folder)
+    return str(folder)
+
+
+def write_rows(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] = ("text", "label")) -> Path:
+    """Write ``rows`` as CSV/TSV/JSON/JSONL according to the suffix of ``path``."""
+    import json
+
+    suffix = path.suffix
+    if suffix in (".csv", ".tsv"):
+        with open(path, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle, delimiter="," if suffix == ".csv" else "\t")
+            writer.writerow(header)
+            writer.writerows(rows)
+    elif suffix == ".jsonl":
+        path.write_text("".join(json.dumps(dict(zip(header, row))) + "\n" for row in rows), encoding="utf-8")
+    else:
+        path.write_text(json.dumps([dict(zip(header, row)) for row in rows]), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tiny_rows() -> list[tuple[str, str]]:
+    return [(text, label) for label, texts in TINY_EXAMPLES.items() for text in texts]
+
+
+@pytest.fixture
+def tiny_data_dir(tmp_path, tiny_rows) -> Path:
+    """A data folder with train.csv (all tiny rows, twice over with variants) and test.csv."""
+    folder = tmp_path / "tiny-data"
+    folder.mkdir()
+    train = tiny_rows + [(f"please {text}", label) for text, label in tiny_rows]
+    write_rows(folder / "train.csv", train)
+    write_rows(folder / "test.csv", [(f"{text} thanks", label) for text, label in tiny_rows])
+    return folder

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from agent_lightning import Agent
+from agent_lightning.cli import AgentLightningCLI
+from tests.conftest import REPO
+
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+
+def _fit_args(tmp_path: Path, tiny_bert: str, *extra: str) -> list[str]:
+    return [
+        "fit",
+        "-c",
+        str(REPO / "configs" / "default.yaml"),
+        f"--model.model={tiny_bert}",
+        "--trainer.max_epochs=2",
+        "--trainer.limit_train_batches=4",
+        "--trainer.limit_val_batches=2",
+        "--trainer.log_every_n_steps=1",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+def test_every_shipped_config_parses_and_round_trips(config, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        AgentLightningCLI.create(["fit", "-c", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    reproduced = tmp_path / "printed.yaml"
+    reproduced.write_text(printed)
+    shipped = yaml.safe_load(config.read_text())
+    full = yaml.safe_load(printed)
+    for section in ("model", "data"):
+        for key, value in shipped.get(section, {}).items():
+            assert full[section][key] == value, (section, key)
+    assert full["checkpoint"]["monitor"] == "val/acc"
+    with pytest.raises(SystemExit):
+        AgentLightningCLI.create(["fit", "-c", str(reproduced), "--print_config"])
+    assert yaml.safe_load(capsys.readouterr().out) == full
+
+
+def test_fit_writes_tensorboard_tags_hparams_and_checkpoints(tmp_path, tiny_bert):
+    cli = AgentLightningCLI.create(_fit_args(tmp_path, tiny_bert))
+    log_dir = Path(cli.trainer.logger.log_dir)
+    assert log_dir.parent == tmp_path / "runs" / "agent"
+    event_files = list(log_dir.glob("events.out.tfevents.*"))
+    assert len(event_files) == 1
+    assert [p for p in log_dir.iterdir() if p.is_dir()] == [log_dir / "checkpoints"]  # no stray sub-runs
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "val/loss", "val/acc", "val/f1"} <= tags
+    assert not any(tag.endswith(("_step", "_epoch")) for tag in tags)
+    assert len(events.Scalars("train/loss")) == 8 and len(events.Scalars("val/acc")) == 2
+    assert all(0.0 <= e.value <= 1.0 for e in events.Scalars("val/acc"))
+    plugins = events.PluginTagToContent("hparams")
+    assert "_hparams_/experiment" in plugins and "_hparams_/session_start_info" in plugins
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(plugins["_hparams_/experiment"]).experiment
+    assert {m.name.tag for m in experiment.metric_infos} >= {"val/acc", "val/f1"}
+    start = plugin_data_pb2.HParamsPluginData.FromString(plugins["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["learning_rate"].number_value == pytest.approx(2e-4)
+    assert start.hparams["num_labels"].number_value == 24
+    checkpoints = sorted(p.name for p in (log_dir / "checkpoints").iterdir())
+    assert "last.ckpt" in checkpoints
+    assert any(re.fullmatch(r"epoch0[01]-step0000[48]-val_acc[01]\.\d{4}\.ckpt", name) for name in checkpoints)
+    saved = yaml.safe_load((log_dir / "config.yaml").read_text())
+    assert saved["model"]["model"] == tiny_bert and "tokenizer" not in saved["data"]  # linked from model.model
+    best = cli.trainer.checkpoint_callback.best_model_path
+    agent = Agent.load_from_checkpoint(best)
+    assert len(agent.act(["set an alarm for 7"])) == 1 and agent.labels == cli.datamodule.label_names
+
+    # validate / test / predict reuse the same checkpoint through the CLI
+    for subcommand in ("validate", "test", "predict"):
+        args = [subcommand, "-c", str(log_dir / "config.yaml"), f"--ckpt_path={best}"]
+        other = AgentLightningCLI.create(args)
+        assert other.trainer.state.finished
+
+
+def test_train_py_shim_runs_fast_dev_run(tmp_path, tiny_bert):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, str(REPO / "train.py"), "fit", "-c", str(REPO / "configs" / "default.yaml")]
+    command += [f"--model.model={tiny_bert}", "--trainer.fast_dev_run=true", "--trainer.enable_progress_bar=false"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Running in `fast_dev_run` mode" in result.stderr + result.stdout
+
+
+def test_unknown_config_key_is_named(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        AgentLightningCLI.create(["fit", "--model.learnin_rate=0.1"])
+    assert exit_info.value.code == 2
+    assert "learnin_rate" in capsys.readouterr().err
+
+
+def test_num_labels_contradicting_the_data(tmp_path, tiny_bert):
+    with pytest.raises(ValueError, match="num_labels=10 contradicts the 24 labels of the data"):
+        AgentLightningCLI.create(_fit_args(tmp_path, tiny_bert, "--model.num_labels=10"))
+    assert not (tmp_path / "runs").exists()  # nothing written
+
+
+def test_missing_data_file_fails_before_training(tmp_path, tiny_bert):
+    with pytest.raises(ValueError, match="train_file='missing.csv' does not exist"):
+        AgentLightningCLI.create(_fit_args(tmp_path, tiny_bert, "--data.dataset=null", "--data.train_file=missing.csv"))
+    assert not (tmp_path / "runs").exists()
