@@ -77,6 +77,12 @@ class AgentLightningCLI(LightningCLI):
         parser.link_arguments("model.model", "data.tokenizer")
         parser.link_arguments("model.max_length", "data.max_length")
         parser.link_arguments("data", "model.labels", compute_fn=_label_names, apply_on="instantiate")
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=True,
+            help="After fit, evaluate the best checkpoint on the test split (when the data has one).",
+        )
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         # A rich progress bar unless the user turned bars off or chose another one.
@@ -86,6 +92,11 @@ class AgentLightningCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
     def after_fit(self) -> None:
+        trainer = self.trainer
+        wants_test = self.config[self.subcommand].get("test_after_fit", True) and not trainer.fast_dev_run
+        if wants_test and "test" in getattr(self.datamodule, "splits", {}) and not trainer.interrupted:
+            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=True)
         self._print_outputs()
 
     @rank_zero_only
@@ -104,6 +115,9 @@ class AgentLightningCLI(LightningCLI):
             score = callback.best_model_score
             shown = "" if score is None else f"  ({callback.monitor} = {float(score):.4f})"
             console.print(f"[bold]Best checkpoint:[/bold] {os.path.relpath(callback.best_model_path)}{shown}")
+        test_acc = trainer.callback_metrics.get("test/acc")
+        if test_acc is not None:
+            console.print(f"[bold]Test accuracy:[/bold] {float(test_acc):.4f}")
 
 
 def main(args: Sequence[str] | None = None) -> None:

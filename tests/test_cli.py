@@ -66,6 +66,8 @@ def test_fit_writes_tensorboard_tags_hparams_and_checkpoints(tmp_path, tiny_bert
     assert not any(tag.endswith(("_step", "_epoch")) for tag in tags)
     assert len(events.Scalars("train/loss")) == 8 and len(events.Scalars("val/acc")) == 2
     assert all(0.0 <= e.value <= 1.0 for e in events.Scalars("val/acc"))
+    test_acc = events.Scalars("test/acc")  # test_after_fit: the best checkpoint on the built-in test split
+    assert len(test_acc) == 1 and test_acc[0].value == pytest.approx(float(cli.trainer.callback_metrics["test/acc"]))
     plugins = events.PluginTagToContent("hparams")
     assert "_hparams_/experiment" in plugins and "_hparams_/session_start_info" in plugins
     from tensorboard.plugins.hparams import plugin_data_pb2
