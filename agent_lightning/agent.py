@@ -19,6 +19,7 @@ from typing_extensions import override
 
 from agent_lightning.backbone import resolve_backbone
 from agent_lightning.io import atomic_directory
+from agent_lightning.structure import STRUCTURE_KEY, build_from_config, load_pretrained_pruned
 from agent_lightning.tensorboard import write_hparams_session
 
 __all__ = ["Agent"]
@@ -87,9 +88,12 @@ class Agent(LightningModule):
         config.num_labels = len(labels)
         config.id2label = dict(enumerate(labels))
         config.label2id = {name: i for i, name in enumerate(labels)}
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            source, config=config, ignore_mismatched_sizes=True
-        )
+        if getattr(config, STRUCTURE_KEY, None):  # heads/neurons were physically removed: rebuild those shapes
+            self.model = load_pretrained_pruned(source, config=config)
+        else:
+            self.model = AutoModelForSequenceClassification.from_pretrained(
+                source, config=config, ignore_mismatched_sizes=True
+            )
         self.model.train()  # from_pretrained returns eval mode, which would silently disable dropout in training
         self.tokenizer = AutoTokenizer.from_pretrained(source)
         num_classes = len(labels)
@@ -199,7 +203,7 @@ class Agent(LightningModule):
         if config.to_diff_dict() != self.model.config.to_diff_dict():
             # The checkpoint's architecture differs from the backbone's (e.g. a student with fewer layers):
             # rebuild from the saved config, then Lightning loads the weights into it.
-            self.model = AutoModelForSequenceClassification.from_config(config)
+            self.model = build_from_config(config)
 
     # -- acting and exporting ----------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -4,7 +4,7 @@ Built on :class:`lightning.pytorch.cli.LightningCLI`, so every argument of the A
 is a typed flag (``--model.learning_rate``, ``--data.batch_size``, ``--trainer.max_epochs``), ``-c config.yaml``
 reads a config, ``--print_config`` prints the full config of a run, and the config is saved beside its logs.
 Compression callbacks attach with ``--trainer.callbacks+=CLASS`` (``--trainer.callbacks+=Pruning
---trainer.callbacks.sparsity=0.5``).
+--trainer.callbacks.sparsity=0.5``); they are written into the saved config, so the run can be reproduced.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
 from agent_lightning.agent import Agent
+from agent_lightning.callbacks import RandomState
 from agent_lightning.datamodules import TextClassificationDataModule
 
 __all__ = ["AgentLightningCLI", "main"]
@@ -64,7 +65,8 @@ class AgentLightningCLI(LightningCLI):
             Agent,
             TextClassificationDataModule,
             seed_everything_default=42,
-            trainer_defaults=TRAINER_DEFAULTS,
+            # RandomState is always on: it makes a resumed run repeat the uninterrupted one exactly.
+            trainer_defaults={**TRAINER_DEFAULTS, "callbacks": [RandomState()]},
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"default_env": False},
             args=args,

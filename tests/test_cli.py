@@ -119,3 +119,30 @@ def test_missing_data_file_fails_before_training(tmp_path, tiny_bert):
     with pytest.raises(ValueError, match="train_file='missing.csv' does not exist"):
         AgentLightningCLI.create(_fit_args(tmp_path, tiny_bert, "--data.dataset=null", "--data.train_file=missing.csv"))
     assert not (tmp_path / "runs").exists()
+
+
+def test_pruning_attaches_from_the_command_line_and_logs(tmp_path, tiny_bert):
+    extra = [
+        "--trainer.callbacks+=agent_lightning.callbacks.Pruning",
+        "--trainer.callbacks.sparsity=0.5",
+        "--trainer.callbacks.end=0.5",
+        "--trainer.callbacks.frequency=1",
+        '--trainer.callbacks.include=["*.intermediate.dense", "*.output.dense"]',  # quoted: "*" starts a YAML alias
+    ]
+    cli = AgentLightningCLI.create(_fit_args(tmp_path, tiny_bert, *extra))
+    log_dir = Path(cli.trainer.logger.log_dir)
+    saved = yaml.safe_load((log_dir / "config.yaml").read_text())
+    pruning = next(c for c in saved["trainer"]["callbacks"] if c["class_path"].endswith("Pruning"))
+    assert pruning["init_args"]["sparsity"] == 0.5
+    assert pruning["init_args"]["include"] == ["*.intermediate.dense", "*.output.dense"]
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    logged = events.Scalars("pruning/sparsity")
+    assert [e.step for e in logged] == list(range(8))  # every step (Lightning counts the first one as 0)
+    assert logged[-1].value == pytest.approx(0.5, abs=1e-6)
+    assert events.Scalars("pruning/target")[-1].value == pytest.approx(0.5)
+    callback = next(c for c in cli.trainer.callbacks if type(c).__name__ == "Pruning")
+    actual, nonzero = callback.sparsity_now(cli.model)
+    assert actual == pytest.approx(logged[-1].value, abs=1e-9)
+    assert events.Scalars("pruning/nonzero_params")[-1].value == nonzero
+    assert "pruning/layer/layer.0.intermediate.dense" in events.Tags()["scalars"]

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import AutoTokenizer, DataCollatorWithPadding
-from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_pt_utils import get_length_grouped_indices
 from typing_extensions import override
 
 from agent_lightning.backbone import resolve_backbone
@@ -24,7 +26,7 @@ from agent_lightning.datamodules.sources import (
     read_labelled_file,
 )
 
-__all__ = ["TextClassificationDataModule", "TokenizedTexts"]
+__all__ = ["EpochSeededSampler", "TextClassificationDataModule", "TokenizedTexts"]
 
 DEFAULT_DATASET = "assistant-actions"
 
@@ -47,6 +49,51 @@ class TokenizedTexts(Dataset):
         return item
 
 
+class EpochSeededSampler(Sampler[int]):
+    """Shuffled training order that depends only on ``seed`` and the epoch, so a resumed run sees the same batches.
+
+    The epoch comes from ``epoch`` (a callable; the datamodule passes the trainer's ``current_epoch``, which
+    Lightning restores exactly on resume) or else from :meth:`set_epoch`. With ``group_by_length`` the order comes from
+    transformers' ``get_length_grouped_indices`` (random pools of 50 batches, each sorted by length, longest batch
+    first); otherwise it is a plain permutation.
+
+    Args:
+        lengths: token count of every example.
+        batch_size: the loader's batch size (the grouping works in whole batches).
+        group_by_length: group examples of similar length into the same batches.
+        seed: base seed; epoch ``e`` uses ``seed + e``.
+        epoch: returns the current epoch; ``None`` uses the value given to :meth:`set_epoch`.
+    """
+
+    def __init__(
+        self,
+        lengths: list[int],
+        batch_size: int,
+        group_by_length: bool,
+        seed: int,
+        epoch: Callable[[], int] | None = None,
+    ) -> None:
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self.group_by_length = group_by_length
+        self.seed = seed
+        self.epoch = 0
+        self._epoch_fn = epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        epoch = self._epoch_fn() if self._epoch_fn is not None else self.epoch
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        if self.group_by_length:
+            return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+        return iter(torch.randperm(len(self.lengths), generator=generator).tolist())
+
+
 class TextClassificationDataModule(LightningDataModule):
     """Labelled texts for an :class:`~agent_lightning.Agent`, tokenized with the agent's tokenizer.
 
@@ -65,8 +112,8 @@ class TextClassificationDataModule(LightningDataModule):
     global seed, so the split never changes between runs).
 
     Batches are padded dynamically to their longest member (``padding="dynamic"``) and, with ``group_by_length``,
-    training batches are drawn from length-sorted pools so that little padding is left (transformers'
-    ``LengthGroupedSampler``: random pools, random batch order).
+    training batches are drawn from length-sorted pools so that little padding is left (see
+    :class:`EpochSeededSampler`: the order depends only on the seed and the epoch, so resumed runs repeat it).
 
     Args:
         dataset: a built-in name, a folder, or ``"hub:NAME"``; see above.
@@ -86,6 +133,8 @@ class TextClassificationDataModule(LightningDataModule):
         eval_batch_size: validation/test/predict batch size (default: twice ``batch_size``).
         padding: ``"dynamic"`` pads each batch to its longest example; ``"max_length"`` pads to ``max_length``.
         group_by_length: draw training batches of similar lengths.
+        shuffle_seed: seed of the training order (epoch ``e`` uses ``shuffle_seed + e``); ``None`` follows
+            ``seed_everything`` (``PL_GLOBAL_SEED``), else 0.
         num_workers: data loader worker processes.
 
     Raises:
@@ -115,6 +164,7 @@ class TextClassificationDataModule(LightningDataModule):
         eval_batch_size: int | None = None,
         padding: Literal["dynamic", "max_length"] = "dynamic",
         group_by_length: bool = True,
+        shuffle_seed: int | None = None,
         num_workers: int = 0,
     ) -> None:
         super().__init__()
@@ -262,10 +312,12 @@ class TextClassificationDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         data = self._datasets["train"]
         batch_size = self.hparams.batch_size
-        if self.hparams.group_by_length:
-            sampler = LengthGroupedSampler(batch_size, lengths=data.lengths)
-            return self._loader(data, batch_size, sampler=sampler)
-        return self._loader(data, batch_size, shuffle=True)
+        seed = self.hparams.shuffle_seed
+        if seed is None:
+            seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        # Lightning's sampler epoch is off by one after some resumes; its restored current_epoch is not.
+        sampler = EpochSeededSampler(data.lengths, batch_size, self.hparams.group_by_length, seed, self._current_epoch)
+        return self._loader(data, batch_size, sampler=sampler)
 
     @override
     def val_dataloader(self) -> DataLoader:
@@ -278,6 +330,9 @@ class TextClassificationDataModule(LightningDataModule):
     @override
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self._datasets["predict"], self._eval_batch_size)
+
+    def _current_epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
 
     @property
     def _eval_batch_size(self) -> int:
