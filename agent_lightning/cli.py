@@ -23,7 +23,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
 from agent_lightning.agent import Agent
-from agent_lightning.callbacks import RandomState
+from agent_lightning.callbacks import COMPRESSION_CALLBACKS, RandomState
 from agent_lightning.datamodules import TextClassificationDataModule
 
 __all__ = ["AgentLightningCLI", "main"]
@@ -83,7 +83,8 @@ class AgentLightningCLI(LightningCLI):
             "--test_after_fit",
             type=bool,
             default=True,
-            help="After fit, evaluate the best checkpoint on the test split (when the data has one).",
+            help="After fit, evaluate on the test split (when the data has one): the best checkpoint, or the final "
+            "model when a compression callback is attached.",
         )
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
@@ -97,8 +98,12 @@ class AgentLightningCLI(LightningCLI):
         trainer = self.trainer
         wants_test = self.config[self.subcommand].get("test_after_fit", True) and not trainer.fast_dev_run
         if wants_test and "test" in getattr(self.datamodule, "splits", {}) and not trainer.interrupted:
+            # The best checkpoint by val/acc of a compression run is often one from before the target was reached:
+            # test the final (compressed) model then.
+            compressing = any(isinstance(c, COMPRESSION_CALLBACKS) for c in trainer.callbacks)
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-            trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=True)
+            ckpt_path = None if compressing else best or None
+            trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, verbose=True)
         self._print_outputs()
 
     @rank_zero_only

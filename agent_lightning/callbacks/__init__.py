@@ -3,4 +3,7 @@
 from agent_lightning.callbacks.pruning import Pruning
 from agent_lightning.callbacks.random_state import RandomState
 
-__all__ = ["Pruning", "RandomState"]
+#: Callbacks that change the model itself; runs that use them are judged on the final model, not an early "best".
+COMPRESSION_CALLBACKS: tuple[type, ...] = (Pruning,)
+
+__all__ = ["COMPRESSION_CALLBACKS", "Pruning", "RandomState"]
