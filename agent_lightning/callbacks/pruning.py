@@ -219,7 +219,7 @@ class Pruning(Callback):
         if self.schedule.is_update_step(step) and fraction > self._fraction_applied:
             self._update_masks(trainer, pl_module, fraction)
         self._apply_masks(pl_module)
-        self._log(pl_module, fraction)
+        self._log(pl_module)
 
     def _before_end(self, trainer: Trainer) -> bool:
         return self.schedule.end_step is not None and trainer.global_step < self.schedule.end_step
@@ -243,12 +243,9 @@ class Pruning(Callback):
         self._zero_optimizer_moments(trainer, parameters)
         zeros = sum(int((~m).sum()) for m in self._keep.values())
         rank_zero_info(
-            f"[Pruning] step {trainer.global_step}: {self.method} target {self._target_now(fraction):.4f} "
+            f"[Pruning] step {trainer.global_step}: {self.method} target {fraction * self.sparsity:.4f} "
             f"({zeros:,} weights masked)"
         )
-
-    def _target_now(self, fraction: float) -> float:
-        return fraction * self.sparsity
 
     def _weights(self, parameters: dict[str, Tensor]) -> dict[str, Tensor]:
         return {f"{name}.weight": parameters[f"{name}.weight"] for name in self._targets}
@@ -383,9 +380,10 @@ class Pruning(Callback):
         total = sum(m.weight.numel() for m in self._targets.values())
         return zeros / total, total - zeros
 
-    def _log(self, pl_module: LightningModule, fraction: float) -> None:
+    def _log(self, pl_module: LightningModule) -> None:
         trainer = pl_module.trainer
-        if not trainer.loggers or (trainer.global_step % trainer.log_every_n_steps and fraction < 1.0):
+        # Lightning writes step metrics every log_every_n_steps; measuring in between would be wasted work.
+        if not trainer.loggers or trainer.global_step % trainer.log_every_n_steps:
             return
         actual, nonzero = self.sparsity_now(pl_module)
         metrics = {
