@@ -106,6 +106,28 @@ class AgentLightningCLI(LightningCLI):
             trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, verbose=True)
         self._print_outputs()
 
+    def after_predict(self) -> None:
+        self._write_predictions()
+
+    @rank_zero_only
+    def _write_predictions(self) -> None:
+        import json
+
+        from rich.console import Console
+
+        from agent_lightning.io import atomic_write_text
+
+        batches = self.trainer.predict_loop.predictions or []
+        texts = self.datamodule.predict_texts
+        rows = []
+        for batch in batches:
+            for label, probabilities in zip(batch["labels"], batch["probabilities"]):
+                rows.append({"text": texts[len(rows)], "action": label, "confidence": float(probabilities.max())})
+        log_dir = self.trainer.logger.log_dir if self.trainer.logger is not None else self.trainer.default_root_dir
+        path = os.path.join(log_dir, "predictions.jsonl")
+        atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+        Console(soft_wrap=True).print(f"[bold]Predictions:[/bold] {os.path.relpath(path)} ({len(rows)} requests)")
+
     @rank_zero_only
     def _print_outputs(self) -> None:
         from rich.console import Console

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -91,6 +92,11 @@ def test_fit_writes_tensorboard_tags_hparams_and_checkpoints(tmp_path, tiny_bert
         args = [subcommand, "-c", str(log_dir / "config.yaml"), f"--ckpt_path={best}"]
         other = AgentLightningCLI.create(args)
         assert other.trainer.state.finished
+    predictions = [json.loads(line) for line in (Path(other.trainer.logger.log_dir) / "predictions.jsonl").open()]
+    assert len(predictions) == 314 and predictions[0]["text"] == cli.datamodule.splits["test"].texts[0]
+    assert {p["action"] for p in predictions} <= set(agent.labels) and all(
+        0 < p["confidence"] <= 1 for p in predictions
+    )
 
 
 def test_train_py_shim_runs_fast_dev_run(tmp_path, tiny_bert):

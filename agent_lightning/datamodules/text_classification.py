@@ -34,9 +34,10 @@ DEFAULT_DATASET = "assistant-actions"
 class TokenizedTexts(Dataset):
     """Pre-tokenized examples; items are dicts of token-id lists (padding happens per batch in the collator)."""
 
-    def __init__(self, encodings: dict[str, list[list[int]]], label_ids: list[int] | None) -> None:
+    def __init__(self, encodings: dict[str, list[list[int]]], label_ids: list[int] | None, texts: list[str]) -> None:
         self.encodings = encodings
         self.label_ids = label_ids
+        self.texts = texts
         self.lengths = [len(ids) for ids in encodings["input_ids"]]
 
     def __len__(self) -> int:
@@ -288,7 +289,7 @@ class TextClassificationDataModule(LightningDataModule):
     def _tokenize(self, split: str) -> TokenizedTexts:
         if split == "predict" and self.hparams.predict_file is not None:
             texts = read_labelled_file(self.hparams.predict_file, self.hparams.text_column, None, "predict_file").texts
-            return TokenizedTexts(self._encode(texts), None)
+            return TokenizedTexts(self._encode(texts), None, texts)
         source = "test" if split == "predict" else split
         if source not in self.splits:
             raise ValueError(
@@ -297,7 +298,7 @@ class TextClassificationDataModule(LightningDataModule):
             )
         data = self.splits[source]
         index = {name: i for i, name in enumerate(self.label_names)}
-        return TokenizedTexts(self._encode(data.texts), [index[label] for label in data.labels])
+        return TokenizedTexts(self._encode(data.texts), [index[label] for label in data.labels], data.texts)
 
     def _encode(self, texts: Sequence[str]) -> dict[str, list[list[int]]]:
         encoded = self.tokenizer(list(texts), truncation=True, max_length=self.hparams.max_length)
@@ -326,6 +327,11 @@ class TextClassificationDataModule(LightningDataModule):
     @override
     def test_dataloader(self) -> DataLoader:
         return self._loader(self._datasets["test"], self._eval_batch_size)
+
+    @property
+    def predict_texts(self) -> list[str]:
+        """The texts of the predict split, in the order :meth:`predict_dataloader` yields them."""
+        return self._datasets["predict"].texts
 
     @override
     def predict_dataloader(self) -> DataLoader:
