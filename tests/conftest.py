@@ -23,6 +23,22 @@ TINY_EXAMPLES = {
 }
 
 
+def quiet_trainer(tmp_path, callbacks=None, **kwargs):
+    """A CPU Trainer without logger, checkpoints, progress bar or summary; ``kwargs`` override the defaults."""
+    from lightning.pytorch import Trainer
+
+    defaults = dict(
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+    )
+    return Trainer(callbacks=callbacks, **{**defaults, **kwargs})
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> str:
     """A 2-layer, width-32 BERT with random weights and the packaged MiniLM tokenizer, saved as an HF folder."""

@@ -4,24 +4,12 @@ import json
 
 import pytest
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import Callback
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from agent_lightning import Agent, TextClassificationDataModule
-
-
-def _trainer(tmp_path, **kwargs) -> Trainer:
-    defaults = dict(
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        devices=1,
-    )
-    return Trainer(**{**defaults, **kwargs})
+from tests.conftest import quiet_trainer
 
 
 class _RecordLoss(Callback):
@@ -37,12 +25,12 @@ def test_tiny_bert_overfits_a_tiny_dataset(tmp_path, tiny_bert, tiny_data_dir):
     dm = TextClassificationDataModule(dataset=str(tiny_data_dir), tokenizer=tiny_bert, batch_size=8, val_fraction=0.2)
     agent = Agent(model=tiny_bert, labels=dm.label_names, learning_rate=5e-3, warmup_fraction=0.0)
     assert agent.model.training  # dropout is on while training
-    before = _trainer(tmp_path).validate(agent, datamodule=dm, verbose=False)[0]["val/acc"]
+    before = quiet_trainer(tmp_path).validate(agent, datamodule=dm, verbose=False)[0]["val/acc"]
     record = _RecordLoss()
-    _trainer(tmp_path, max_epochs=40, callbacks=[record], num_sanity_val_steps=0).fit(agent, datamodule=dm)
+    quiet_trainer(tmp_path, max_epochs=40, callbacks=[record], num_sanity_val_steps=0).fit(agent, datamodule=dm)
     first, last = sum(record.losses[:4]) / 4, sum(record.losses[-4:]) / 4
     assert last < 0.3 * first, (first, last)
-    after = _trainer(tmp_path).validate(agent, datamodule=dm, verbose=False)[0]["val/acc"]
+    after = quiet_trainer(tmp_path).validate(agent, datamodule=dm, verbose=False)[0]["val/acc"]
     assert after >= 0.8 and after > before + 0.3, (before, after)
     train_texts = dm.splits["train"].texts
     decisions = agent.act(train_texts)
@@ -59,7 +47,7 @@ def test_warmup_then_linear_decay(tmp_path, tiny_bert, tiny_data_dir):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             seen.append(trainer.optimizers[0].param_groups[0]["lr"])
 
-    trainer = _trainer(tmp_path, max_epochs=2, callbacks=[Record()], num_sanity_val_steps=0, limit_val_batches=0)
+    trainer = quiet_trainer(tmp_path, max_epochs=2, callbacks=[Record()], num_sanity_val_steps=0, limit_val_batches=0)
     trainer.fit(agent, datamodule=dm)
     total = len(seen)
     warmup = int(0.25 * total)
@@ -74,7 +62,7 @@ def test_warmup_then_linear_decay(tmp_path, tiny_bert, tiny_data_dir):
 def test_checkpoint_loads_and_acts_without_a_datamodule(tmp_path, tiny_bert, tiny_data_dir):
     dm = TextClassificationDataModule(dataset=str(tiny_data_dir), tokenizer=tiny_bert, batch_size=8)
     agent = Agent(model=tiny_bert, labels=dm.label_names)
-    trainer = _trainer(tmp_path, max_steps=2, limit_val_batches=1, num_sanity_val_steps=0)
+    trainer = quiet_trainer(tmp_path, max_steps=2, limit_val_batches=1, num_sanity_val_steps=0)
     trainer.fit(agent, datamodule=dm)
     path = tmp_path / "agent.ckpt"
     trainer.save_checkpoint(path)
@@ -92,7 +80,7 @@ def test_checkpoint_loads_and_acts_without_a_datamodule(tmp_path, tiny_bert, tin
 def test_predict_returns_label_names_and_probabilities(tmp_path, tiny_bert, tiny_data_dir):
     dm = TextClassificationDataModule(dataset=str(tiny_data_dir), tokenizer=tiny_bert, batch_size=8)
     agent = Agent(model=tiny_bert, labels=dm.label_names)
-    batches = _trainer(tmp_path).predict(agent, datamodule=dm)
+    batches = quiet_trainer(tmp_path).predict(agent, datamodule=dm)
     labels = [name for batch in batches for name in batch["labels"]]
     probabilities = torch.cat([batch["probabilities"] for batch in batches])
     assert len(labels) == len(dm.splits["test"]) and set(labels) <= set(dm.label_names)
@@ -120,7 +108,7 @@ def test_datamodule_labels_must_match(tmp_path, tiny_bert, tiny_data_dir):
     dm = TextClassificationDataModule(dataset=str(tiny_data_dir), tokenizer=tiny_bert)
     agent = Agent(model=tiny_bert, labels=["a", "b", "c", "d"])
     with pytest.raises(ValueError, match=r"agent's labels \(4: \[a, b, c, d\]\) differ from the datamodule's"):
-        _trainer(tmp_path, max_steps=1).fit(agent, datamodule=dm)
+        quiet_trainer(tmp_path, max_steps=1).fit(agent, datamodule=dm)
 
 
 @pytest.mark.parametrize(

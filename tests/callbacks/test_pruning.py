@@ -11,20 +11,11 @@ from agent_lightning import Agent, TextClassificationDataModule
 from agent_lightning.callbacks import Pruning, RandomState
 from agent_lightning.structure import load_pretrained_pruned
 from agent_lightning.targets import select_modules
+from tests.conftest import quiet_trainer
 
 
 def _trainer(tmp_path, callbacks, **kwargs) -> Trainer:
-    defaults = dict(
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        accelerator="cpu",
-        devices=1,
-    )
-    return Trainer(callbacks=callbacks, **{**defaults, **kwargs})
+    return quiet_trainer(tmp_path, callbacks, **{"num_sanity_val_steps": 0, **kwargs})
 
 
 class _CheckZerosEveryStep(Callback):
