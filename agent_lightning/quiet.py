@@ -1,0 +1,30 @@
+"""Drop log lines that third-party packages print on every import but that users can do nothing about."""
+
+from __future__ import annotations
+
+import logging
+
+__all__ = ["silence_known_noise"]
+
+# (logger name, text the message contains)
+_KNOWN_NOISE = (
+    ("torchao", "Failed to load"),  # CUDA-only extensions (_C_mxfp8, _C_cutlass_90a) on a CPU-only machine
+    ("torch.utils._pytree", "is now natively supported by torch.compile as an opaque value type"),
+)
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, fragment: str) -> None:
+        super().__init__()
+        self.fragment = fragment
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.fragment not in record.getMessage()
+
+
+def silence_known_noise() -> None:
+    """Install filters (once) on the loggers in ``_KNOWN_NOISE``; every other message still gets through."""
+    for name, fragment in _KNOWN_NOISE:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) and f.fragment == fragment for f in logger.filters):
+            logger.addFilter(_DropMessages(fragment))

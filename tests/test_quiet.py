@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+from agent_lightning.quiet import silence_known_noise
+
+
+def test_known_noise_is_dropped_and_other_messages_pass(caplog):
+    silence_known_noise()
+    silence_known_noise()  # idempotent
+    assert len(logging.getLogger("torchao").filters) == 1
+    with caplog.at_level(logging.WARNING, logger="torchao"):
+        logging.getLogger("torchao").warning("Failed to load /x/_C_mxfp8.so: no CUDA")
+        logging.getLogger("torchao").warning("a real torchao warning")
+    assert [r.getMessage() for r in caplog.records] == ["a real torchao warning"]
+
+
+def test_importing_torchao_after_the_package_prints_nothing():
+    code = "import agent_lightning, torchao"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Failed to load" not in result.stderr and "opaque value type" not in result.stderr
