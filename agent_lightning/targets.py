@@ -155,7 +155,7 @@ def find_blocks(model: nn.Module) -> list[TransformerBlock]:
                 if all(prefix + p in modules for p in projections) and prefix + output in modules:
                     attention_module = prefix + owner
                     attention_in, attention_out = [prefix + p for p in projections], prefix + output
-                    heads, head_dim = _head_geometry(modules[attention_module], modules[attention_in[0]], model)
+                    heads, head_dim = _head_geometry(modules[attention_module], modules[attention_in[0]])
                     break
             if ffn_out or attention_out:
                 blocks.append(
@@ -166,7 +166,7 @@ def find_blocks(model: nn.Module) -> list[TransformerBlock]:
     return blocks
 
 
-def _head_geometry(attention: nn.Module, query: nn.Module, model: nn.Module) -> tuple[int | None, int | None]:
+def _head_geometry(attention: nn.Module, query: nn.Module) -> tuple[int | None, int | None]:
     head_dim = getattr(attention, "attention_head_size", None) or getattr(attention, "head_dim", None)
     if head_dim is None:
         return None, None

@@ -106,7 +106,7 @@ class Pruning(Callback):
             )
         if method == "structured" and not sparsity and not head_sparsity:
             raise ValueError("method='structured' needs sparsity (FFN neurons) or head_sparsity (heads) above 0.")
-        if method != "structured" and scope == "global" and method == "n:m":
+        if method == "n:m" and scope == "global":
             raise ValueError("scope='global' applies to method='magnitude'; N:M groups are always per layer.")
         if include is not None and (isinstance(include, str) or not all(isinstance(p, str) for p in include)):
             raise TypeError(f"include={include!r} must be a list of glob patterns, e.g. ['*.intermediate.dense'].")
