@@ -19,6 +19,7 @@ from torch import nn
 __all__ = [
     "LINEAR_TYPES",
     "TransformerBlock",
+    "check_patterns",
     "find_blocks",
     "is_linear",
     "linear_in_out",
@@ -58,6 +59,13 @@ def _block_lists(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
         for name, module in model.named_modules()
         if isinstance(module, nn.ModuleList) and len(module) > 0 and _BLOCK_LIST.search(name)
     ]
+
+
+def check_patterns(argument: str, patterns: Sequence[str] | None) -> None:
+    """Raise ``TypeError`` unless ``patterns`` is ``None`` or a list of glob strings (a bare string is refused:
+    it would be read as a list of characters)."""
+    if patterns is not None and (isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns)):
+        raise TypeError(f"{argument}={patterns!r} must be a list of glob patterns, e.g. ['*.intermediate.dense'].")
 
 
 def select_modules(

@@ -14,7 +14,7 @@ from typing_extensions import override
 
 from agent_lightning.callbacks.schedule import StepSchedule
 from agent_lightning.structure import remove_structure
-from agent_lightning.targets import TransformerBlock, find_blocks, linear_in_out, select_modules
+from agent_lightning.targets import TransformerBlock, check_patterns, find_blocks, linear_in_out, select_modules
 
 __all__ = ["Pruning"]
 
@@ -108,10 +108,8 @@ class Pruning(Callback):
             raise ValueError("method='structured' needs sparsity (FFN neurons) or head_sparsity (heads) above 0.")
         if method == "n:m" and scope == "global":
             raise ValueError("scope='global' applies to method='magnitude'; N:M groups are always per layer.")
-        if include is not None and (isinstance(include, str) or not all(isinstance(p, str) for p in include)):
-            raise TypeError(f"include={include!r} must be a list of glob patterns, e.g. ['*.intermediate.dense'].")
-        if exclude is not None and (isinstance(exclude, str) or not all(isinstance(p, str) for p in exclude)):
-            raise TypeError(f"exclude={exclude!r} must be a list of glob patterns, e.g. ['*.attention.*'].")
+        check_patterns("include", include)
+        check_patterns("exclude", exclude)
         self.schedule = StepSchedule(start=start, end=end, frequency=frequency, kind=schedule, owner="Pruning")
         self.sparsity = float(sparsity)
         self.method = method

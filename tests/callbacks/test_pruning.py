@@ -230,3 +230,10 @@ def test_bad_arguments_at_setup(tmp_path, agent_and_data):
     with pytest.raises(ValueError, match="would remove all 4 heads"):
         _trainer(tmp_path, [Pruning(method="structured", head_sparsity=0.95)], max_steps=4).fit(agent, datamodule=dm)
     assert torch.equal(agent.model.bert.encoder.layer[0].intermediate.dense.weight, before)  # nothing changed
+
+
+def test_patterns_must_be_lists_of_strings():
+    with pytest.raises(TypeError, match=r"include='\*.dense' must be a list of glob patterns"):
+        Pruning(include="*.dense")
+    with pytest.raises(TypeError, match=r"exclude=\[3\] must be a list of glob patterns"):
+        Pruning(exclude=[3])
