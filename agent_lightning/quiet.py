@@ -1,8 +1,9 @@
-"""Drop log lines that third-party packages print on every import but that users can do nothing about."""
+"""Drop log lines and warnings that third-party packages print but that users can do nothing about."""
 
 from __future__ import annotations
 
 import logging
+import warnings
 
 __all__ = ["silence_known_noise"]
 
@@ -10,6 +11,12 @@ __all__ = ["silence_known_noise"]
 _KNOWN_NOISE = (
     ("torchao", "Failed to load"),  # CUDA-only extensions (_C_mxfp8, _C_cutlass_90a) on a CPU-only machine
     ("torch.utils._pytree", "is now natively supported by torch.compile as an opaque value type"),
+)
+
+# warning message regexes (Python ``warnings``)
+_KNOWN_WARNINGS = (
+    # torch.compile of torchao's int8 tensors: a note to torchao's developers about AOT-autograd cache keys
+    r".*does not implement _stable_hash_for_caching.*",
 )
 
 
@@ -23,7 +30,10 @@ class _DropMessages(logging.Filter):
 
 
 def silence_known_noise() -> None:
-    """Install filters (once) on the loggers in ``_KNOWN_NOISE``; every other message still gets through."""
+    """Install filters (once) on the loggers in ``_KNOWN_NOISE`` and for the warnings in ``_KNOWN_WARNINGS``; every
+    other message still gets through."""
+    for pattern in _KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern, category=UserWarning)
     for name, fragment in _KNOWN_NOISE:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropMessages) and f.fragment == fragment for f in logger.filters):

@@ -24,6 +24,7 @@ __all__ = [
     "is_linear",
     "linear_in_out",
     "select_modules",
+    "short_name",
 ]
 
 _BLOCK_LIST = re.compile(r"(^|\.)(layer|layers|h|blocks|block)$")
@@ -179,3 +180,8 @@ def _head_geometry(attention: nn.Module, query: nn.Module) -> tuple[int | None, 
     if head_dim is None:
         return None, None
     return linear_in_out(query)[1] // head_dim, head_dim
+
+
+def short_name(name: str) -> str:
+    """A module name without the wrapper prefixes (``model.bert.encoder.``), for log tags."""
+    return re.sub(r"^(model\.)?(bert|roberta|transformer|model)\.(encoder\.)?", "", name)

@@ -47,8 +47,8 @@ def _sparsity(agent: Agent) -> float:
     return zeros / sum(m.weight.numel() for m in modules)
 
 
-def _run(name: str, args, dm, callbacks_fn) -> dict:
-    seed_everything(42)
+def _run(name: str, args, dm, callbacks_fn, seed: int) -> dict:
+    seed_everything(seed)
     agent = Agent.load_from_checkpoint(args.teacher, learning_rate=args.lr, warmup_fraction=0.0)
     callbacks = callbacks_fn(agent)
     trainer = Trainer(
@@ -69,6 +69,7 @@ def _run(name: str, args, dm, callbacks_fn) -> dict:
     test = trainer.test(agent, datamodule=dm, verbose=False)[0]
     row = {
         "run": name,
+        "seed": seed,
         "test_acc": test["test/acc"],
         "sparsity": _sparsity(agent),
         "params": sum(p.numel() for p in agent.parameters()),
@@ -89,6 +90,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--runs", nargs="*", default=None, help="subset of run names")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42], help="one row per run and seed")
     parser.add_argument("--no-latency", dest="latency", action="store_false")
     parser.add_argument("--output", type=Path, default=HERE / "results" / "prune_banking77.md")
     args = parser.parse_args()
@@ -115,32 +117,42 @@ def main() -> None:
         ],
     }
     selected = {k: v for k, v in runs.items() if args.runs is None or k in args.runs}
-    rows = [_run(name, args, dm, make) for name, make in selected.items()]
+    rows = [_run(name, args, dm, make, seed) for seed in args.seeds for name, make in selected.items()]
     _write(args, rows)
 
 
 def _write(args, rows: list[dict]) -> None:
-    dense = next((r for r in rows if r["run"] == "dense"), None)
+    dense = {r["seed"]: r for r in rows if r["run"] == "dense"}
+    seeds = " ".join(str(s) for s in args.seeds)
     lines = [
         "# Pruning all-MiniLM-L6-v2 on BANKING77 (CPU)",
         "",
-        f"Each run: {args.epochs} epochs from the same fine-tuned dense checkpoint, lr {args.lr}, batch 32, seed 42; "
-        f"{os.cpu_count()} CPU cores, torch {torch.__version__}. Sparsity is over the targeted block linears.",
-        f"Command: `python benchmarks/prune_banking77.py --teacher {args.teacher} --epochs {args.epochs}`.",
+        f"Each run: {args.epochs} epochs from the same fine-tuned dense checkpoint, lr {args.lr}, batch 32, "
+        f"seed(s) {seeds}; {os.cpu_count()} CPU cores, torch {torch.__version__}. Sparsity is over the targeted "
+        "block linears.",
+        f"Command: `python benchmarks/prune_banking77.py --teacher {args.teacher} --epochs {args.epochs} "
+        f"--seeds {seeds}" + ("" if args.runs is None else " --runs " + " ".join(f"'{r}'" for r in args.runs)) + "`.",
         "",
-        "| run | test accuracy | Δ vs dense | sparsity | parameters | nonzero | latency b1 | latency b32 |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | seed | test accuracy | Δ vs dense | sparsity | parameters | nonzero | latency b1 | latency b32 |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        delta = "" if dense is None else f"{100 * (row['test_acc'] - dense['test_acc']):+.2f} pt"
+        ref = dense.get(row["seed"])
+        delta = "" if ref is None else f"{100 * (row['test_acc'] - ref['test_acc']):+.2f} pt"
         lat1 = lat32 = ""
-        if "latency_b1" in row and dense is not None:
-            lat1 = f"{row['latency_b1'] / dense['latency_b1']:.2f}x"
-            lat32 = f"{row['latency_b32'] / dense['latency_b32']:.2f}x"
+        if "latency_b1" in row and ref is not None:
+            lat1 = f"{row['latency_b1'] / ref['latency_b1']:.2f}x"
+            lat32 = f"{row['latency_b32'] / ref['latency_b32']:.2f}x"
         lines.append(
-            f"| {row['run']} | {100 * row['test_acc']:.2f} % | {delta} | {100 * row['sparsity']:.1f} % | "
-            f"{row['params'] / 1e6:.2f} M | {row['nonzero'] / 1e6:.2f} M | {lat1} | {lat32} |"
+            f"| {row['run']} | {row['seed']} | {100 * row['test_acc']:.2f} % | {delta} | "
+            f"{100 * row['sparsity']:.1f} % | {row['params'] / 1e6:.2f} M | "
+            f"{row['nonzero'] / 1e6:.2f} M | {lat1} | {lat32} |"
         )
+    if len(args.seeds) > 1:
+        lines += ["", "Mean over seeds (population standard deviation):", "", "| run | test accuracy |", "|---|---|"]
+        for name in dict.fromkeys(r["run"] for r in rows):
+            accs = torch.tensor([100 * r["test_acc"] for r in rows if r["run"] == name], dtype=torch.float64)
+            lines.append(f"| {name} | {accs.mean():.2f} ± {accs.std(unbiased=False):.2f} % (n={len(accs)}) |")
     lines += [
         "",
         "Latency: median forward time at sequence length 64 relative to the dense model (lower is faster). "

@@ -152,3 +152,31 @@ def test_pruning_attaches_from_the_command_line_and_logs(tmp_path, tiny_bert):
     assert actual == pytest.approx(logged[-1].value, abs=1e-9)
     assert events.Scalars("pruning/nonzero_params")[-1].value == nonzero
     assert "pruning/layer/layer.0.intermediate.dense" in events.Tags()["scalars"]
+
+
+def test_qat_attaches_from_the_command_line_converts_and_tests_the_int8_model(tmp_path, tiny_bert, capsys):
+    from torchao.quantization import Int8Tensor
+
+    extra = [
+        "--trainer.callbacks+=agent_lightning.callbacks.QuantizationAwareTraining",
+        "--trainer.callbacks.start=0.25",
+        "--trainer.callbacks.freeze=0.75",
+    ]
+    cli = AgentLightningCLI.create(_fit_args(tmp_path, tiny_bert, *extra))
+    log_dir = Path(cli.trainer.logger.log_dir)
+    saved = yaml.safe_load((log_dir / "config.yaml").read_text())
+    qat = next(c for c in saved["trainer"]["callbacks"] if c["class_path"].endswith("QuantizationAwareTraining"))
+    assert qat["init_args"]["start"] == 0.25 and qat["init_args"]["freeze"] == 0.75
+    assert qat["init_args"]["weights"] == "int8"
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    enabled = [e.value for e in events.Scalars("qat/enabled")]
+    assert enabled == [0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]  # 8 steps, start at step 2
+    assert [e.value for e in events.Scalars("qat/frozen")][-2:] == [1.0, 1.0]
+    gap = events.Scalars("qat/acc_gap")[-1].value
+    fake, converted = events.Scalars("qat/fake_quant_acc")[-1].value, events.Scalars("qat/converted_acc")[-1].value
+    assert gap == pytest.approx(fake - converted, abs=1e-6)
+    # the model the CLI tested after fit is the converted int8 one
+    query = cli.model.get_submodule("model.bert.encoder.layer.0.attention.self.query")
+    assert isinstance(query.weight, Int8Tensor)
+    assert "test/acc" in cli.trainer.callback_metrics

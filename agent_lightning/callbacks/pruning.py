@@ -14,7 +14,14 @@ from typing_extensions import override
 
 from agent_lightning.callbacks.schedule import StepSchedule
 from agent_lightning.structure import remove_structure
-from agent_lightning.targets import TransformerBlock, check_patterns, find_blocks, linear_in_out, select_modules
+from agent_lightning.targets import (
+    TransformerBlock,
+    check_patterns,
+    find_blocks,
+    linear_in_out,
+    select_modules,
+    short_name,
+)
 
 __all__ = ["Pruning"]
 
@@ -394,12 +401,13 @@ class Pruning(Callback):
             metrics["pruning/head_sparsity"] = _unit_sparsity(self._kept_heads, self._head_counts)
         if self.log_per_layer:
             for name, value in self.layer_sparsity(pl_module).items():
-                metrics[f"pruning/layer/{_short(name)}"] = value
+                metrics[f"pruning/layer/{short_name(name)}"] = value
         pl_module.log_dict(metrics, on_step=True, on_epoch=False)
 
-    # -- fit end -----------------------------------------------------------------------------------------------------
+    # -- end of training ---------------------------------------------------------------------------------------------
     @override
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # ``on_train_end`` runs before every callback's ``on_fit_end``: masks are final before QAT converts.
         self._apply_masks(pl_module)
         actual, nonzero = self.sparsity_now(pl_module)
         if self.method == "structured" and self.physically_remove and (self._kept_neurons or self._kept_heads):
@@ -461,10 +469,6 @@ def _unit_sparsity(kept: dict[int, Tensor], totals: dict[int, int]) -> float:
     total = sum(totals.values())
     removed = sum(totals[i] - len(kept[i]) for i in totals if i in kept)
     return removed / total if total else 0.0
-
-
-def _short(name: str) -> str:
-    return re.sub(r"^(model\.)?(bert|roberta|transformer|model)\.(encoder\.)?", "", name)
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

@@ -30,14 +30,25 @@ class StepSchedule:
         frequency: act every this many steps between ``start`` and ``end``.
         kind: ``"cubic"``, ``"linear"`` or ``"one_shot"``.
         owner: the callback's name, for error messages.
+        names: the callback's names for ``start`` and ``end``, for error messages (e.g. ``("start", "freeze")``).
 
     Raises:
         ValueError: negative values, fractions above 1, ``start`` after ``end``, ``frequency`` < 1, an unknown kind.
     """
 
-    def __init__(self, start: int | float, end: int | float, frequency: int, kind: Kind, owner: str) -> None:
+    def __init__(
+        self,
+        start: int | float,
+        end: int | float,
+        frequency: int,
+        kind: Kind,
+        owner: str,
+        names: tuple[str, str] = ("start", "end"),
+    ) -> None:
         self.owner = owner
-        for name, value in (("start", start), ("end", end)):
+        self.names = names
+        first, last = names
+        for name, value in ((first, start), (last, end)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"{owner}({name}={value!r}): give an optimizer step (int >= 0) or a fraction (float).")
             if _is_fraction(value) and value > 1.0:
@@ -46,7 +57,7 @@ class StepSchedule:
                     f"for step {int(value)} write {name}={int(value)}."
                 )
         if type(start) is type(end) and start > end:
-            raise ValueError(f"{owner}(start={start!r}, end={end!r}): start is after end; swap them.")
+            raise ValueError(f"{owner}({first}={start!r}, {last}={end!r}): {first} is after {last}; swap them.")
         if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
             raise ValueError(f"{owner}(frequency={frequency!r}) must be an integer >= 1 (optimizer steps).")
         if kind not in ("cubic", "linear", "one_shot"):
@@ -62,17 +73,18 @@ class StepSchedule:
         Raises:
             ValueError: the schedule does not fit in the run.
         """
+        first, last = self.names
         start = round(self.start * total_steps) if _is_fraction(self.start) else self.start
         end = round(self.end * total_steps) if _is_fraction(self.end) else self.end
         if start > end:
             raise ValueError(
-                f"{self.owner}(start={self.start!r}, end={self.end!r}) resolves to start step {start} after end step "
-                f"{end} for this run of {total_steps} steps; make start earlier than end."
+                f"{self.owner}({first}={self.start!r}, {last}={self.end!r}) resolves to {first} step {start} after "
+                f"{last} step {end} for this run of {total_steps} steps; make {first} earlier than {last}."
             )
         if end > total_steps:
             raise ValueError(
-                f"{self.owner}(end={self.end!r}) is step {end}, but this run has only {total_steps} optimizer steps, "
-                f"so the target would never be reached. Use end<={total_steps} or a fraction such as end=0.7."
+                f"{self.owner}({last}={self.end!r}) is step {end}, but this run has only {total_steps} optimizer "
+                f"steps, so it would never be reached. Use {last}<={total_steps} or a fraction such as {last}=0.7."
             )
         self.start_step, self.end_step, self.total_steps = start, end, total_steps
 

@@ -1,0 +1,369 @@
+"""Quantization-aware training on torchao, with a measured conversion to a real int8 model at fit end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from torch import Tensor, nn
+from torchao.quantization.qat import FakeQuantizedLinear
+from typing_extensions import override
+
+from agent_lightning.callbacks.schedule import StepSchedule
+from agent_lightning.evaluation import count_correct
+from agent_lightning.quantization import (
+    Activations,
+    QuantizationRecipe,
+    Weights,
+    convert,
+    converted_modules,
+    fake_quantized_modules,
+    freeze_ranges,
+    load_frozen_scales,
+    prepare,
+    unprepare,
+    weight_error,
+)
+from agent_lightning.targets import check_patterns, select_modules, short_name
+
+__all__ = ["QuantizationAwareTraining", "prepare_from_checkpoint"]
+
+
+class QuantizationAwareTraining(Callback):
+    """Train with fake-quantized linear layers, then convert them to a real int8 model and measure the gap.
+
+    Built on torchao's QAT (``QATConfig`` prepare, ``IntxFakeQuantizeConfig``): the targeted ``nn.Linear`` layers
+    become ``FakeQuantizedLinear`` modules that keep the same parameters, so the model's ``forward`` (keyword inputs
+    such as ``input_ids=``/``attention_mask=`` included), the optimizer, pruning masks and ``state_dict`` keys are
+    unchanged; checkpoints load into a plain model (``load_from_checkpoint``) and resume into a QAT run.
+
+    Timeline: float training until ``start``; fake-quantization from ``start`` on (train and validation forwards);
+    weight ranges frozen at ``freeze`` (optional), so that what trains is exactly what converts; at fit end, after
+    pruning has made its masks permanent, the model is converted in place (``convert_on_fit_end``): each layer's
+    weight becomes a torchao int8 (or int4) tensor quantized with the scales training used. When the trainer has
+    validation data, the fake-quantized and the converted model are both evaluated on it and
+    ``qat/fake_quant_acc``, ``qat/converted_acc`` and ``qat/acc_gap`` (fake-quant minus converted) are logged.
+
+    The int8 model runs torchao's int8 kernel; on CPU it beats fp32 under ``torch.compile`` (see
+    :mod:`agent_lightning.quantization`).
+
+    Args:
+        weights: ``"int8"`` (per-channel symmetric) or ``"int4"`` (per-group symmetric, ``group_size`` inputs).
+        activations: ``"int8"`` (dynamic per-token asymmetric, as the int8 CPU kernel computes them) or ``"none"``
+            (weight-only).
+        group_size: inputs per scale for ``weights="int4"``.
+        include: glob patterns over module names to quantize; default: the transformer blocks' linear layers
+            (embeddings, norms and the classification head stay float).
+        exclude: glob patterns removed from the targets.
+        start: optimizer step (int) or fraction of ``trainer.estimated_stepping_batches`` (float) at which
+            fake-quantization starts (e.g. ``0.7``: the last 30 % of training, after float fine-tuning and pruning).
+        freeze: step or fraction after which weight ranges stop moving; ``None`` keeps them following the weights
+            (conversion then uses the final weights' ranges, which is also exact).
+        convert_on_fit_end: convert the model to int8 in place when fitting ends.
+        evaluate: at fit end, evaluate the fake-quantized and the converted model on the validation data and log
+            the gap (needs labelled validation batches).
+        log_per_layer: also log ``qat/layer/<name>/weight_error`` for every quantized layer.
+
+    Raises:
+        ValueError: a bad argument (at construction); targets that are not ``nn.Linear`` or match nothing, a group
+            size that does not divide a layer, or a start past the end of training (at ``setup``/fit start, before
+            any weight changes).
+
+    Example:
+        >>> trainer = Trainer(callbacks=[Pruning(0.5, end=0.6), QuantizationAwareTraining(start=0.7)])  # doctest: +SKIP
+        >>> QuantizationAwareTraining(weights="int4", group_size=32, activations="none")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        weights: Weights = "int8",
+        activations: Activations = "int8",
+        group_size: int = 32,
+        include: list[str] | None = None,
+        exclude: list[str] | None = None,
+        start: int | float = 0.0,
+        freeze: int | float | None = None,
+        convert_on_fit_end: bool = True,
+        evaluate: bool = True,
+        log_per_layer: bool = True,
+    ) -> None:
+        self.recipe = QuantizationRecipe(weights=weights, activations=activations, group_size=group_size)
+        check_patterns("include", include)
+        check_patterns("exclude", exclude)
+        self.schedule = StepSchedule(
+            start=start,
+            end=1.0 if freeze is None else freeze,
+            frequency=1,
+            kind="one_shot",
+            owner="QuantizationAwareTraining",
+            names=("start", "freeze"),
+        )
+        self.weights, self.activations, self.group_size = weights, activations, group_size
+        self.include, self.exclude = include, exclude
+        self.start, self.freeze = start, freeze
+        self.convert_on_fit_end = convert_on_fit_end
+        self.evaluate = evaluate
+        self.log_per_layer = log_per_layer
+        # state (checkpointed)
+        self._prepared = False
+        self._frozen = False
+        self._frozen_scales = {}
+        self._pending_state: dict[str, Any] | None = None
+        # quantized layers set aside while test/validate/predict loads a float checkpoint
+        self._quantized_before_loading: dict[str, nn.Module] = {}
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(weights=self.weights, activations=self.activations)
+
+    # -- setup -------------------------------------------------------------------------------------------------------
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":
+            argument = "QuantizationAwareTraining(include=...)"
+            targets = select_modules(pl_module, self.include, self.exclude, argument=argument)
+            for name, module in targets.items():
+                self.recipe.check_layer(name, module)
+            _refuse_sharded_strategies(trainer)
+        else:
+            self._float_for_loading(pl_module)
+
+    @override
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        total = int(trainer.estimated_stepping_batches)
+        start_step = round(self.start * total) if isinstance(self.start, float) else self.start
+        if start_step >= total:
+            raise ValueError(
+                f"QuantizationAwareTraining(start={self.start!r}) is step {start_step}, but this run has only {total} "
+                f"optimizer steps, so QAT would never start. Use start<{total} or a fraction such as start=0.7."
+            )
+        self.schedule.resolve(total)
+        if self._pending_state is not None:
+            self._restore(self._pending_state, pl_module)
+            self._pending_state = None
+        if not self._prepared and trainer.global_step >= self.schedule.start_step:
+            self._prepare(trainer, pl_module)
+
+    # -- every step --------------------------------------------------------------------------------------------------
+    @override
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if not self._prepared and trainer.global_step >= self.schedule.start_step:
+            self._prepare(trainer, pl_module)
+
+    @override
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self._prepared and not self._frozen and self.freeze is not None and step >= self.schedule.end_step:
+            self._freeze(trainer, pl_module)
+        self._log(trainer, pl_module)
+
+    def _prepare(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        names = prepare(pl_module, self.recipe, self.include, self.exclude)
+        self._prepared = True
+        rank_zero_info(
+            f"[QAT] step {trainer.global_step}: fake-quantizing {len(names)} linear layers "
+            f"({self.weights} weights, {self.activations} activations)"
+        )
+
+    def _freeze(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        scales = freeze_ranges(pl_module)
+        # Weights are equal on every DDP rank; broadcasting rank zero's scales makes the ranges equal bit for bit.
+        self._frozen_scales = trainer.strategy.broadcast(scales, src=0)
+        load_frozen_scales(pl_module, self._frozen_scales)
+        self._frozen = True
+        rank_zero_info(f"[QAT] step {trainer.global_step}: weight ranges frozen for {len(scales)} layers")
+
+    # -- logging -----------------------------------------------------------------------------------------------------
+    def _log(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.loggers or trainer.global_step % trainer.log_every_n_steps:
+            return
+        metrics = {"qat/enabled": float(self._prepared), "qat/frozen": float(self._frozen)}
+        modules = fake_quantized_modules(pl_module)
+        if modules:
+            errors = {name: weight_error(module) for name, module in modules.items()}
+            metrics["qat/weight_error"] = sum(errors.values()) / len(errors)
+            metrics["qat/weight_absmax"] = max(float(m.weight.detach().abs().max()) for m in modules.values())
+            scales = [_mean_scale(m.activation_fake_quantizer) for m in modules.values()]
+            scales = [s for s in scales if s is not None]
+            if scales:
+                metrics["qat/activation_scale"] = sum(scales) / len(scales)
+            if self.log_per_layer:
+                metrics.update({f"qat/layer/{short_name(name)}/weight_error": e for name, e in errors.items()})
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False)
+
+    # -- fit end -----------------------------------------------------------------------------------------------------
+    @override
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self._prepared or not self.convert_on_fit_end:
+            return
+        batches = trainer.val_dataloaders if self.evaluate else None
+        fake_quant = _accuracy(trainer, pl_module, batches)
+        fake_quantized = fake_quantized_modules(pl_module)
+        convert(pl_module)
+        converted = _accuracy(trainer, pl_module, batches)
+        metrics = {"qat/converted": 1.0}
+        if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
+            # Spawned workers hand their weights back through ``torch.load``, which cannot rebuild torchao's int8
+            # tensors: return the trained fake-quantized layers (float parameters) instead.
+            for name, module in fake_quantized.items():
+                pl_module.set_submodule(name, module)
+            metrics["qat/converted"] = 0.0
+            rank_zero_info(
+                "[QAT] with a spawn launcher (e.g. strategy='ddp_spawn') the model returned to the main process keeps "
+                "its fake-quantized float weights; call agent_lightning.quantization.convert(model) there (or use "
+                "strategy='ddp')."
+            )
+        if fake_quant is not None and converted is not None:
+            metrics["qat/fake_quant_acc"], metrics["qat/converted_acc"] = fake_quant, converted
+            metrics["qat/acc_gap"] = fake_quant - converted
+            rank_zero_info(
+                f"[QAT] converted to {self.weights}: validation accuracy fake-quant {fake_quant:.4f}, "
+                f"converted {converted:.4f} (gap {fake_quant - converted:+.4f})"
+            )
+        else:
+            rank_zero_info(f"[QAT] converted to {self.weights} (no labelled validation data to measure the gap)")
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
+        _log_after_fit(trainer, metrics)
+
+    # -- test / validate / predict with ckpt_path --------------------------------------------------------------------
+    def _float_for_loading(self, pl_module: LightningModule) -> None:
+        # ``Trainer.test/validate/predict(ckpt_path=...)`` loads a float checkpoint after ``setup``; a quantized
+        # model cannot receive it. Hand Lightning float layers now and put the quantization back at stage start.
+        quantized = {**fake_quantized_modules(pl_module), **converted_modules(pl_module)}
+        if quantized:
+            self._quantized_before_loading = quantized
+            unprepare(pl_module)
+
+    def _requantize(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        quantized, self._quantized_before_loading = self._quantized_before_loading, {}
+        if not quantized:
+            return
+        if not trainer.ckpt_path:  # nothing was loaded: the original layers go back unchanged
+            for name, module in quantized.items():
+                pl_module.set_submodule(name, module)
+            return
+        state = trainer.strategy.load_checkpoint(trainer.ckpt_path).get("callbacks", {}).get(self.state_key)
+        if state is None or not state["prepared"]:
+            rank_zero_info(f"[QAT] {trainer.ckpt_path} was written before QAT started: evaluating it in float.")
+            return
+        prepare(pl_module, self.recipe, self.include, self.exclude)
+        load_frozen_scales(pl_module, state["frozen_scales"])
+        if not all(isinstance(m, FakeQuantizedLinear) for m in quantized.values()):  # it was converted
+            convert(pl_module)
+
+    @override
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._requantize(trainer, pl_module)
+
+    @override
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._requantize(trainer, pl_module)  # a no-op inside fit: only non-fit setups set layers aside
+
+    @override
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._requantize(trainer, pl_module)
+
+    # -- checkpointing -----------------------------------------------------------------------------------------------
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "prepared": self._prepared,
+            "frozen": self._frozen,
+            "frozen_scales": dict(self._frozen_scales),
+            "recipe": {"weights": self.weights, "activations": self.activations, "group_size": self.group_size},
+            "include": self.include,
+            "exclude": self.exclude,
+            "schedule": self.schedule.state_dict(),
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending_state = state_dict
+
+    def _restore(self, state: dict[str, Any], pl_module: LightningModule) -> None:
+        if state["recipe"] != {"weights": self.weights, "activations": self.activations, "group_size": self.group_size}:
+            raise ValueError(
+                f"QuantizationAwareTraining: the checkpoint was trained with {state['recipe']}, this run asks for "
+                f"weights={self.weights!r}, activations={self.activations!r}, group_size={self.group_size}. Resume "
+                "with the same arguments, or start a new run."
+            )
+        self.schedule.check_matches(state["schedule"])
+        self._prepared = bool(state["prepared"])
+        self._frozen = bool(state["frozen"])
+        self._frozen_scales = dict(state["frozen_scales"])
+        if self._prepared:
+            prepare(pl_module, self.recipe, self.include, self.exclude)
+            load_frozen_scales(pl_module, self._frozen_scales)
+
+
+def prepare_from_checkpoint(module: nn.Module, checkpoint: str | dict[str, Any]) -> list[str]:
+    """Put a model loaded from a QAT checkpoint back in its trained fake-quantized state (frozen ranges included).
+
+    ``load_from_checkpoint`` gives a float model (QAT does not change ``state_dict`` keys); this re-applies the
+    callback's recipe and frozen weight ranges stored in the checkpoint, so
+    :func:`~agent_lightning.quantization.convert` then produces exactly the int8 model that training simulated.
+
+    Args:
+        module: the model loaded from the checkpoint (e.g. ``Agent.load_from_checkpoint(path)``).
+        checkpoint: the checkpoint path or the loaded checkpoint dict.
+
+    Returns:
+        The names of the fake-quantized layers.
+
+    Raises:
+        ValueError: the checkpoint holds no QAT state, or QAT had not started when it was written.
+
+    Example:
+        >>> agent = Agent.load_from_checkpoint("last.ckpt")  # doctest: +SKIP
+        >>> prepare_from_checkpoint(agent, "last.ckpt"); convert(agent)  # doctest: +SKIP
+    """
+    if not isinstance(checkpoint, dict):
+        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    states = [v for k, v in checkpoint.get("callbacks", {}).items() if k.startswith("QuantizationAwareTraining")]
+    if not states or not states[0]["prepared"]:
+        raise ValueError(
+            "This checkpoint has no started QuantizationAwareTraining state (QAT was not attached, or had not reached "
+            "its start step). Quantize it post-training instead: convert(module, QuantizationRecipe())."
+        )
+    state = states[0]
+    prepare(module, QuantizationRecipe(**state["recipe"]), state["include"], state["exclude"])
+    load_frozen_scales(module, state["frozen_scales"])
+    return list(fake_quantized_modules(module))
+
+
+def _accuracy(trainer: Trainer, pl_module: LightningModule, batches) -> float | None:
+    if batches is None:
+        return None
+    loaders = batches if isinstance(batches, (list, tuple)) else [batches]
+    correct = counted = 0
+    for loader in loaders:
+        c, n = count_correct(pl_module, loader)
+        correct, counted = correct + c, counted + n
+    totals = trainer.strategy.reduce(torch.tensor([correct, counted], dtype=torch.float64), reduce_op="sum")
+    return float(totals[0] / totals[1]) if totals[1] > 0 else None
+
+
+@rank_zero_only
+def _log_after_fit(trainer: Trainer, metrics: dict[str, float]) -> None:
+    # ``pl_module.log`` is not available in ``on_fit_end``; write to the loggers directly, at the final step.
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=trainer.global_step)
+        logger.save()
+
+
+def _mean_scale(quantizer: nn.Module | None) -> float | None:
+    scale = getattr(quantizer, "scale", None)
+    return float(scale.detach().float().mean()) if isinstance(scale, Tensor) else None
+
+
+def _refuse_sharded_strategies(trainer: Trainer) -> None:
+    name = type(trainer.strategy).__name__
+    if any(key in name for key in ("FSDP", "DeepSpeed", "ModelParallel")):
+        raise ValueError(
+            f"QuantizationAwareTraining does not support the {name} strategy: it swaps whole nn.Linear modules, "
+            "which sharded strategies have already wrapped. Use strategy='ddp' (or a single device)."
+        )

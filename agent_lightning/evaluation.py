@@ -1,0 +1,84 @@
+"""Reading any LightningModule's batches and outputs, for callbacks that must run a module they did not write.
+
+What a foreign module must provide (callbacks raise :class:`TypeError` naming it otherwise):
+
+- batches that are either a mapping of tensors (``dict``, ``BatchEncoding``), called as ``module(**inputs)`` with
+  the ``"labels"`` entry (if any) held back, or a ``(inputs, labels)`` pair (``tuple``/``list``), called as
+  ``module(inputs)``, or a bare input tensor (no labels: nothing is scored);
+- a ``forward`` that returns logits: a tensor, an object with a ``logits`` attribute (Hugging Face outputs), or a
+  ``dict`` with a ``"logits"`` key. Logits are ``(..., num_classes)``; labels have the leading shape of the logits,
+  and ``-100`` marks positions to ignore (the Hugging Face convention).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor
+
+__all__ = ["count_correct", "logits_of", "split_batch"]
+
+
+def split_batch(batch: Any) -> tuple[tuple[Any, ...], dict[str, Any], Tensor | None]:
+    """``(args, kwargs, labels)`` to call a module on ``batch``, labels held back.
+
+    Raises:
+        TypeError: the batch is neither a mapping, an ``(inputs, labels)`` pair nor a tensor.
+    """
+    if isinstance(batch, Mapping):  # dict, or a tokenizer's BatchEncoding
+        inputs = {key: value for key, value in batch.items() if key != "labels"}
+        return (), inputs, batch.get("labels")
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return (batch[0],), {}, batch[1]
+    if isinstance(batch, Tensor):  # inputs only (e.g. Lightning's BoringModel): nothing to score against
+        return (batch,), {}, None
+    raise TypeError(
+        f"Cannot read a batch of type {type(batch).__name__}: agent_lightning callbacks that run the model need a "
+        "dict of tensors (called as module(**batch) without 'labels'), an (inputs, labels) pair or a tensor."
+    )
+
+
+def logits_of(output: Any) -> Tensor:
+    """The logits in a module's output.
+
+    Raises:
+        TypeError: the output is not a tensor, an object with ``logits`` or a dict with ``"logits"``.
+    """
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, Mapping) and isinstance(output.get("logits"), Tensor):
+        return output["logits"]
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    raise TypeError(
+        f"The module's forward returned {type(output).__name__}; agent_lightning needs logits: a tensor, an object "
+        "with a `logits` attribute (Hugging Face outputs) or a dict with a 'logits' key."
+    )
+
+
+@torch.no_grad()
+def count_correct(module: LightningModule, batches: Iterable[Any]) -> tuple[int, int]:
+    """``(correct, counted)`` top-1 predictions of ``module`` over ``batches`` (moved to its device), in eval mode.
+
+    Batches without labels are skipped; labels equal to ``-100`` are not counted.
+    """
+    was_training = module.training
+    module.eval()
+    correct = counted = 0
+    try:
+        for batch in batches:
+            batch = module.transfer_batch_to_device(batch, module.device, 0)
+            args, kwargs, labels = split_batch(batch)
+            if labels is None:
+                continue
+            predictions = logits_of(module(*args, **kwargs)).argmax(-1)
+            valid = labels != -100
+            correct += int(((predictions == labels) & valid).sum())
+            counted += int(valid.sum())
+    finally:
+        module.train(was_training)
+    return correct, counted

@@ -1,0 +1,98 @@
+"""Compression callbacks under Lightning's own DDP (2 CPU processes, gloo): every rank ends in the same state."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch.callbacks import Callback
+
+from agent_lightning import Agent, TextClassificationDataModule
+from agent_lightning.callbacks import Pruning, QuantizationAwareTraining
+from agent_lightning.quantization import fake_quantized_modules
+
+
+class _WriteMaskDigest(Callback):
+    def __init__(self, folder: str, pruning: Pruning) -> None:
+        self.folder = folder
+        self.pruning = pruning
+
+    def on_train_end(self, trainer, pl_module):
+        digest = hashlib.sha256()
+        for name in sorted(self.pruning._keep):
+            digest.update(name.encode())
+            digest.update(self.pruning._keep[name].cpu().numpy().tobytes())
+        sparsity = self.pruning.sparsity_now(pl_module)[0]
+        with open(f"{self.folder}/rank{trainer.global_rank}.txt", "w") as handle:
+            handle.write(f"{digest.hexdigest()} {sparsity:.6f}")
+
+
+def _fit_on_two_processes(tiny_bert, tiny_data_dir, callbacks, max_steps=8, limit_val_batches=0) -> None:
+    seed_everything(0)
+    dm = TextClassificationDataModule(dataset=str(tiny_data_dir), tokenizer=tiny_bert, batch_size=4)
+    agent = Agent(model=tiny_bert, labels=dm.label_names, learning_rate=1e-3)
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_steps=max_steps,
+        limit_val_batches=limit_val_batches,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two processes on two cores
+    try:
+        trainer.fit(agent, datamodule=dm)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_masks_are_identical_on_both_ranks(tmp_path, tiny_bert, tiny_data_dir):
+    pruning = Pruning(sparsity=0.5, start=0, end=6, frequency=2)
+    _fit_on_two_processes(tiny_bert, tiny_data_dir, [pruning, _WriteMaskDigest(str(tmp_path), pruning)])
+    rank0 = (tmp_path / "rank0.txt").read_text().split()
+    rank1 = (tmp_path / "rank1.txt").read_text().split()
+    assert rank0 == rank1
+    assert float(rank0[1]) == pytest.approx(0.5, abs=1e-6)
+
+
+class _WriteQuantizedDigest(Callback):
+    """At fit end: a digest of every quantized weight grid (fake-quantized values and scales) and the logged gap."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def on_fit_end(self, trainer, pl_module):
+        digest = hashlib.sha256()
+        modules = fake_quantized_modules(pl_module)  # ddp_spawn workers hand back the fake-quantized model
+        for name in sorted(modules):
+            quantizer = modules[name].weight_fake_quantizer
+            digest.update(name.encode())
+            digest.update(quantizer(modules[name].weight).detach().numpy().tobytes())
+            digest.update(quantizer.scale.numpy().tobytes())
+        converted = float(trainer.callback_metrics["qat/converted_acc"])
+        with open(f"{self.folder}/qat{trainer.global_rank}.txt", "w") as handle:
+            handle.write(f"{digest.hexdigest()} {len(modules)} {converted:.6f}")
+
+
+@pytest.mark.slow
+def test_pruning_and_qat_end_identical_on_both_ranks(tmp_path, tiny_bert, tiny_data_dir):
+    callbacks = [
+        Pruning(sparsity=0.5, start=0, end=4, frequency=2),
+        QuantizationAwareTraining(start=2, freeze=6),
+        _WriteQuantizedDigest(str(tmp_path)),
+    ]
+    _fit_on_two_processes(tiny_bert, tiny_data_dir, callbacks, limit_val_batches=2)
+    rank0 = (tmp_path / "qat0.txt").read_text().split()
+    rank1 = (tmp_path / "qat1.txt").read_text().split()
+    assert rank0 == rank1  # same int8 grids and frozen scales; the accuracy is reduced over both ranks' shards
+    assert int(rank0[1]) == 12
+    assert 0.0 <= float(rank0[2]) <= 1.0

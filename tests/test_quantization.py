@@ -1,0 +1,155 @@
+"""The QAT building blocks on torchao: prepare keeps parameters, convert reproduces the fake-quantized forward."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torchao.quantization import Int8Tensor, IntxUnpackedToInt8Tensor
+from torchao.quantization.qat import FakeQuantizedLinear
+
+from agent_lightning.quantization import (
+    QuantizationRecipe,
+    convert,
+    converted_modules,
+    fake_quantized_modules,
+    freeze_ranges,
+    prepare,
+    quantized_linear_bytes,
+    unprepare,
+    weight_error,
+)
+
+
+class _Blocks(nn.Module):
+    """Two transformer-like blocks of linears plus a head; ``forward`` takes keyword inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 64)) for _ in range(2))
+        self.head = nn.Linear(64, 5)
+
+    def forward(self, hidden: torch.Tensor, *, scale: float = 1.0) -> torch.Tensor:
+        for layer in self.layers:
+            hidden = hidden + layer(hidden)
+        return self.head(hidden * scale)
+
+
+@pytest.fixture
+def model() -> _Blocks:
+    torch.manual_seed(0)
+    return _Blocks()
+
+
+def test_prepare_keeps_parameters_keys_and_signature(model):
+    parameters = {name: p for name, p in model.named_parameters()}
+    keys = list(model.state_dict())
+    names = prepare(model)
+    assert names == ["layers.0.0", "layers.0.2", "layers.1.0", "layers.1.2"]  # the head stays float
+    assert set(fake_quantized_modules(model)) == set(names)
+    assert type(model.head) is nn.Linear
+    assert list(model.state_dict()) == keys
+    assert all(p is parameters[name] for name, p in model.named_parameters())
+    assert model(torch.randn(2, 3, 64), scale=0.5).shape == (2, 3, 5)
+
+
+@pytest.mark.parametrize(
+    ("recipe", "weight_type", "tolerance"),
+    [
+        # int8 x int8 kernel: its float rounding can move an activation across a rounding boundary (one int8 step)
+        (QuantizationRecipe(), Int8Tensor, 5e-3),
+        (QuantizationRecipe(weights="int4"), IntxUnpackedToInt8Tensor, 1e-6),
+        (QuantizationRecipe(activations="none"), IntxUnpackedToInt8Tensor, 1e-6),
+        (QuantizationRecipe(weights="int4", activations="none", group_size=16), IntxUnpackedToInt8Tensor, 1e-6),
+    ],
+)
+@pytest.mark.parametrize("frozen", [False, True])
+def test_convert_equals_the_fake_quantized_forward(model, recipe, weight_type, tolerance, frozen):
+    inputs = torch.randn(4, 7, 64)
+    reference = model(inputs)
+    prepare(model, recipe)
+    if frozen:
+        freeze_ranges(model)
+        with torch.no_grad():  # weights move after the freeze; the grid must not
+            model.layers[0][0].weight.mul_(1.25)
+    fake_quantized = model(inputs)
+    assert not torch.allclose(fake_quantized, reference, atol=1e-4)  # quantization really happens
+    convert(model)
+    assert not fake_quantized_modules(model)
+    assert set(converted_modules(model)) == {"layers.0.0", "layers.0.2", "layers.1.0", "layers.1.2"}
+    assert all(type(m) is nn.Linear and isinstance(m.weight, weight_type) for m in converted_modules(model).values())
+    converted = model(inputs)
+    torch.testing.assert_close(converted, fake_quantized, rtol=0, atol=tolerance)
+    assert ((converted - fake_quantized).abs() <= 1e-5).float().mean() >= 0.95
+
+
+def test_zeros_stay_exactly_zero(model):
+    with torch.no_grad():
+        for module in (model.layers[0][0], model.layers[1][2]):
+            module.weight[torch.rand_like(module.weight) < 0.5] = 0.0
+    pruned = {name: m.weight == 0 for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    prepare(model)
+    simulated = {name: m.weight_fake_quantizer(m.weight).detach() for name, m in fake_quantized_modules(model).items()}
+    convert(model)
+    for name, module in converted_modules(model).items():
+        weight = module.weight.dequantize()
+        assert torch.all(weight[pruned[name]] == 0), name  # symmetric scale: a pruned weight stays exactly zero
+        assert torch.equal(weight, simulated[name]), name  # same grid as training: same zeros, same values
+
+
+def test_convert_without_prepare_is_post_training_quantization(model):
+    inputs = torch.randn(2, 5, 64)
+    expected = prepare(copy.deepcopy(model))
+    convert(model)
+    assert list(converted_modules(model)) == expected
+    assert model(inputs).shape == (2, 5, 5)
+
+
+def test_quantized_bytes_and_weight_error(model):
+    prepare(model)
+    error = weight_error(model.layers[0][0])
+    assert 0 < error < 0.02  # int8 per-channel: well under 2 % relative L2
+    convert(model)
+    sizes = list(quantized_linear_bytes(model))
+    assert len(sizes) == 4
+    for _, fp32, stored in sizes:
+        assert fp32 / stored > 3.5  # int8 data plus one scale and zero point per row
+
+
+def test_unprepare_gives_plain_float_layers(model):
+    prepare(model)
+    convert(model)
+    assert set(unprepare(model).values()) == {"converted"}
+    assert not converted_modules(model) and not fake_quantized_modules(model)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert all(type(m) is nn.Linear and type(m.weight) is nn.Parameter for m in linears)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"weights": "int3"}, r"weights='int3' is not supported; use 'int8' \(per-channel\) or 'int4'"),
+        ({"activations": "int4"}, r"activations='int4' is not supported.*QuantizationRecipe\(weights='int8'"),
+        ({"group_size": 48}, "group_size=48 must be a power of two"),
+    ],
+)
+def test_bad_recipes(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        QuantizationRecipe(**kwargs)
+
+
+def test_group_size_must_divide_the_layers(model):
+    with pytest.raises(ValueError, match=r"group_size=128 does not divide the 64 inputs of layer 'layers.0.0'"):
+        prepare(model, QuantizationRecipe(weights="int4", group_size=128))
+    assert not fake_quantized_modules(model)  # checked before any swap
+
+
+def test_only_linear_layers(model):
+    from transformers.pytorch_utils import Conv1D
+
+    model.layers[0][0] = Conv1D(128, 64)
+    with pytest.raises(ValueError, match=r"QAT quantizes nn.Linear layers; 'layers.0.0' is Conv1D"):
+        prepare(model)
+    assert isinstance(FakeQuantizedLinear, type)
