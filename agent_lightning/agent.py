@@ -20,6 +20,7 @@ from typing_extensions import override
 from agent_lightning.backbone import resolve_backbone
 from agent_lightning.io import atomic_directory
 from agent_lightning.structure import STRUCTURE_KEY, build_from_config, load_pretrained_pruned
+from agent_lightning.students import keep_layers, narrow_ffn
 from agent_lightning.tensorboard import write_hparams_session
 
 __all__ = ["Agent"]
@@ -45,6 +46,10 @@ class Agent(LightningModule):
         weight_decay: AdamW weight decay on weight matrices (biases and norms are not decayed).
         warmup_fraction: fraction of all optimizer steps spent warming up linearly from 0.
         max_length: longest tokenized input; longer requests are truncated (``act`` and the datamodule agree on it).
+        student_layers: keep only these transformer blocks of ``model`` (e.g. ``[0, 2, 4]`` of 6), initialised from
+            it (DistilBERT-style): a student for :class:`~agent_lightning.callbacks.Distillation` from its teacher.
+        student_intermediate_size: also narrow every feed-forward layer to this many neurons (those with the
+            largest weight norm).
 
     Raises:
         ValueError: a bad value, with the argument, the value and the fix in the message.
@@ -64,6 +69,8 @@ class Agent(LightningModule):
         weight_decay: float = 0.01,
         warmup_fraction: float = 0.06,
         max_length: int = 64,
+        student_layers: list[int] | None = None,
+        student_intermediate_size: int | None = None,
     ) -> None:
         super().__init__()
         _check_positive("learning_rate", learning_rate)
@@ -82,6 +89,8 @@ class Agent(LightningModule):
                 "weight_decay": weight_decay,
                 "warmup_fraction": warmup_fraction,
                 "max_length": max_length,
+                "student_layers": student_layers,
+                "student_intermediate_size": student_intermediate_size,
             }
         )
         self.labels: list[str] = labels
@@ -94,6 +103,10 @@ class Agent(LightningModule):
             self.model = AutoModelForSequenceClassification.from_pretrained(
                 source, config=config, ignore_mismatched_sizes=True
             )
+        if student_layers is not None:  # a student made of some of the backbone's (teacher's) blocks
+            keep_layers(self.model, student_layers)
+        if student_intermediate_size is not None:
+            narrow_ffn(self.model, student_intermediate_size)
         self.model.train()  # from_pretrained returns eval mode, which would silently disable dropout in training
         self.tokenizer = AutoTokenizer.from_pretrained(source)
         num_classes = len(labels)

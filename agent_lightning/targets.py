@@ -19,6 +19,7 @@ from torch import nn
 __all__ = [
     "LINEAR_TYPES",
     "TransformerBlock",
+    "block_list",
     "check_patterns",
     "find_blocks",
     "is_linear",
@@ -60,6 +61,21 @@ def _block_lists(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
         for name, module in model.named_modules()
         if isinstance(module, nn.ModuleList) and len(module) > 0 and _BLOCK_LIST.search(name)
     ]
+
+
+def block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The name and ``nn.ModuleList`` of ``model``'s transformer blocks (the longest such list).
+
+    Raises:
+        ValueError: the model has no ``layer``/``layers``/``h``/``blocks`` module list.
+    """
+    lists = _block_lists(model)
+    if not lists:
+        raise ValueError(
+            f"{type(model).__name__} has no list of transformer blocks (a ModuleList named layer, layers, h or "
+            "blocks); layer-wise features need a BERT-like, GPT-2 or Llama-like layout."
+        )
+    return max(lists, key=lambda item: len(item[1]))
 
 
 def check_patterns(argument: str, patterns: Sequence[str] | None) -> None:

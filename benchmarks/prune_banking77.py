@@ -108,6 +108,7 @@ def main() -> None:
     runs = {
         "dense": lambda agent: [],
         "ours 50% (cubic, layer-wise)": lambda agent: [Pruning(sparsity=0.5)],
+        "ours 50% (cubic, global)": lambda agent: [Pruning(sparsity=0.5, scope="global")],
         "Lightning ModelPruning 50%": lightning_pruning(0.5),
         "ours 80% (cubic, layer-wise)": lambda agent: [Pruning(sparsity=0.8)],
         "Lightning ModelPruning 80%": lightning_pruning(0.8),

@@ -180,3 +180,33 @@ def test_qat_attaches_from_the_command_line_converts_and_tests_the_int8_model(tm
     query = cli.model.get_submodule("model.bert.encoder.layer.0.attention.self.query")
     assert isinstance(query.weight, Int8Tensor)
     assert "test/acc" in cli.trainer.callback_metrics
+
+
+def test_distillation_and_a_student_from_the_command_line(tmp_path, tiny_bert):
+    from lightning.pytorch import Trainer
+
+    from agent_lightning import TextClassificationDataModule
+
+    labels = TextClassificationDataModule(tokenizer=tiny_bert).label_names
+    teacher = Agent(model=tiny_bert, labels=labels)
+    trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(teacher)
+    trainer.save_checkpoint(tmp_path / "teacher.ckpt")
+    extra = [
+        "--model.student_layers=[1]",
+        "--trainer.callbacks+=agent_lightning.callbacks.Distillation",
+        f"--trainer.callbacks.teacher={tmp_path / 'teacher.ckpt'}",
+        "--trainer.callbacks.temperature=3.0",
+    ]
+    cli = AgentLightningCLI.create(_fit_args(tmp_path, tiny_bert, *extra))
+    assert len(cli.model.model.bert.encoder.layer) == 1
+    log_dir = Path(cli.trainer.logger.log_dir)
+    saved = yaml.safe_load((log_dir / "config.yaml").read_text())
+    assert saved["model"]["student_layers"] == [1]
+    kd = next(c for c in saved["trainer"]["callbacks"] if c["class_path"].endswith("Distillation"))
+    assert kd["init_args"]["teacher"] == str(tmp_path / "teacher.ckpt") and kd["init_args"]["temperature"] == 3.0
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    assert len(events.Scalars("distill/kd_loss")) == 8
+    assert events.Scalars("distill/temperature")[-1].value == 3.0
+    assert "distill/agreement" in events.Tags()["scalars"]

@@ -1,0 +1,396 @@
+"""Knowledge distillation as a callback: any LightningModule, its own ``training_step``, a frozen teacher."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+from typing_extensions import override
+
+from agent_lightning.evaluation import logits_of, split_batch
+from agent_lightning.losses import HiddenStateLoss, LogitDistillationLoss
+from agent_lightning.targets import block_list
+from agent_lightning.teacher_cache import TeacherLogitCache
+from agent_lightning.teachers import check_compatible, fingerprint, freeze, load_teacher
+
+__all__ = ["Distillation"]
+
+
+class Distillation(Callback):
+    """Distil a frozen teacher into the module being fitted, without changing the module's code.
+
+    The callback wraps the module's own ``training_step`` for the duration of ``fit``: it records the inputs and
+    output of the module's ``forward`` call in that step (a forward hook), runs the teacher on the same inputs, and
+    returns ``alpha * task + (1 - alpha) * T^2 * KL(teacher_T || student_T)`` (+ ``hidden_weight`` times a
+    hidden-state MSE) instead of the step's own loss. The teacher is in eval mode, has no gradients, lives on the
+    student's device and dtype, is never in the student's optimizer and never in its checkpoint: the checkpoint
+    stores the teacher's source and a fingerprint, and resuming reloads the teacher and refuses a different one.
+
+    What a module needs (:mod:`agent_lightning.evaluation`): ``training_step`` calls ``self(...)`` (its
+    ``forward``) once on the batch and returns the loss (a tensor, or a dict with ``"loss"``); ``forward`` returns
+    logits (a tensor, an HF output with ``logits``, or a dict with ``"logits"``); the teacher accepts the same
+    ``forward`` inputs (``labels`` are not passed to it).
+
+    Teacher-output cache: with logit-only KD, the teacher's logits for each example are computed once and reused in
+    later epochs (keyed by the example's content, so reshuffling and re-padding still hit; changed inputs miss). In
+    memory (``cache="memory"``) or also on disk (``cache="disk"``, under ``cache_dir``, reused by later runs with the
+    same teacher). Hidden-state KD needs the teacher's forward every step and does not use the cache.
+
+    Args:
+        teacher: a Lightning checkpoint of the same module class (an agent ``.ckpt``), a Hugging Face model folder or
+            hub name, or (Python API) a module instance.
+        temperature: softmax temperature ``T`` (> 0); with ``temperature_end`` the value at the first step.
+        alpha: weight of the module's own (task) loss, in [0, 1]; ``1 - alpha`` weighs the KD term.
+        temperature_end: if set, ``T`` moves linearly to this value over training.
+        alpha_end: if set, ``alpha`` moves linearly to this value over training.
+        hidden_weight: weight of the hidden-state MSE (0 turns it off).
+        layer_map: for hidden-state KD, the teacher block each student block is compared with, one entry per
+            student block (``[1, 3, 5]``: student block 0 with teacher block 1, ...); default: evenly spaced, ending
+            with the teacher's last block. A learned projection is added when the widths differ.
+        cache: ``"memory"``, ``"disk"`` or ``"none"``.
+        cache_dir: folder for ``cache="disk"`` (one file per teacher fingerprint and rank).
+        projection_lr: learning rate (AdamW) of the width projections, trained alongside the student.
+
+    Raises:
+        ValueError: a bad argument (at construction); a missing or unreadable teacher, a teacher whose labels or
+            vocabulary differ from the student's, or a layer map naming blocks that do not exist (at ``setup``).
+
+    Example:
+        >>> Trainer(callbacks=[Distillation(teacher="runs/teacher/best.ckpt", temperature=2.0)])  # doctest: +SKIP
+        >>> Distillation(teacher="teacher_folder", hidden_weight=1.0, layer_map=[1, 3, 5])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        teacher: str | nn.Module,
+        temperature: float = 2.0,
+        alpha: float = 0.5,
+        temperature_end: float | None = None,
+        alpha_end: float | None = None,
+        hidden_weight: float = 0.0,
+        layer_map: list[int] | None = None,
+        cache: Literal["memory", "disk", "none"] = "memory",
+        cache_dir: str | None = None,
+        projection_lr: float = 1e-3,
+    ) -> None:
+        if not isinstance(teacher, (str, nn.Module)) or (isinstance(teacher, str) and not teacher.strip()):
+            raise TypeError(
+                f"Distillation(teacher={teacher!r}) must be a checkpoint path, a model folder, a hub name or a module."
+            )
+        for name, value in (("temperature", temperature), ("temperature_end", temperature_end)):
+            if value is not None and (_not_number(value) or value <= 0):
+                raise ValueError(f"Distillation({name}={value!r}) must be a number > 0, e.g. {name}=2.0.")
+        for name, value in (("alpha", alpha), ("alpha_end", alpha_end)):
+            if value is not None and (_not_number(value) or not 0.0 <= value <= 1.0):
+                raise ValueError(
+                    f"Distillation({name}={value!r}) must be in [0, 1]: the weight of the task loss "
+                    f"(1 - {name} weighs the KD term), e.g. {name}=0.5."
+                )
+        if _not_number(hidden_weight) or hidden_weight < 0:
+            raise ValueError(f"Distillation(hidden_weight={hidden_weight!r}) must be a number >= 0 (0 turns it off).")
+        if layer_map is not None and (
+            isinstance(layer_map, str) or not all(isinstance(i, int) and not isinstance(i, bool) for i in layer_map)
+        ):
+            raise TypeError(f"Distillation(layer_map={layer_map!r}) must be a list of teacher block indices.")
+        if cache not in ("memory", "disk", "none"):
+            raise ValueError(f"Distillation(cache={cache!r}) is not a choice; use 'memory', 'disk' or 'none'.")
+        if cache == "disk" and not cache_dir:
+            raise ValueError("Distillation(cache='disk') needs cache_dir, e.g. cache_dir='runs/teacher_cache'.")
+        if _not_number(projection_lr) or projection_lr <= 0:
+            raise ValueError(f"Distillation(projection_lr={projection_lr!r}) must be a number > 0.")
+        self.teacher_source = teacher
+        self.temperature, self.temperature_end = float(temperature), temperature_end
+        self.alpha, self.alpha_end = float(alpha), alpha_end
+        self.hidden_weight = float(hidden_weight)
+        self.layer_map = list(layer_map) if layer_map is not None else None
+        self.cache_kind, self.cache_dir = cache, cache_dir
+        self.projection_lr = float(projection_lr)
+        self.kd_loss = LogitDistillationLoss()
+        self.hidden_loss: HiddenStateLoss | None = None
+        self.teacher: nn.Module | None = None
+        self.teacher_fingerprint: str | None = None
+        self.cache: TeacherLogitCache | None = None
+        self._projection_optimizer: torch.optim.Optimizer | None = None
+        self._handles: list[Any] = []
+        self._student_call: tuple[tuple, dict, Any] | None = None
+        self._student_hidden: dict[int, Tensor] = {}
+        self._teacher_hidden: dict[int, Tensor] = {}
+        self._total_steps = 1
+        self._pending_state: dict[str, Any] | None = None
+        self._agree = self._seen = self._teacher_correct = self._labelled = 0
+        self._teacher_acc_logged = False
+
+    @property
+    def state_key(self) -> str:
+        # Not keyed by the teacher: resuming with another teacher must find this state and refuse.
+        return self._generate_state_key()
+
+    def _source_name(self) -> str:
+        source = self.teacher_source
+        return source if isinstance(source, str) else f"<{type(source).__name__} instance>"
+
+    # -- setup and teardown ------------------------------------------------------------------------------------------
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if self.teacher is None:
+            teacher = load_teacher(self.teacher_source, pl_module)
+            check_compatible(teacher, pl_module, self._source_name())
+            self.teacher = freeze(teacher, pl_module)
+            self.teacher_fingerprint = fingerprint(self.teacher)
+        if self.hidden_weight:
+            self._setup_hidden(pl_module)
+        if self.cache_kind != "none" and self.cache is None:
+            path = None
+            if self.cache_kind == "disk":
+                path = Path(self.cache_dir) / f"teacher-{self.teacher_fingerprint[:16]}-rank{trainer.global_rank}.pt"
+            self.cache = TeacherLogitCache(path)
+        self._install(pl_module)
+
+    def _setup_hidden(self, pl_module: LightningModule) -> None:
+        student_name, student_blocks = block_list(pl_module)
+        teacher_name, teacher_blocks = block_list(self.teacher)
+        mapping = self.layer_map or _even_map(len(student_blocks), len(teacher_blocks))
+        if len(mapping) != len(student_blocks) or not all(0 <= j < len(teacher_blocks) for j in mapping):
+            raise ValueError(
+                f"Distillation(layer_map={self.layer_map!r}): give one teacher block per student block "
+                f"({len(student_blocks)} entries), each in [0, {len(teacher_blocks) - 1}] (the teacher has "
+                f"{len(teacher_blocks)} blocks), e.g. layer_map={_even_map(len(student_blocks), len(teacher_blocks))}."
+            )
+        self._layer_pairs = list(enumerate(mapping))
+        if self.hidden_loss is None:
+            widths = [_hidden_width(m) for m in (pl_module, self.teacher)]
+            if None in widths:
+                raise ValueError(
+                    "Distillation(hidden_weight>0) needs the hidden size of both models (an HF config with "
+                    "hidden_size); set hidden_weight=0 for this model."
+                )
+            self.hidden_loss = HiddenStateLoss(widths[0], widths[1], len(mapping))
+        for i, j in self._layer_pairs:
+            self._handles.append(student_blocks[i].register_forward_hook(_keep_output(self._student_hidden, i)))
+            self._handles.append(teacher_blocks[j].register_forward_hook(_keep_output(self._teacher_hidden, i)))
+
+    def _install(self, pl_module: LightningModule) -> None:
+        def capture(module, args, kwargs, output):
+            self._student_call = (args, kwargs, output)
+
+        self._handles.append(pl_module.register_forward_hook(capture, with_kwargs=True))
+        original = pl_module.training_step
+
+        def training_step(*args: Any, **kwargs: Any):
+            self._student_call = None
+            output = original(*args, **kwargs)
+            return self._distil(pl_module, output)
+
+        pl_module.training_step = training_step  # instance attribute; removed at teardown
+
+    @override
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        pl_module.__dict__.pop("training_step", None)
+
+    @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.cache is not None:
+            self.cache.save()  # disk cache only; atomic, so a killed run keeps the previous epoch's file
+
+    @override
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        freeze(self.teacher, pl_module)  # the strategy has moved the student to its device by now
+        self._total_steps = max(1, int(trainer.estimated_stepping_batches))
+        if self.hidden_loss is not None:
+            self.hidden_loss.to(pl_module.device)
+            if any(p.requires_grad for p in self.hidden_loss.parameters()) and self._projection_optimizer is None:
+                self._projection_optimizer = torch.optim.AdamW(self.hidden_loss.parameters(), lr=self.projection_lr)
+        if self._pending_state is not None:
+            self._restore(self._pending_state)
+            self._pending_state = None
+        rank_zero_info(
+            f"[Distillation] teacher {self._source_name()} (fingerprint {self.teacher_fingerprint[:12]}), "
+            f"T={self.temperature}, alpha={self.alpha}, hidden_weight={self.hidden_weight}, cache={self.cache_kind}"
+        )
+
+    # -- the loss ----------------------------------------------------------------------------------------------------
+    def _distil(self, pl_module: LightningModule, output: Any) -> Any:
+        if self._student_call is None:
+            raise TypeError(
+                f"Distillation: {type(pl_module).__name__}.training_step did not call the module's forward "
+                "(self(...)), so the callback cannot see the student's logits. Call self(...) on the batch in "
+                "training_step."
+            )
+        if isinstance(output, Tensor):
+            task = output
+        elif isinstance(output, Mapping) and isinstance(output.get("loss"), Tensor):
+            task = output["loss"]
+        else:
+            raise TypeError(
+                f"Distillation: training_step returned {type(output).__name__}; it must return the loss tensor or a "
+                "dict with a 'loss' tensor."
+            )
+        args, kwargs, student_output = self._student_call
+        student_logits = logits_of(student_output)
+        teacher_logits = self._teacher_logits(args, kwargs, student_logits.device)
+        temperature, alpha = self.current_temperature(pl_module), self.current_alpha(pl_module)
+        mask = _token_mask(kwargs, student_logits)
+        kd = self.kd_loss(student_logits, teacher_logits.to(student_logits.dtype), temperature, mask)
+        loss = alpha * task + (1.0 - alpha) * kd
+        metrics = {"distill/kd_loss": kd, "distill/task_loss": task, "distill/temperature": temperature}
+        if self.hidden_loss is not None:
+            hidden_mask = kwargs.get("attention_mask")
+            hidden = self.hidden_loss(
+                [self._student_hidden[i] for i, _ in self._layer_pairs],
+                [self._teacher_hidden[i] for i, _ in self._layer_pairs],
+                hidden_mask if isinstance(hidden_mask, Tensor) and hidden_mask.ndim == 2 else None,
+            )
+            loss = loss + self.hidden_weight * hidden
+            metrics["distill/hidden_loss"] = hidden
+        metrics["distill/alpha"] = alpha
+        metrics["distill/loss"] = loss
+        batch_size = student_logits.shape[0]
+        pl_module.log_dict(
+            {k: v.detach() if isinstance(v, Tensor) else v for k, v in metrics.items()},
+            on_step=True,
+            on_epoch=False,
+            batch_size=batch_size,
+        )
+        if isinstance(output, Tensor):
+            return loss
+        return {**output, "loss": loss}
+
+    @torch.no_grad()
+    def _teacher_logits(self, args: tuple, kwargs: dict, device: torch.device) -> Tensor:
+        inputs = {k: v for k, v in kwargs.items() if k != "labels"}
+        use_cache = self.cache is not None and self.hidden_loss is None
+        keys = TeacherLogitCache.keys(args, inputs) if use_cache else None
+        if keys is not None:
+            cached = self.cache.get(keys, device)
+            if cached is not None:
+                return cached
+        logits = logits_of(self.teacher(*args, **inputs))
+        if keys is not None and logits.ndim == 2:
+            self.cache.put(keys, logits)
+        return logits
+
+    def current_temperature(self, pl_module: LightningModule) -> float:
+        """The temperature at the module's current optimizer step."""
+        return _ramp(self.temperature, self.temperature_end, pl_module.trainer.global_step / self._total_steps)
+
+    def current_alpha(self, pl_module: LightningModule) -> float:
+        """The task-loss weight at the module's current optimizer step."""
+        return _ramp(self.alpha, self.alpha_end, pl_module.trainer.global_step / self._total_steps)
+
+    @override
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
+        optimizer = self._projection_optimizer
+        if optimizer is None:
+            return
+        for parameter in self.hidden_loss.parameters():
+            if parameter.grad is not None:  # keep the projections equal on every DDP rank
+                parameter.grad = trainer.strategy.reduce(parameter.grad, reduce_op="mean")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    # -- validation: agreement with the teacher, and the teacher's own accuracy once ---------------------------------
+    @override
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._student_call = None
+
+    @override
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self._student_call is None or trainer.sanity_checking or self.teacher is None:
+            return
+        args, kwargs, output = self._student_call
+        student = logits_of(output).argmax(-1)
+        teacher = self._teacher_logits(args, kwargs, student.device).argmax(-1)
+        self._agree += int((student == teacher).sum())
+        self._seen += student.numel()
+        labels = kwargs.get("labels")
+        if labels is None:
+            labels = split_batch(batch)[2]
+        if isinstance(labels, Tensor) and labels.shape == teacher.shape:
+            valid = labels != -100
+            self._teacher_correct += int(((teacher == labels) & valid).sum())
+            self._labelled += int(valid.sum())
+
+    @override
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or not self._seen:
+            return
+        counts = torch.tensor([self._agree, self._seen, self._teacher_correct, self._labelled], dtype=torch.float64)
+        agree, seen, correct, labelled = trainer.strategy.reduce(counts, reduce_op="sum").tolist()
+        pl_module.log("distill/agreement", agree / seen, on_epoch=True)
+        if labelled and not self._teacher_acc_logged:
+            pl_module.log("distill/teacher_acc", correct / labelled, on_epoch=True)
+            self._teacher_acc_logged = True
+        self._agree = self._seen = self._teacher_correct = self._labelled = 0
+
+    # -- checkpointing -----------------------------------------------------------------------------------------------
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"teacher": self._source_name(), "fingerprint": self.teacher_fingerprint}
+        if self.hidden_loss is not None:
+            state["hidden_loss"] = {k: v.cpu() for k, v in self.hidden_loss.state_dict().items()}
+        if self._projection_optimizer is not None:
+            state["projection_optimizer"] = self._projection_optimizer.state_dict()
+        return state
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending_state = state_dict
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        if state.get("fingerprint") != self.teacher_fingerprint:
+            raise ValueError(
+                f"Distillation: the checkpoint was distilled from teacher {state.get('teacher')!r} (fingerprint "
+                f"{str(state.get('fingerprint'))[:12]}), but this run's teacher {self._source_name()!r} has "
+                f"fingerprint {self.teacher_fingerprint[:12]}. Resume with teacher={state.get('teacher')!r}."
+            )
+        if self.hidden_loss is not None and "hidden_loss" in state:
+            self.hidden_loss.load_state_dict(state["hidden_loss"])
+        if self._projection_optimizer is not None and "projection_optimizer" in state:
+            self._projection_optimizer.load_state_dict(state["projection_optimizer"])
+
+
+def _not_number(value: Any) -> bool:
+    return isinstance(value, bool) or not isinstance(value, (int, float))
+
+
+def _ramp(start: float, end: float | None, progress: float) -> float:
+    return start if end is None else start + (end - start) * min(1.0, max(0.0, progress))
+
+
+def _even_map(student_blocks: int, teacher_blocks: int) -> list[int]:
+    return [round((i + 1) * teacher_blocks / student_blocks) - 1 for i in range(student_blocks)]
+
+
+def _hidden_width(module: nn.Module) -> int | None:
+    for candidate in module.modules():
+        width = getattr(getattr(candidate, "config", None), "hidden_size", None)
+        if isinstance(width, int):
+            return width
+    return None
+
+
+def _keep_output(store: dict[int, Tensor], index: int):
+    def hook(module, args, output):
+        store[index] = output[0] if isinstance(output, (tuple, list)) else output
+
+    return hook
+
+
+def _token_mask(kwargs: dict, logits: Tensor) -> Tensor | None:
+    mask = kwargs.get("attention_mask")
+    if logits.ndim == 3 and isinstance(mask, Tensor) and mask.shape == logits.shape[:2]:
+        return mask
+    return None
