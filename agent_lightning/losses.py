@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["HiddenStateLoss", "LogitDistillationLoss"]
+__all__ = ["AttentionDistillationLoss", "HiddenStateLoss", "LogitDistillationLoss"]
 
 
 class LogitDistillationLoss(nn.Module):
@@ -83,3 +83,54 @@ class HiddenStateLoss(nn.Module):
                 s, t = s[keep], t[keep]
             losses.append(F.mse_loss(s, t))
         return torch.stack(losses).mean()
+
+
+class AttentionDistillationLoss(nn.Module):
+    """MiniLM-style self-attention distillation: ``KL(teacher attention || student attention)`` per query token.
+
+    Attention distributions are rebuilt from the captured query and key projections,
+    ``softmax(q k^T / sqrt(head_dim))`` with padded keys masked out, which is exactly the attention of BERT-like
+    models (absolute positions). When the head counts differ, the distributions are averaged over heads first.
+
+    Shapes:
+        - ``student_query``/``student_key``: ``(B, L, H_s * d_s)``
+        - ``teacher_query``/``teacher_key``: ``(B, L, H_t * d_t)``
+        - ``mask``: optional ``(B, L)``, true for real tokens
+        - output: a scalar, the mean KL over heads and real query tokens
+
+    Example:
+        >>> q = torch.randn(2, 5, 8)
+        >>> AttentionDistillationLoss()(q, q, q, q, student_heads=2, teacher_heads=2).abs() < 1e-6
+        tensor(True)
+    """
+
+    def forward(
+        self,
+        student_query: Tensor,
+        student_key: Tensor,
+        teacher_query: Tensor,
+        teacher_key: Tensor,
+        student_heads: int,
+        teacher_heads: int,
+        mask: Tensor | None = None,
+    ) -> Tensor:
+        log_student = _log_attention(student_query, student_key, student_heads, mask)
+        log_teacher = _log_attention(teacher_query, teacher_key, teacher_heads, mask)
+        if student_heads != teacher_heads:  # compare head-averaged distributions
+            log_student = log_student.exp().mean(1, keepdim=True).clamp_min(1e-12).log()
+            log_teacher = log_teacher.exp().mean(1, keepdim=True).clamp_min(1e-12).log()
+        per_query = (log_teacher.exp() * (log_teacher - log_student)).sum(-1)  # (B, H, L)
+        if mask is not None:
+            per_query = per_query.transpose(1, 2)[mask.bool()]  # real query tokens only
+        return per_query.mean()
+
+
+def _log_attention(query: Tensor, key: Tensor, heads: int, mask: Tensor | None) -> Tensor:
+    batch, length, width = query.shape
+    head_dim = width // heads
+    q = query.float().view(batch, length, heads, head_dim).transpose(1, 2)
+    k = key.float().view(batch, length, heads, head_dim).transpose(1, 2)
+    scores = q @ k.transpose(-1, -2) / head_dim**0.5  # (B, H, L, L)
+    if mask is not None:
+        scores = scores.masked_fill(~mask.bool()[:, None, None, :], torch.finfo(scores.dtype).min)
+    return F.log_softmax(scores, dim=-1)

@@ -63,7 +63,8 @@ def _trainer(args, callbacks=(), **kwargs) -> Trainer:
 
 
 def _test(args, agent: Agent, dm) -> float:
-    return _trainer(args).test(agent, datamodule=dm, verbose=False)[0]["test/acc"]
+    limit = {} if args.limit_batches is None else {"limit_test_batches": args.limit_batches}
+    return _trainer(args, **limit).test(agent, datamodule=dm, verbose=False)[0]["test/acc"]
 
 
 def _fine_tune(args, dm, qat: QuantizationAwareTraining | None) -> tuple[Agent, StepTimer]:
@@ -71,7 +72,8 @@ def _fine_tune(args, dm, qat: QuantizationAwareTraining | None) -> tuple[Agent, 
     agent = Agent.load_from_checkpoint(args.teacher, learning_rate=args.lr, warmup_fraction=0.0)
     timer = StepTimer()
     callbacks = [timer] + ([qat] if qat else [])
-    _trainer(args, callbacks, max_epochs=args.epochs, limit_val_batches=0).fit(agent, datamodule=dm)
+    limit = {} if args.limit_batches is None else {"limit_train_batches": args.limit_batches}
+    _trainer(args, callbacks, max_epochs=args.epochs, limit_val_batches=0, **limit).fit(agent, datamodule=dm)
     return agent, timer
 
 
@@ -103,6 +105,7 @@ def main() -> None:
     parser.add_argument("--freeze", type=float, default=0.8, help="fraction of the QAT run after which ranges freeze")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--rounds", type=int, default=20, help="round-robin latency rounds")
+    parser.add_argument("--limit-batches", type=int, default=None, help="smoke test: batches per epoch and test")
     parser.add_argument("--output", type=Path, default=HERE / "results" / "qat_banking77.md")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)

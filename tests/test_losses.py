@@ -45,3 +45,32 @@ def test_hidden_loss_projects_when_widths_differ():
     value = projected([a], [torch.randn(2, 3, 6)], mask)
     value.backward()
     assert projected.projections[0].weight.grad is not None
+
+
+def test_attention_loss_matches_explicit_attention_maps():
+    from agent_lightning.losses import AttentionDistillationLoss
+
+    torch.manual_seed(0)
+    batch, length, heads, dim = 2, 5, 2, 4
+    sq, sk, tq, tk = (torch.randn(batch, length, heads * dim) for _ in range(4))
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+
+    def maps(q, k):
+        q = q.view(batch, length, heads, dim).transpose(1, 2)
+        k = k.view(batch, length, heads, dim).transpose(1, 2)
+        scores = q @ k.transpose(-1, -2) / dim**0.5
+        scores = scores.masked_fill(mask[:, None, None, :] == 0, float("-inf"))
+        return scores.softmax(-1)
+
+    student, teacher = maps(sq, sk), maps(tq, tk)
+    total, count = 0.0, 0
+    for b in range(batch):
+        for h in range(heads):
+            for i in range(int(mask[b].sum())):
+                t, s = teacher[b, h, i], student[b, h, i]
+                keep = t > 0
+                total += float((t[keep] * (t[keep].log() - s[keep].log())).sum())
+                count += 1
+    value = AttentionDistillationLoss()(sq, sk, tq, tk, heads, heads, mask)
+    assert value.item() == pytest.approx(total / count, rel=1e-4)
+    assert AttentionDistillationLoss()(tq, tk, tq, tk, heads, heads, mask).item() == pytest.approx(0.0, abs=1e-6)

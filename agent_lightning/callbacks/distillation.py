@@ -14,8 +14,8 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from agent_lightning.evaluation import logits_of, split_batch
-from agent_lightning.losses import HiddenStateLoss, LogitDistillationLoss
-from agent_lightning.targets import block_list
+from agent_lightning.losses import AttentionDistillationLoss, HiddenStateLoss, LogitDistillationLoss
+from agent_lightning.targets import block_list, find_blocks
 from agent_lightning.teacher_cache import TeacherLogitCache
 from agent_lightning.teachers import check_compatible, fingerprint, freeze, load_teacher
 
@@ -28,9 +28,10 @@ class Distillation(Callback):
     The callback wraps the module's own ``training_step`` for the duration of ``fit``: it records the inputs and
     output of the module's ``forward`` call in that step (a forward hook), runs the teacher on the same inputs, and
     returns ``alpha * task + (1 - alpha) * T^2 * KL(teacher_T || student_T)`` (+ ``hidden_weight`` times a
-    hidden-state MSE) instead of the step's own loss. The teacher is in eval mode, has no gradients, lives on the
-    student's device and dtype, is never in the student's optimizer and never in its checkpoint: the checkpoint
-    stores the teacher's source and a fingerprint, and resuming reloads the teacher and refuses a different one.
+    hidden-state MSE, + ``attention_weight`` times an attention KL) instead of the step's own loss. The teacher is in
+    eval mode, has no gradients, lives on the student's device and dtype, is never in the student's optimizer and
+    never in its checkpoint: the checkpoint stores the teacher's source and a fingerprint, and resuming reloads the
+    teacher and refuses a different one.
 
     What a module needs (:mod:`agent_lightning.evaluation`): ``training_step`` calls ``self(...)`` (its
     ``forward``) once on the batch and returns the loss (a tensor, or a dict with ``"loss"``); ``forward`` returns
@@ -40,7 +41,7 @@ class Distillation(Callback):
     Teacher-output cache: with logit-only KD, the teacher's logits for each example are computed once and reused in
     later epochs (keyed by the example's content, so reshuffling and re-padding still hit; changed inputs miss). In
     memory (``cache="memory"``) or also on disk (``cache="disk"``, under ``cache_dir``, reused by later runs with the
-    same teacher). Hidden-state KD needs the teacher's forward every step and does not use the cache.
+    same teacher). Hidden-state and attention KD need the teacher's forward every step and do not use the cache.
 
     Args:
         teacher: a Lightning checkpoint of the same module class (an agent ``.ckpt``), a Hugging Face model folder or
@@ -50,9 +51,11 @@ class Distillation(Callback):
         temperature_end: if set, ``T`` moves linearly to this value over training.
         alpha_end: if set, ``alpha`` moves linearly to this value over training.
         hidden_weight: weight of the hidden-state MSE (0 turns it off).
-        layer_map: for hidden-state KD, the teacher block each student block is compared with, one entry per
-            student block (``[1, 3, 5]``: student block 0 with teacher block 1, ...); default: evenly spaced, ending
-            with the teacher's last block. A learned projection is added when the widths differ.
+        attention_weight: weight of the MiniLM-style self-attention KL between mapped blocks (0 turns it off);
+            rebuilt from the query/key projections, exact for BERT-like models.
+        layer_map: for hidden-state and attention KD, the teacher block each student block is compared with, one
+            entry per student block (``[1, 3, 5]``: student block 0 with teacher block 1, ...); default: evenly
+            spaced, ending with the teacher's last block. A learned projection is added when the widths differ.
         cache: ``"memory"``, ``"disk"`` or ``"none"``.
         cache_dir: folder for ``cache="disk"`` (one file per teacher fingerprint and rank).
         projection_lr: learning rate (AdamW) of the width projections, trained alongside the student.
@@ -74,6 +77,7 @@ class Distillation(Callback):
         temperature_end: float | None = None,
         alpha_end: float | None = None,
         hidden_weight: float = 0.0,
+        attention_weight: float = 0.0,
         layer_map: list[int] | None = None,
         cache: Literal["memory", "disk", "none"] = "memory",
         cache_dir: str | None = None,
@@ -92,8 +96,9 @@ class Distillation(Callback):
                     f"Distillation({name}={value!r}) must be in [0, 1]: the weight of the task loss "
                     f"(1 - {name} weighs the KD term), e.g. {name}=0.5."
                 )
-        if _not_number(hidden_weight) or hidden_weight < 0:
-            raise ValueError(f"Distillation(hidden_weight={hidden_weight!r}) must be a number >= 0 (0 turns it off).")
+        for name, value in (("hidden_weight", hidden_weight), ("attention_weight", attention_weight)):
+            if _not_number(value) or value < 0:
+                raise ValueError(f"Distillation({name}={value!r}) must be a number >= 0 (0 turns it off).")
         if layer_map is not None and (
             isinstance(layer_map, str) or not all(isinstance(i, int) and not isinstance(i, bool) for i in layer_map)
         ):
@@ -108,6 +113,8 @@ class Distillation(Callback):
         self.temperature, self.temperature_end = float(temperature), temperature_end
         self.alpha, self.alpha_end = float(alpha), alpha_end
         self.hidden_weight = float(hidden_weight)
+        self.attention_weight = float(attention_weight)
+        self.attention_loss = AttentionDistillationLoss()
         self.layer_map = list(layer_map) if layer_map is not None else None
         self.cache_kind, self.cache_dir = cache, cache_dir
         self.projection_lr = float(projection_lr)
@@ -119,8 +126,10 @@ class Distillation(Callback):
         self._projection_optimizer: torch.optim.Optimizer | None = None
         self._handles: list[Any] = []
         self._student_call: tuple[tuple, dict, Any] | None = None
-        self._student_hidden: dict[int, Tensor] = {}
-        self._teacher_hidden: dict[int, Tensor] = {}
+        self._student_hidden: dict[Any, Tensor] = {}
+        self._teacher_hidden: dict[Any, Tensor] = {}
+        self._layer_pairs: list[tuple[int, int]] = []
+        self._heads: tuple[int, int] = (0, 0)
         self._total_steps = 1
         self._pending_state: dict[str, Any] | None = None
         self._agree = self._seen = self._teacher_correct = self._labelled = 0
@@ -145,8 +154,8 @@ class Distillation(Callback):
             check_compatible(teacher, pl_module, self._source_name())
             self.teacher = freeze(teacher, pl_module)
             self.teacher_fingerprint = fingerprint(self.teacher)
-        if self.hidden_weight:
-            self._setup_hidden(pl_module)
+        if self.hidden_weight or self.attention_weight:
+            self._setup_layers(pl_module)
         if self.cache_kind != "none" and self.cache is None:
             path = None
             if self.cache_kind == "disk":
@@ -154,9 +163,9 @@ class Distillation(Callback):
             self.cache = TeacherLogitCache(path)
         self._install(pl_module)
 
-    def _setup_hidden(self, pl_module: LightningModule) -> None:
-        student_name, student_blocks = block_list(pl_module)
-        teacher_name, teacher_blocks = block_list(self.teacher)
+    def _setup_layers(self, pl_module: LightningModule) -> None:
+        _, student_blocks = block_list(pl_module)
+        _, teacher_blocks = block_list(self.teacher)
         mapping = self.layer_map or _even_map(len(student_blocks), len(teacher_blocks))
         if len(mapping) != len(student_blocks) or not all(0 <= j < len(teacher_blocks) for j in mapping):
             raise ValueError(
@@ -165,6 +174,12 @@ class Distillation(Callback):
                 f"{len(teacher_blocks)} blocks), e.g. layer_map={_even_map(len(student_blocks), len(teacher_blocks))}."
             )
         self._layer_pairs = list(enumerate(mapping))
+        if self.hidden_weight:
+            self._hook_hidden_states(pl_module, student_blocks, teacher_blocks)
+        if self.attention_weight:
+            self._hook_attention(pl_module)
+
+    def _hook_hidden_states(self, pl_module: LightningModule, student_blocks, teacher_blocks) -> None:
         if self.hidden_loss is None:
             widths = [_hidden_width(m) for m in (pl_module, self.teacher)]
             if None in widths:
@@ -172,10 +187,27 @@ class Distillation(Callback):
                     "Distillation(hidden_weight>0) needs the hidden size of both models (an HF config with "
                     "hidden_size); set hidden_weight=0 for this model."
                 )
-            self.hidden_loss = HiddenStateLoss(widths[0], widths[1], len(mapping))
+            self.hidden_loss = HiddenStateLoss(widths[0], widths[1], len(self._layer_pairs))
         for i, j in self._layer_pairs:
             self._handles.append(student_blocks[i].register_forward_hook(_keep_output(self._student_hidden, i)))
             self._handles.append(teacher_blocks[j].register_forward_hook(_keep_output(self._teacher_hidden, i)))
+
+    def _hook_attention(self, pl_module: LightningModule) -> None:
+        student_blocks = {b.index: b for b in find_blocks(pl_module) if b.attention_in and b.num_heads}
+        teacher_blocks = {b.index: b for b in find_blocks(self.teacher) if b.attention_in and b.num_heads}
+        if not student_blocks or not teacher_blocks:
+            raise ValueError(
+                "Distillation(attention_weight>0) needs BERT-like or Llama-like attention (separate query/key "
+                "projections and a known head size) in both models; set attention_weight=0 for this model."
+            )
+        for i, j in self._layer_pairs:
+            student, teacher = student_blocks[i], teacher_blocks[j]
+            self._heads = (student.num_heads, teacher.num_heads)
+            pairs = ((self._student_hidden, pl_module, student), (self._teacher_hidden, self.teacher, teacher))
+            for store, root, block in pairs:
+                for role, name in zip(("q", "k"), block.attention_in[:2]):
+                    module = root.get_submodule(name)
+                    self._handles.append(module.register_forward_hook(_keep_output(store, (i, role))))
 
     def _install(self, pl_module: LightningModule) -> None:
         def capture(module, args, kwargs, output):
@@ -218,7 +250,8 @@ class Distillation(Callback):
             self._pending_state = None
         rank_zero_info(
             f"[Distillation] teacher {self._source_name()} (fingerprint {self.teacher_fingerprint[:12]}), "
-            f"T={self.temperature}, alpha={self.alpha}, hidden_weight={self.hidden_weight}, cache={self.cache_kind}"
+            f"T={self.temperature}, alpha={self.alpha}, hidden_weight={self.hidden_weight}, "
+            f"attention_weight={self.attention_weight}, cache={self.cache_kind}"
         )
 
     # -- the loss ----------------------------------------------------------------------------------------------------
@@ -255,6 +288,24 @@ class Distillation(Callback):
             )
             loss = loss + self.hidden_weight * hidden
             metrics["distill/hidden_loss"] = hidden
+        if self.attention_weight:
+            token_mask = kwargs.get("attention_mask")
+            token_mask = token_mask if isinstance(token_mask, Tensor) and token_mask.ndim == 2 else None
+            attention = torch.stack(
+                [
+                    self.attention_loss(
+                        self._student_hidden[(i, "q")],
+                        self._student_hidden[(i, "k")],
+                        self._teacher_hidden[(i, "q")],
+                        self._teacher_hidden[(i, "k")],
+                        *self._heads,
+                        token_mask,
+                    )
+                    for i, _ in self._layer_pairs
+                ]
+            ).mean()
+            loss = loss + self.attention_weight * attention
+            metrics["distill/attention_loss"] = attention
         metrics["distill/alpha"] = alpha
         metrics["distill/loss"] = loss
         batch_size = student_logits.shape[0]
@@ -271,7 +322,8 @@ class Distillation(Callback):
     @torch.no_grad()
     def _teacher_logits(self, args: tuple, kwargs: dict, device: torch.device) -> Tensor:
         inputs = {k: v for k, v in kwargs.items() if k != "labels"}
-        use_cache = self.cache is not None and self.hidden_loss is None
+        # hidden-state and attention KD read the teacher's internals: it must run every step
+        use_cache = self.cache is not None and not (self.hidden_weight or self.attention_weight)
         keys = TeacherLogitCache.keys(args, inputs) if use_cache else None
         if keys is not None:
             cached = self.cache.get(keys, device)
@@ -382,7 +434,7 @@ def _hidden_width(module: nn.Module) -> int | None:
     return None
 
 
-def _keep_output(store: dict[int, Tensor], index: int):
+def _keep_output(store: dict[Any, Tensor], index: Any):
     def hook(module, args, output):
         store[index] = output[0] if isinstance(output, (tuple, list)) else output
 

@@ -172,6 +172,21 @@ def test_hidden_state_kd_with_a_layer_map_and_a_projection(tmp_path, tiny_bert, 
         )
 
 
+def test_attention_kd_is_logged_and_learned(tmp_path, tiny_bert, tiny_data_dir_module, teacher_ckpt):
+    student, dm = _student_and_data(tiny_bert, tiny_data_dir_module)
+    kd = Distillation(teacher=str(teacher_ckpt), attention_weight=1.0, alpha=1.0)  # task + attention only
+    logger = CSVLogger(tmp_path, name="attention")
+    _trainer(tmp_path, [kd], max_steps=9, logger=logger, log_every_n_steps=1, limit_val_batches=0).fit(
+        student, datamodule=dm
+    )
+    rows = [r for r in _rows(tmp_path / "attention" / "version_0" / "metrics.csv") if r.get("distill/attention_loss")]
+    assert len(rows) == 9 and all(float(r["distill/attention_loss"]) >= 0 for r in rows)
+    for row in rows:  # alpha=1: the KD term has no weight; the attention term is added on top
+        expected = float(row["distill/task_loss"]) + float(row["distill/attention_loss"])
+        assert float(row["distill/loss"]) == pytest.approx(expected, rel=1e-5)
+    assert kd.cache.hits == kd.cache.misses == 0  # the teacher runs every step for attention KD
+
+
 def test_boring_model_distils_from_another_boring_model(tmp_path):
     seed_everything(0)
     teacher, student = BoringModel(), BoringModel()
