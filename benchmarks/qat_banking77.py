@@ -133,6 +133,7 @@ def main() -> None:
     int8_linear = sum(b for _, _, b in layer_bytes)
     step_ratio = statistics.median(qat_timer.step_seconds) / statistics.median(control_timer.step_seconds)
 
+    print(json.dumps({"rows": rows, "step_ratio": step_ratio}), flush=True)  # kept in the log if timing fails
     latency: dict[int, dict[str, float]] = {}
     compile_seconds = {}
     fp32_compiled, compile_seconds["fp32"] = _compiled(fp32.model, [1, 32])
