@@ -125,6 +125,7 @@ class Distillation(Callback):
         self.cache: TeacherLogitCache | None = None
         self._projection_optimizer: torch.optim.Optimizer | None = None
         self._handles: list[Any] = []
+        self._projection_hooks: list[list[Any]] = []  # [root, name, hook, hooked module, handle]
         self._student_call: tuple[tuple, dict, Any] | None = None
         self._student_hidden: dict[Any, Tensor] = {}
         self._teacher_hidden: dict[Any, Tensor] = {}
@@ -206,8 +207,18 @@ class Distillation(Callback):
             pairs = ((self._student_hidden, pl_module, student), (self._teacher_hidden, self.teacher, teacher))
             for store, root, block in pairs:
                 for role, name in zip(("q", "k"), block.attention_in[:2]):
-                    module = root.get_submodule(name)
-                    self._handles.append(module.register_forward_hook(_keep_output(store, (i, role))))
+                    self._projection_hooks.append([root, name, _keep_output(store, (i, role)), None, None])
+        self._refresh_projection_hooks()
+
+    def _refresh_projection_hooks(self) -> None:
+        # Query/key projections can be swapped for other modules mid-fit (QAT's fake-quantized linears): follow them.
+        for entry in self._projection_hooks:
+            root, name, hook, hooked, handle = entry
+            module = root.get_submodule(name)
+            if module is not hooked:
+                if handle is not None:
+                    handle.remove()
+                entry[3], entry[4] = module, module.register_forward_hook(hook)
 
     def _install(self, pl_module: LightningModule) -> None:
         def capture(module, args, kwargs, output):
@@ -218,6 +229,9 @@ class Distillation(Callback):
 
         def training_step(*args: Any, **kwargs: Any):
             self._student_call = None
+            self._student_hidden.clear()
+            self._teacher_hidden.clear()
+            self._refresh_projection_hooks()
             output = original(*args, **kwargs)
             return self._distil(pl_module, output)
 
@@ -227,9 +241,10 @@ class Distillation(Callback):
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        for handle in self._handles:
+        for handle in self._handles + [entry[4] for entry in self._projection_hooks if entry[4] is not None]:
             handle.remove()
         self._handles.clear()
+        self._projection_hooks.clear()
         pl_module.__dict__.pop("training_step", None)
 
     @override

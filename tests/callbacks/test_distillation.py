@@ -187,6 +187,27 @@ def test_attention_kd_is_logged_and_learned(tmp_path, tiny_bert, tiny_data_dir_m
     assert kd.cache.hits == kd.cache.misses == 0  # the teacher runs every step for attention KD
 
 
+def test_composes_with_pruning_and_qat(tmp_path, tiny_bert, tiny_data_dir_module, teacher_ckpt):
+    from agent_lightning.callbacks import Pruning, QuantizationAwareTraining
+    from agent_lightning.quantization import converted_modules
+
+    student, dm = _student_and_data(tiny_bert, tiny_data_dir_module)
+    pruning = Pruning(sparsity=0.5, start=0, end=4, frequency=2)
+    kd = Distillation(teacher=str(teacher_ckpt), attention_weight=1.0, hidden_weight=1.0)
+    callbacks = [kd, pruning, QuantizationAwareTraining(start=5)]
+    logger = CSVLogger(tmp_path, name="all")
+    _trainer(tmp_path, callbacks, max_steps=9, logger=logger, log_every_n_steps=1, limit_val_batches=2).fit(
+        student, datamodule=dm
+    )
+    rows = [r for r in _rows(tmp_path / "all" / "version_0" / "metrics.csv") if r.get("distill/attention_loss")]
+    assert len(rows) == 9  # the attention hooks follow the projections QAT swaps at step 5
+    assert len({r["distill/attention_loss"] for r in rows[5:]}) == 4  # fresh values every step, not stale ones
+    for name, keep in pruning._keep.items():  # masks exact through KD + fake-quant + convert
+        weight = student.get_submodule(name.removesuffix(".weight")).weight.dequantize()
+        assert torch.all(weight[~keep] == 0), name
+    assert len(converted_modules(student)) == 6
+
+
 def test_boring_model_distils_from_another_boring_model(tmp_path):
     seed_everything(0)
     teacher, student = BoringModel(), BoringModel()
