@@ -208,6 +208,18 @@ def test_composes_with_pruning_and_qat(tmp_path, tiny_bert, tiny_data_dir_module
     assert len(converted_modules(student)) == 6
 
 
+def test_temperature_and_alpha_schedules(tmp_path):
+    seed_everything(0)
+    kd = Distillation(teacher=BoringModel(), temperature=4.0, temperature_end=1.0, alpha=0.2, alpha_end=0.8)
+    logger = CSVLogger(tmp_path, name="schedule")
+    _trainer(tmp_path, [kd], max_steps=10, logger=logger, log_every_n_steps=1, limit_val_batches=0).fit(BoringModel())
+    rows = [r for r in _rows(tmp_path / "schedule" / "version_0" / "metrics.csv") if r.get("distill/temperature")]
+    temperatures = [float(r["distill/temperature"]) for r in rows]
+    alphas = [float(r["distill/alpha"]) for r in rows]
+    assert temperatures == pytest.approx([4.0 - 3.0 * step / 10 for step in range(10)])  # linear over the steps
+    assert alphas == pytest.approx([0.2 + 0.6 * step / 10 for step in range(10)])
+
+
 def test_boring_model_distils_from_another_boring_model(tmp_path):
     seed_everything(0)
     teacher, student = BoringModel(), BoringModel()
@@ -242,6 +254,13 @@ def test_bad_teachers_fail_before_training(tmp_path, tiny_bert, tiny_data_dir_mo
     other_labels = Agent(model=tiny_bert, labels=["w", "x", "y", "z"])
     with pytest.raises(ValueError, match=r"predicts 4 labels \[w, x, y, z\], the student 4 labels \[call,"):
         _trainer(tmp_path, [Distillation(teacher=other_labels)], max_steps=2).fit(student, datamodule=dm)
+    from transformers import BertConfig, BertForSequenceClassification
+
+    small_vocab = BertForSequenceClassification(
+        BertConfig(vocab_size=500, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64)
+    )
+    with pytest.raises(ValueError, match="has a vocabulary of 500 tokens, the student 30522"):
+        _trainer(tmp_path, [Distillation(teacher=small_vocab)], max_steps=2).fit(student, datamodule=dm)
     corrupt = tmp_path / "corrupt.ckpt"
     corrupt.write_bytes(teacher_ckpt.read_bytes()[:1000])
     with pytest.raises(ValueError, match="could not be loaded as a Agent checkpoint"):
