@@ -34,9 +34,9 @@ class Distillation(Callback):
     teacher and refuses a different one.
 
     What a module needs (:mod:`agent_lightning.evaluation`): ``training_step`` calls ``self(...)`` (its
-    ``forward``) once on the batch and returns the loss (a tensor, or a dict with ``"loss"``); ``forward`` returns
-    logits (a tensor, an HF output with ``logits``, or a dict with ``"logits"``); the teacher accepts the same
-    ``forward`` inputs (``labels`` are not passed to it).
+    ``forward``) on the batch (the first call in the step is the one distilled) and returns the loss (a tensor, or a
+    dict with ``"loss"``); ``forward`` returns logits (a tensor, an HF output with ``logits``, or a dict with
+    ``"logits"``); the teacher accepts the same ``forward`` inputs (``labels`` are not passed to it).
 
     Teacher-output cache: with logit-only KD, the teacher's logits for each example are computed once and reused in
     later epochs (keyed by the example's content, so reshuffling and re-padding still hit; changed inputs miss). In
@@ -222,7 +222,10 @@ class Distillation(Callback):
 
     def _install(self, pl_module: LightningModule) -> None:
         def capture(module, args, kwargs, output):
-            self._student_call = (args, kwargs, output)
+            # The first call of the step is the model's own forward; under DDP, Lightning also routes the step
+            # itself through ``module.__call__`` (its forward redirection), which finishes last and is ignored.
+            if self._student_call is None:
+                self._student_call = (args, kwargs, output)
 
         self._handles.append(pl_module.register_forward_hook(capture, with_kwargs=True))
         original = pl_module.training_step

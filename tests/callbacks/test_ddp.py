@@ -10,7 +10,7 @@ from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import Callback
 
 from agent_lightning import Agent, TextClassificationDataModule
-from agent_lightning.callbacks import Pruning, QuantizationAwareTraining
+from agent_lightning.callbacks import Distillation, Pruning, QuantizationAwareTraining
 from agent_lightning.quantization import fake_quantized_modules
 
 
@@ -96,3 +96,43 @@ def test_pruning_and_qat_end_identical_on_both_ranks(tmp_path, tiny_bert, tiny_d
     assert rank0 == rank1  # same int8 grids and frozen scales; the accuracy is reduced over both ranks' shards
     assert int(rank0[1]) == 12
     assert 0.0 <= float(rank0[2]) <= 1.0
+
+
+class _WriteWeightDigest(Callback):
+    """At fit end: a digest of the student's weights and the number of distillation losses logged."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def on_fit_end(self, trainer, pl_module):
+        digest = hashlib.sha256()
+        for name, tensor in sorted(pl_module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().numpy().tobytes())
+        agreement = float(trainer.callback_metrics["distill/agreement"])
+        with open(f"{self.folder}/kd{trainer.global_rank}.txt", "w") as handle:
+            handle.write(f"{digest.hexdigest()} {agreement:.6f}")
+
+
+@pytest.mark.slow
+def test_distillation_keeps_ranks_identical(tmp_path, tiny_bert, tiny_data_dir):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    labels = TextClassificationDataModule(dataset=str(tiny_data_dir), tokenizer=tiny_bert).label_names
+    torch.manual_seed(0)
+    teacher = BertForSequenceClassification(  # wider than the student: the projection must stay equal on both ranks
+        BertConfig(
+            vocab_size=30522,
+            hidden_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            id2label=dict(enumerate(labels)),
+            label2id={n: i for i, n in enumerate(labels)},
+        )
+    )
+    kd = Distillation(teacher=teacher, hidden_weight=1.0)
+    _fit_on_two_processes(tiny_bert, tiny_data_dir, [kd, _WriteWeightDigest(str(tmp_path))], limit_val_batches=2)
+    rank0 = (tmp_path / "kd0.txt").read_text().split()
+    rank1 = (tmp_path / "kd1.txt").read_text().split()
+    assert rank0 == rank1  # same student weights; the agreement is reduced over both ranks' shards
