@@ -29,30 +29,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-from lightning.pytorch import Trainer, seed_everything  # noqa: E402
+from lightning.pytorch import seed_everything  # noqa: E402
 
-from agent_lightning import Agent, TextClassificationDataModule  # noqa: E402
+from agent_lightning import Agent  # noqa: E402
 from agent_lightning.callbacks import Distillation  # noqa: E402
 from agent_lightning.io import atomic_write_text  # noqa: E402
+from benchmarks.common import DEFAULT_DATA, RESULTS, accuracy_on_test, banking77, quiet_trainer  # noqa: E402
 from benchmarks.latency import compare_latency  # noqa: E402
 from benchmarks.timing import StepTimer  # noqa: E402
-
-HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "banking77"
-
-
-def _trainer(callbacks=(), **kwargs) -> Trainer:
-    return Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=list(callbacks),
-        **kwargs,
-    )
 
 
 def _per_epoch_steps(timer: StepTimer, steps_per_epoch: int) -> list[float]:
@@ -76,14 +60,14 @@ def main() -> None:
     parser.add_argument("--hidden-weight", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--limit-batches", type=int, default=None, help="smoke test: batches per epoch and test")
-    parser.add_argument("--output", type=Path, default=HERE / "results" / "distill_banking77.md")
+    parser.add_argument("--output", type=Path, default=RESULTS / "distill_banking77.md")
     args = parser.parse_args()
-    dm = TextClassificationDataModule(dataset=str(args.data_dir), label_column="category", batch_size=32)
+    dm = banking77(args.data_dir)
     teacher = Agent.load_from_checkpoint(args.teacher)
     limit = {} if args.limit_batches is None else {"limit_train_batches": args.limit_batches}
     test_limit = args.limit_batches
     rows: dict[str, dict] = {
-        "teacher (6 layers)": {"test_acc": _test(teacher, dm, test_limit), "params": _params(teacher)}
+        "teacher (6 layers)": {"test_acc": accuracy_on_test(teacher, dm, test_limit), "params": _params(teacher)}
     }
     with tempfile.TemporaryDirectory() as folder:
         teacher_dir = teacher.save_pretrained(Path(folder) / "teacher")
@@ -104,11 +88,11 @@ def main() -> None:
             seed_everything(args.seed)
             student = Agent(model=str(teacher_dir), student_layers=args.layers, learning_rate=args.lr)
             timer = StepTimer()
-            trainer = _trainer([timer, *callbacks], max_epochs=args.epochs, limit_val_batches=0, **limit)
+            trainer = quiet_trainer([timer, *callbacks], max_epochs=args.epochs, limit_val_batches=0, **limit)
             trainer.fit(student, datamodule=dm)
             steps_per_epoch = trainer.num_training_batches
             rows[name] = {
-                "test_acc": _test(student, dm, test_limit),
+                "test_acc": accuracy_on_test(student, dm, test_limit),
                 "params": _params(student),
                 "epoch_step_seconds": _per_epoch_steps(timer, steps_per_epoch),
                 "epoch_seconds": timer.epoch_seconds,
@@ -122,11 +106,6 @@ def main() -> None:
         for batch in (1, 32)
     }
     _write(args, {"rows": rows, "latency": latency, "threads": torch.get_num_threads()})
-
-
-def _test(agent: Agent, dm, limit: int | None) -> float:
-    trainer = _trainer(**({} if limit is None else {"limit_test_batches": limit}))
-    return trainer.test(agent, datamodule=dm, verbose=False)[0]["test/acc"]
 
 
 def _params(agent: Agent) -> int:

@@ -29,10 +29,9 @@ from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
 
 from agent_lightning import Agent, TextClassificationDataModule  # noqa: E402
 from agent_lightning.io import atomic_write_text  # noqa: E402
+from benchmarks.common import DEFAULT_DATA, RESULTS, banking77, quiet_trainer  # noqa: E402
 from benchmarks.timing import StepTimer  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "banking77"
 PADDING_MODES = {
     "dynamic + length-grouped": {"padding": "dynamic", "group_by_length": True},
     "dynamic, random batches": {"padding": "dynamic", "group_by_length": False},
@@ -41,21 +40,7 @@ PADDING_MODES = {
 
 
 def _datamodule(args, **kwargs) -> TextClassificationDataModule:
-    return TextClassificationDataModule(
-        dataset=str(args.data_dir), label_column="category", batch_size=args.batch_size, max_length=64, **kwargs
-    )
-
-
-def _quiet_trainer(**kwargs) -> Trainer:
-    return Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kwargs,
-    )
+    return banking77(args.data_dir, args.batch_size, **kwargs)
 
 
 def measure_throughput(args) -> dict[str, dict[str, float]]:
@@ -65,7 +50,7 @@ def measure_throughput(args) -> dict[str, dict[str, float]]:
         dm = _datamodule(args, **options)
         agent = Agent(labels=dm.label_names, learning_rate=args.lr)
         timer = StepTimer(skip=3)
-        _quiet_trainer(max_steps=args.throughput_steps + 3, limit_val_batches=0, callbacks=[timer]).fit(agent, dm)
+        quiet_trainer(max_steps=args.throughput_steps + 3, limit_val_batches=0, callbacks=[timer]).fit(agent, dm)
         results[name] = {
             "seconds_per_step": sum(timer.step_seconds) / len(timer.step_seconds),
             "samples_per_second": timer.samples_per_second,
@@ -160,7 +145,7 @@ def main() -> None:
     parser.add_argument("--throughput-steps", type=int, default=30)
     parser.add_argument("--skip-fit", action="store_true", help="only measure throughput")
     parser.add_argument("--log-dir", type=Path, default=Path("runs"))
-    parser.add_argument("--output", type=Path, default=HERE / "results" / "finetune_banking77.md")
+    parser.add_argument("--output", type=Path, default=RESULTS / "finetune_banking77.md")
     args = parser.parse_args()
     if not (args.data_dir / "train.csv").is_file():
         parser.error(f"--data-dir {args.data_dir} holds no train.csv; point it at the BANKING77 folder.")

@@ -28,17 +28,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-from lightning.pytorch import Trainer, seed_everything  # noqa: E402
+from lightning.pytorch import seed_everything  # noqa: E402
 from lightning.pytorch.callbacks import ModelPruning  # noqa: E402
 
-from agent_lightning import Agent, TextClassificationDataModule  # noqa: E402
+from agent_lightning import Agent  # noqa: E402
 from agent_lightning.callbacks import Pruning  # noqa: E402
 from agent_lightning.io import atomic_write_text  # noqa: E402
 from agent_lightning.targets import select_modules  # noqa: E402
+from benchmarks.common import DEFAULT_DATA, RESULTS, accuracy_on_test, banking77, quiet_trainer  # noqa: E402
 from benchmarks.latency import measure_latency  # noqa: E402
-
-HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "banking77"
 
 
 def _sparsity(agent: Agent) -> float:
@@ -51,26 +49,15 @@ def _run(name: str, args, dm, callbacks_fn, seed: int) -> dict:
     seed_everything(seed)
     agent = Agent.load_from_checkpoint(args.teacher, learning_rate=args.lr, warmup_fraction=0.0)
     callbacks = callbacks_fn(agent)
-    trainer = Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=args.epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=callbacks,
-    )
+    trainer = quiet_trainer(callbacks, max_epochs=args.epochs, limit_val_batches=0)
     started = time.perf_counter()
     trainer.fit(agent, datamodule=dm)
     seconds = time.perf_counter() - started
-    test = trainer.test(agent, datamodule=dm, verbose=False)[0]
+
     row = {
         "run": name,
         "seed": seed,
-        "test_acc": test["test/acc"],
+        "test_acc": accuracy_on_test(agent, dm),
         "sparsity": _sparsity(agent),
         "params": sum(p.numel() for p in agent.parameters()),
         "nonzero": sum(int((p != 0).sum()) for p in agent.parameters()),
@@ -92,9 +79,9 @@ def main() -> None:
     parser.add_argument("--runs", nargs="*", default=None, help="subset of run names")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42], help="one row per run and seed")
     parser.add_argument("--no-latency", dest="latency", action="store_false")
-    parser.add_argument("--output", type=Path, default=HERE / "results" / "prune_banking77.md")
+    parser.add_argument("--output", type=Path, default=RESULTS / "prune_banking77.md")
     args = parser.parse_args()
-    dm = TextClassificationDataModule(dataset=str(args.data_dir), label_column="category", batch_size=32)
+    dm = banking77(args.data_dir)
 
     def lightning_pruning(final: float):
         per_epoch = 1 - (1 - final) ** (1 / args.epochs)  # ModelPruning compounds its amount at every epoch end

@@ -34,37 +34,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-from lightning.pytorch import Trainer, seed_everything  # noqa: E402
+from lightning.pytorch import seed_everything  # noqa: E402
 from torch import nn  # noqa: E402
 
-from agent_lightning import Agent, TextClassificationDataModule  # noqa: E402
+from agent_lightning import Agent  # noqa: E402
 from agent_lightning.callbacks import QuantizationAwareTraining  # noqa: E402
 from agent_lightning.io import atomic_write_text  # noqa: E402
 from agent_lightning.quantization import convert, quantized_linear_bytes  # noqa: E402
+from benchmarks.common import DEFAULT_DATA, RESULTS, accuracy_on_test, banking77, quiet_trainer  # noqa: E402
 from benchmarks.latency import compare_latency  # noqa: E402
 from benchmarks.timing import StepTimer  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "banking77"
 
-
-def _trainer(args, callbacks=(), **kwargs) -> Trainer:
-    return Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=list(callbacks),
-        **kwargs,
-    )
-
-
-def _test(args, agent: Agent, dm) -> float:
-    limit = {} if args.limit_batches is None else {"limit_test_batches": args.limit_batches}
-    return _trainer(args, **limit).test(agent, datamodule=dm, verbose=False)[0]["test/acc"]
+def _test_acc(args, agent: Agent, dm) -> float:
+    return accuracy_on_test(agent, dm, args.limit_batches)
 
 
 def _fine_tune(args, dm, qat: QuantizationAwareTraining | None) -> tuple[Agent, StepTimer]:
@@ -73,7 +56,7 @@ def _fine_tune(args, dm, qat: QuantizationAwareTraining | None) -> tuple[Agent, 
     timer = StepTimer()
     callbacks = [timer] + ([qat] if qat else [])
     limit = {} if args.limit_batches is None else {"limit_train_batches": args.limit_batches}
-    _trainer(args, callbacks, max_epochs=args.epochs, limit_val_batches=0, **limit).fit(agent, datamodule=dm)
+    quiet_trainer(callbacks, max_epochs=args.epochs, limit_val_batches=0, **limit).fit(agent, datamodule=dm)
     return agent, timer
 
 
@@ -106,27 +89,27 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--rounds", type=int, default=20, help="round-robin latency rounds")
     parser.add_argument("--limit-batches", type=int, default=None, help="smoke test: batches per epoch and test")
-    parser.add_argument("--output", type=Path, default=HERE / "results" / "qat_banking77.md")
+    parser.add_argument("--output", type=Path, default=RESULTS / "qat_banking77.md")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    dm = TextClassificationDataModule(dataset=str(args.data_dir), label_column="category", batch_size=32)
+    dm = banking77(args.data_dir)
     rows: dict[str, dict] = {}
 
     fp32 = Agent.load_from_checkpoint(args.teacher)
-    rows["fp32"] = {"test_acc": _test(args, fp32, dm), "state_bytes": _state_bytes(fp32)}
+    rows["fp32"] = {"test_acc": _test_acc(args, fp32, dm), "state_bytes": _state_bytes(fp32)}
     ptq = convert(copy.deepcopy(fp32))
-    rows["PTQ int8 (ours, torchao)"] = {"test_acc": _test(args, ptq, dm), "state_bytes": _state_bytes(ptq)}
+    rows["PTQ int8 (ours, torchao)"] = {"test_acc": _test_acc(args, ptq, dm), "state_bytes": _state_bytes(ptq)}
     ptq_ao = copy.deepcopy(fp32)
     ptq_ao.model = torch.ao.quantization.quantize_dynamic(ptq_ao.model, {nn.Linear}, dtype=torch.qint8)
-    rows["PTQ int8 (torch.ao quantize_dynamic)"] = {"test_acc": _test(args, ptq_ao, dm)}
+    rows["PTQ int8 (torch.ao quantize_dynamic)"] = {"test_acc": _test_acc(args, ptq_ao, dm)}
 
     control, control_timer = _fine_tune(args, dm, None)
-    rows["fp32 + same fine-tuning (control)"] = {"test_acc": _test(args, control, dm)}
+    rows["fp32 + same fine-tuning (control)"] = {"test_acc": _test_acc(args, control, dm)}
     qat_callback = QuantizationAwareTraining(freeze=args.freeze, convert_on_fit_end=False)
     qat, qat_timer = _fine_tune(args, dm, qat_callback)
-    fake_quant_acc = _test(args, qat, dm)
+    fake_quant_acc = _test_acc(args, qat, dm)
     convert(qat)
-    rows["QAT int8 converted"] = {"test_acc": _test(args, qat, dm), "state_bytes": _state_bytes(qat)}
+    rows["QAT int8 converted"] = {"test_acc": _test_acc(args, qat, dm), "state_bytes": _state_bytes(qat)}
     rows["QAT int8 converted"]["fake_quant_acc"] = fake_quant_acc
     layer_bytes = list(quantized_linear_bytes(qat))
     fp32_linear = sum(b for _, b, _ in layer_bytes)

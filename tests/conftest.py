@@ -39,16 +39,12 @@ def quiet_trainer(tmp_path, callbacks=None, **kwargs):
     return Trainer(callbacks=callbacks, **{**defaults, **kwargs})
 
 
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory) -> str:
-    """A 2-layer, width-32 BERT with random weights and the packaged MiniLM tokenizer, saved as an HF folder."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
+def tiny_bert_config(labels: list[str] | None = None, **overrides):
+    """A BertConfig of the tiny test size (2 layers, width 32, 4 heads, FFN 64, MiniLM vocabulary); ``labels`` sets
+    ``id2label``/``label2id``; ``overrides`` change any field (e.g. ``hidden_size=48``)."""
+    from transformers import BertConfig
 
-    from agent_lightning.backbone import default_backbone_path
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    config = BertConfig(
+    fields = dict(
         vocab_size=30522,
         hidden_size=32,
         num_hidden_layers=2,
@@ -56,8 +52,22 @@ def tiny_bert(tmp_path_factory) -> str:
         intermediate_size=64,
         max_position_embeddings=128,
     )
+    if labels is not None:
+        fields.update(id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)})
+    return BertConfig(**{**fields, **overrides})
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> str:
+    """A 2-layer, width-32 BERT with random weights and the packaged MiniLM tokenizer, saved as an HF folder."""
+    import torch
+    from transformers import AutoTokenizer, BertModel
+
+    from agent_lightning.backbone import default_backbone_path
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
     torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
+    BertModel(tiny_bert_config()).save_pretrained(folder)
     AutoTokenizer.from_pretrained(default_backbone_path()).save_pretrained(folder)
     return str(folder)
 
@@ -79,17 +89,32 @@ def write_rows(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] 
     return path
 
 
-@pytest.fixture
-def tiny_rows() -> list[tuple[str, str]]:
+def tiny_rows_list() -> list[tuple[str, str]]:
     return [(text, label) for label, texts in TINY_EXAMPLES.items() for text in texts]
 
 
+def make_tiny_data_dir(folder: Path) -> Path:
+    """Write train.csv (all tiny rows, twice over with variants) and test.csv into ``folder``."""
+    rows = tiny_rows_list()
+    write_rows(folder / "train.csv", rows + [(f"please {text}", label) for text, label in rows])
+    write_rows(folder / "test.csv", [(f"{text} thanks", label) for text, label in rows])
+    return folder
+
+
 @pytest.fixture
-def tiny_data_dir(tmp_path, tiny_rows) -> Path:
-    """A data folder with train.csv (all tiny rows, twice over with variants) and test.csv."""
+def tiny_rows() -> list[tuple[str, str]]:
+    return tiny_rows_list()
+
+
+@pytest.fixture
+def tiny_data_dir(tmp_path) -> Path:
+    """A data folder with train.csv and test.csv of the tiny actions (see :func:`make_tiny_data_dir`)."""
     folder = tmp_path / "tiny-data"
     folder.mkdir()
-    train = tiny_rows + [(f"please {text}", label) for text, label in tiny_rows]
-    write_rows(folder / "train.csv", train)
-    write_rows(folder / "test.csv", [(f"{text} thanks", label) for text, label in tiny_rows])
-    return folder
+    return make_tiny_data_dir(folder)
+
+
+@pytest.fixture(scope="session")
+def shared_tiny_data_dir(tmp_path_factory) -> Path:
+    """The same folder, once per session, for session- or module-scoped fixtures."""
+    return make_tiny_data_dir(tmp_path_factory.mktemp("tiny-data"))

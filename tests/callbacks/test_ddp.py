@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from agent_lightning import Agent, TextClassificationDataModule
 from agent_lightning.callbacks import Distillation, Pruning, QuantizationAwareTraining
 from agent_lightning.quantization import fake_quantized_modules
+from tests.conftest import tiny_bert_config
 
 
 class _WriteMaskDigest(Callback):
@@ -116,21 +117,12 @@ class _WriteWeightDigest(Callback):
 
 @pytest.mark.slow
 def test_distillation_keeps_ranks_identical(tmp_path, tiny_bert, tiny_data_dir):
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import BertForSequenceClassification
 
     labels = TextClassificationDataModule(dataset=str(tiny_data_dir), tokenizer=tiny_bert).label_names
     torch.manual_seed(0)
-    teacher = BertForSequenceClassification(  # wider than the student: the projection must stay equal on both ranks
-        BertConfig(
-            vocab_size=30522,
-            hidden_size=48,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-            id2label=dict(enumerate(labels)),
-            label2id={n: i for i, n in enumerate(labels)},
-        )
-    )
+    # wider than the student: the projection must stay equal on both ranks
+    teacher = BertForSequenceClassification(tiny_bert_config(labels, hidden_size=48))
     kd = Distillation(teacher=teacher, hidden_weight=1.0)
     _fit_on_two_processes(tiny_bert, tiny_data_dir, [kd, _WriteWeightDigest(str(tmp_path))], limit_val_batches=2)
     rank0 = (tmp_path / "kd0.txt").read_text().split()

@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import CSVLogger
 from agent_lightning import Agent, TextClassificationDataModule
 from agent_lightning.callbacks import Distillation
 from agent_lightning.teacher_cache import TeacherLogitCache
-from tests.conftest import quiet_trainer
+from tests.conftest import quiet_trainer, tiny_bert_config
 
 
 def _trainer(tmp_path, callbacks, **kwargs):
@@ -22,27 +22,16 @@ def _trainer(tmp_path, callbacks, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def teacher_ckpt(tmp_path_factory, tiny_bert, tiny_data_dir_module):
+def teacher_ckpt(tmp_path_factory, tiny_bert, shared_tiny_data_dir):
     """A tiny BERT agent trained for 12 steps, saved as a Lightning checkpoint."""
     folder = tmp_path_factory.mktemp("teacher")
     seed_everything(0)
-    dm = TextClassificationDataModule(dataset=str(tiny_data_dir_module), tokenizer=tiny_bert, batch_size=4)
+    dm = TextClassificationDataModule(dataset=str(shared_tiny_data_dir), tokenizer=tiny_bert, batch_size=4)
     teacher = Agent(model=tiny_bert, labels=dm.label_names, learning_rate=1e-3)
     trainer = _trainer(folder, [], max_steps=12, limit_val_batches=0)
     trainer.fit(teacher, datamodule=dm)
     trainer.save_checkpoint(folder / "teacher.ckpt")
     return folder / "teacher.ckpt"
-
-
-@pytest.fixture(scope="module")
-def tiny_data_dir_module(tmp_path_factory):
-    from tests.conftest import TINY_EXAMPLES, write_rows
-
-    folder = tmp_path_factory.mktemp("tiny-data")
-    rows = [(text, label) for label, texts in TINY_EXAMPLES.items() for text in texts]
-    write_rows(folder / "train.csv", rows + [(f"please {t}", label) for t, label in rows])
-    write_rows(folder / "test.csv", [(f"{t} thanks", label) for t, label in rows])
-    return folder
 
 
 def _student_and_data(tiny_bert, data_dir):
@@ -55,8 +44,8 @@ def _rows(path):
     return list(csv.DictReader(open(path)))
 
 
-def test_logit_kd_on_a_student_built_from_its_teacher(tmp_path, tiny_bert, tiny_data_dir_module, teacher_ckpt):
-    student, dm = _student_and_data(tiny_bert, tiny_data_dir_module)
+def test_logit_kd_on_a_student_built_from_its_teacher(tmp_path, tiny_bert, shared_tiny_data_dir, teacher_ckpt):
+    student, dm = _student_and_data(tiny_bert, shared_tiny_data_dir)
     distillation = Distillation(teacher=str(teacher_ckpt), temperature=2.0, alpha=0.3)
     logger = CSVLogger(tmp_path, name="kd")
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
@@ -95,8 +84,8 @@ def test_logit_kd_on_a_student_built_from_its_teacher(tmp_path, tiny_bert, tiny_
     assert "training_step" not in student.__dict__  # the wrapper is gone after fit
 
 
-def test_cache_returns_the_teachers_logits(tiny_bert, tiny_data_dir_module, teacher_ckpt, tmp_path):
-    student, dm = _student_and_data(tiny_bert, tiny_data_dir_module)
+def test_cache_returns_the_teachers_logits(tiny_bert, shared_tiny_data_dir, teacher_ckpt, tmp_path):
+    student, dm = _student_and_data(tiny_bert, shared_tiny_data_dir)
     distillation = Distillation(teacher=str(teacher_ckpt))
     _trainer(tmp_path, [distillation], max_steps=9, limit_val_batches=0).fit(student, datamodule=dm)
     batch = next(iter(dm.train_dataloader()))
@@ -118,41 +107,32 @@ def test_cache_returns_the_teachers_logits(tiny_bert, tiny_data_dir_module, teac
     assert distillation.cache.misses == 2
 
 
-def test_resume_reattaches_the_teacher_and_refuses_another(tmp_path, tiny_bert, tiny_data_dir_module, teacher_ckpt):
-    student, dm = _student_and_data(tiny_bert, tiny_data_dir_module)
+def test_resume_reattaches_the_teacher_and_refuses_another(tmp_path, tiny_bert, shared_tiny_data_dir, teacher_ckpt):
+    student, dm = _student_and_data(tiny_bert, shared_tiny_data_dir)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     kd = Distillation(teacher=str(teacher_ckpt))
     _trainer(tmp_path, [kd, checkpoint], max_steps=9, enable_checkpointing=True, limit_val_batches=0).fit(
         student, datamodule=dm
     )
     last = tmp_path / "ckpt" / "last.ckpt"
-    resumed, dm = _student_and_data(tiny_bert, tiny_data_dir_module)
+    resumed, dm = _student_and_data(tiny_bert, shared_tiny_data_dir)
     again = Distillation(teacher=str(teacher_ckpt))
     _trainer(tmp_path, [again], max_steps=12, limit_val_batches=0).fit(resumed, datamodule=dm, ckpt_path=last)
     assert again.teacher_fingerprint == kd.teacher_fingerprint
     other = Agent(model=tiny_bert, labels=dm.label_names)  # same labels and vocabulary, other weights
-    fresh, dm = _student_and_data(tiny_bert, tiny_data_dir_module)
+    fresh, dm = _student_and_data(tiny_bert, shared_tiny_data_dir)
     with pytest.raises(ValueError, match="the checkpoint was distilled from teacher .* Resume with teacher="):
         _trainer(tmp_path, [Distillation(teacher=other)], max_steps=12, limit_val_batches=0).fit(
             fresh, datamodule=dm, ckpt_path=last
         )
 
 
-def test_hidden_state_kd_with_a_layer_map_and_a_projection(tmp_path, tiny_bert, tiny_data_dir_module):
-    from transformers import BertConfig, BertForSequenceClassification
+def test_hidden_state_kd_with_a_layer_map_and_a_projection(tmp_path, tiny_bert, shared_tiny_data_dir):
+    from transformers import BertForSequenceClassification
 
-    student, dm = _student_and_data(tiny_bert, tiny_data_dir_module)
+    student, dm = _student_and_data(tiny_bert, shared_tiny_data_dir)
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=48,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_labels=4,
-        id2label=dict(enumerate(dm.label_names)),
-        label2id={n: i for i, n in enumerate(dm.label_names)},
-    )
+    config = tiny_bert_config(dm.label_names, hidden_size=48, num_hidden_layers=3)
     teacher = BertForSequenceClassification(config)  # wider than the 32-wide student: a projection is learned
     kd = Distillation(teacher=teacher, hidden_weight=1.0, layer_map=[2])
     logger = CSVLogger(tmp_path, name="hidden")
@@ -168,12 +148,12 @@ def test_hidden_state_kd_with_a_layer_map_and_a_projection(tmp_path, tiny_bert, 
     assert last < first  # the student (and projection) move toward the teacher's hidden states
     with pytest.raises(ValueError, match=r"layer_map=\[5\].*each in \[0, 2\] \(the teacher has 3 blocks\)"):
         _trainer(tmp_path, [Distillation(teacher=teacher, hidden_weight=1.0, layer_map=[5])], max_steps=2).fit(
-            _student_and_data(tiny_bert, tiny_data_dir_module)[0], datamodule=dm
+            _student_and_data(tiny_bert, shared_tiny_data_dir)[0], datamodule=dm
         )
 
 
-def test_attention_kd_is_logged_and_learned(tmp_path, tiny_bert, tiny_data_dir_module, teacher_ckpt):
-    student, dm = _student_and_data(tiny_bert, tiny_data_dir_module)
+def test_attention_kd_is_logged_and_learned(tmp_path, tiny_bert, shared_tiny_data_dir, teacher_ckpt):
+    student, dm = _student_and_data(tiny_bert, shared_tiny_data_dir)
     kd = Distillation(teacher=str(teacher_ckpt), attention_weight=1.0, alpha=1.0)  # task + attention only
     logger = CSVLogger(tmp_path, name="attention")
     _trainer(tmp_path, [kd], max_steps=9, logger=logger, log_every_n_steps=1, limit_val_batches=0).fit(
@@ -187,11 +167,11 @@ def test_attention_kd_is_logged_and_learned(tmp_path, tiny_bert, tiny_data_dir_m
     assert kd.cache.hits == kd.cache.misses == 0  # the teacher runs every step for attention KD
 
 
-def test_composes_with_pruning_and_qat(tmp_path, tiny_bert, tiny_data_dir_module, teacher_ckpt):
+def test_composes_with_pruning_and_qat(tmp_path, tiny_bert, shared_tiny_data_dir, teacher_ckpt):
     from agent_lightning.callbacks import Pruning, QuantizationAwareTraining
     from agent_lightning.quantization import converted_modules
 
-    student, dm = _student_and_data(tiny_bert, tiny_data_dir_module)
+    student, dm = _student_and_data(tiny_bert, shared_tiny_data_dir)
     pruning = Pruning(sparsity=0.5, start=0, end=4, frequency=2)
     kd = Distillation(teacher=str(teacher_ckpt), attention_weight=1.0, hidden_weight=1.0)
     callbacks = [kd, pruning, QuantizationAwareTraining(start=5)]
@@ -246,19 +226,17 @@ def test_bad_arguments(kwargs, error, message):
         Distillation(teacher="teacher.ckpt", **kwargs)
 
 
-def test_bad_teachers_fail_before_training(tmp_path, tiny_bert, tiny_data_dir_module, teacher_ckpt):
-    student, dm = _student_and_data(tiny_bert, tiny_data_dir_module)
+def test_bad_teachers_fail_before_training(tmp_path, tiny_bert, shared_tiny_data_dir, teacher_ckpt):
+    student, dm = _student_and_data(tiny_bert, shared_tiny_data_dir)
     before = student.model.classifier.weight.clone()
     with pytest.raises(ValueError, match="teacher='missing.ckpt'\\): no such checkpoint file"):
         _trainer(tmp_path, [Distillation(teacher="missing.ckpt")], max_steps=2).fit(student, datamodule=dm)
     other_labels = Agent(model=tiny_bert, labels=["w", "x", "y", "z"])
     with pytest.raises(ValueError, match=r"predicts 4 labels \[w, x, y, z\], the student 4 labels \[call,"):
         _trainer(tmp_path, [Distillation(teacher=other_labels)], max_steps=2).fit(student, datamodule=dm)
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import BertForSequenceClassification
 
-    small_vocab = BertForSequenceClassification(
-        BertConfig(vocab_size=500, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64)
-    )
+    small_vocab = BertForSequenceClassification(tiny_bert_config(vocab_size=500, num_hidden_layers=1))
     with pytest.raises(ValueError, match="has a vocabulary of 500 tokens, the student 30522"):
         _trainer(tmp_path, [Distillation(teacher=small_vocab)], max_steps=2).fit(student, datamodule=dm)
     corrupt = tmp_path / "corrupt.ckpt"

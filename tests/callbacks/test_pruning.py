@@ -32,13 +32,6 @@ class _CheckZerosEveryStep(Callback):
         self.checked += bool(self.pruning._keep)
 
 
-@pytest.fixture
-def agent_and_data(tiny_bert, tiny_data_dir):
-    seed_everything(0)
-    dm = TextClassificationDataModule(dataset=str(tiny_data_dir), tokenizer=tiny_bert, batch_size=4)
-    return Agent(model=tiny_bert, labels=dm.label_names, learning_rate=1e-3), dm
-
-
 def test_default_targets_are_the_block_linears(agent_and_data):
     agent, _ = agent_and_data
     names = list(select_modules(agent))

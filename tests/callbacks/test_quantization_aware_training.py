@@ -24,13 +24,6 @@ def _trainer(tmp_path, callbacks, **kwargs) -> Trainer:
     return quiet_trainer(tmp_path, callbacks, **{"num_sanity_val_steps": 0, **kwargs})
 
 
-@pytest.fixture
-def agent_and_data(tiny_bert, tiny_data_dir):
-    seed_everything(0)
-    dm = TextClassificationDataModule(dataset=str(tiny_data_dir), tokenizer=tiny_bert, batch_size=4)
-    return Agent(model=tiny_bert, labels=dm.label_names, learning_rate=1e-3), dm
-
-
 class _Watch(Callback):
     """Records, after every step, whether fake-quantization is on and the weight scale of one layer."""
 

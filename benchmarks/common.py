@@ -1,0 +1,46 @@
+"""What every BANKING77 benchmark shares: where the data is, a quiet CPU trainer, and test accuracy."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from lightning.pytorch import Trainer  # noqa: E402
+
+from agent_lightning import Agent, TextClassificationDataModule  # noqa: E402
+
+__all__ = ["DEFAULT_DATA", "RESULTS", "banking77", "quiet_trainer", "accuracy_on_test"]
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "banking77"
+
+
+def banking77(data_dir: Path = DEFAULT_DATA, batch_size: int = 32, **kwargs) -> TextClassificationDataModule:
+    """The BANKING77 CSV folder (``text,category``) as a datamodule, 64 tokens at most."""
+    return TextClassificationDataModule(
+        dataset=str(data_dir), label_column="category", batch_size=batch_size, max_length=64, **kwargs
+    )
+
+
+def quiet_trainer(callbacks=(), **kwargs) -> Trainer:
+    """A one-process CPU trainer without logger, checkpoints, progress bar, summary or sanity check."""
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    return Trainer(callbacks=list(callbacks), **{**defaults, **kwargs})
+
+
+def accuracy_on_test(agent: Agent, dm: TextClassificationDataModule, limit_batches: int | None = None) -> float:
+    """``test/acc`` of ``agent`` on the test split (the first ``limit_batches`` batches when given)."""
+    limit = {} if limit_batches is None else {"limit_test_batches": limit_batches}
+    return quiet_trainer(**limit).test(agent, datamodule=dm, verbose=False)[0]["test/acc"]
