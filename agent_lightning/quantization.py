@@ -12,13 +12,18 @@ Schemes and the CPU path of the converted model (measured facts in ``../shared/n
 ==================  =====================================  =========================================================
 recipe              fake quantization in training          converted weight (torchao)
 ==================  =====================================  =========================================================
-int8 / int8         per-channel symmetric int8 weights,    ``Int8Tensor``: int8 x int8 matmul; fast on CPU under
-                    per-token asymmetric int8 activations  ``torch.compile`` (about 2x faster than fp32), slower eager
+int8 / int8         per-channel symmetric int8 weights,    ``Int8Tensor``: int8 x int8 matmul, 4x smaller weights;
+                    per-token asymmetric int8 activations  **not fast here**: see the speed note below
 int4 / int8         per-group symmetric int4 weights,      ``IntxUnpackedToInt8Tensor`` with int8 per-token
                     per-token int8 activations             activations (4x smaller weights; no fast CPU kernel)
 int8 or int4 / none weights only                           ``IntxUnpackedToInt8Tensor``, weight-only (smaller, not
                                                            faster)
 ==================  =====================================  =========================================================
+
+Speed note (measured in ``benchmarks/results/qat_banking77.md``, torch 2.13 + torchao 0.18 on a 2-core x86 CPU
+without AMX): torchao's CPU int8 matmul falls back to int32 arithmetic, so the converted MiniLM is 11-20x *slower*
+than fp32, eager and under ``torch.compile`` alike, while ``torch.ao``'s fbgemm dynamic int8 linear is 0.57x. The
+converted model is exact and small, but a fast CPU artefact needs a different kernel (open work, issue 4).
 
 Zero stays zero: weights use a symmetric scale (zero point 0), so pruned weights remain exactly zero after
 fake-quantization and conversion.
@@ -253,8 +258,8 @@ def convert(
     A model without fake-quantized layers (e.g. a float checkpoint) is prepared with ``recipe``, ``include`` and
     ``exclude`` first: that is post-training quantization with the same scheme.
 
-    For int8 activations and weights the result runs torchao's int8 kernel; it is fast on CPU under
-    ``torch.compile(model)`` (see the module docstring).
+    For int8 activations and weights the result runs torchao's int8 kernel (see the speed note in the module
+    docstring: exact and 4x smaller, not yet faster on this CPU).
 
     Returns:
         ``model`` (changed in place), for chaining.
