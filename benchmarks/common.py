@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -11,6 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from lightning.pytorch import Trainer  # noqa: E402
 
 from agent_lightning import Agent, TextClassificationDataModule  # noqa: E402
+from agent_lightning.io import atomic_write_text  # noqa: E402
 
 __all__ = ["DEFAULT_DATA", "RESULTS", "banking77", "quiet_trainer", "accuracy_on_test"]
 
@@ -44,3 +47,12 @@ def accuracy_on_test(agent: Agent, dm: TextClassificationDataModule, limit_batch
     """``test/acc`` of ``agent`` on the test split (the first ``limit_batches`` batches when given)."""
     limit = {} if limit_batches is None else {"limit_test_batches": limit_batches}
     return quiet_trainer(**limit).test(agent, datamodule=dm, verbose=False)[0]["test/acc"]
+
+
+def write_results(output: Path, lines: list[str], data: Any) -> None:
+    """Write the markdown ``lines`` to ``output.md`` and ``data`` to ``output.json`` (atomically), and print the
+    markdown."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output.with_suffix(".md"), "\n".join(lines) + "\n")
+    atomic_write_text(output.with_suffix(".json"), json.dumps(data, indent=2, default=float))
+    print("\n".join(lines))

@@ -33,8 +33,7 @@ from lightning.pytorch import seed_everything  # noqa: E402
 
 from agent_lightning import Agent  # noqa: E402
 from agent_lightning.callbacks import Distillation  # noqa: E402
-from agent_lightning.io import atomic_write_text  # noqa: E402
-from benchmarks.common import DEFAULT_DATA, RESULTS, accuracy_on_test, banking77, quiet_trainer  # noqa: E402
+from benchmarks.common import DEFAULT_DATA, RESULTS, accuracy_on_test, banking77, quiet_trainer, write_results  # noqa: E402
 from benchmarks.latency import compare_latency  # noqa: E402
 from benchmarks.timing import StepTimer  # noqa: E402
 
@@ -150,10 +149,7 @@ def _write(args, result: dict) -> None:
         f"{latency[32]['student'] / latency[32]['teacher']:.2f}x "
         f"({1000 * latency[32]['student']:.0f} vs {1000 * latency[32]['teacher']:.0f} ms).",
     ]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.output.with_suffix(".md"), "\n".join(lines) + "\n")
-    atomic_write_text(args.output.with_suffix(".json"), json.dumps(result, indent=2))
-    print("\n".join(lines))
+    write_results(args.output, lines, result)
 
 
 if __name__ == "__main__":

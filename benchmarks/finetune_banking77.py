@@ -14,7 +14,6 @@ Writes benchmarks/results/finetune_banking77.{md,json}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -28,8 +27,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
 
 from agent_lightning import Agent, TextClassificationDataModule  # noqa: E402
-from agent_lightning.io import atomic_write_text  # noqa: E402
-from benchmarks.common import DEFAULT_DATA, RESULTS, banking77, quiet_trainer  # noqa: E402
+from benchmarks.common import DEFAULT_DATA, RESULTS, banking77, quiet_trainer, write_results  # noqa: E402
 from benchmarks.timing import StepTimer  # noqa: E402
 
 PADDING_MODES = {
@@ -130,10 +128,7 @@ def write_report(args, throughput, result) -> None:
             "Published BERT-base on BANKING77: about 93 % test accuracy (Casanueva et al., 2020).",
         ]
     lines += ["", f"Dynamic + length-grouped batches train {base / fixed:.2f}x as many samples per second as fixed-64."]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.output.with_suffix(".md"), "\n".join(lines) + "\n")
-    atomic_write_text(args.output.with_suffix(".json"), json.dumps({"throughput": throughput, "fit": result}, indent=2))
-    print("\n".join(lines))
+    write_results(args.output, lines, {"throughput": throughput, "fit": result})
 
 
 def main() -> None:

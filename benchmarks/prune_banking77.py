@@ -33,9 +33,8 @@ from lightning.pytorch.callbacks import ModelPruning  # noqa: E402
 
 from agent_lightning import Agent  # noqa: E402
 from agent_lightning.callbacks import Pruning  # noqa: E402
-from agent_lightning.io import atomic_write_text  # noqa: E402
 from agent_lightning.targets import select_modules  # noqa: E402
-from benchmarks.common import DEFAULT_DATA, RESULTS, accuracy_on_test, banking77, quiet_trainer  # noqa: E402
+from benchmarks.common import DEFAULT_DATA, RESULTS, accuracy_on_test, banking77, quiet_trainer, write_results  # noqa: E402
 from benchmarks.latency import measure_latency  # noqa: E402
 
 
@@ -146,10 +145,7 @@ def _write(args, rows: list[dict]) -> None:
         "Latency: median forward time at sequence length 64 relative to the dense model (lower is faster). "
         "Unstructured and 2:4 sparsity run on dense kernels, so only structured removal changes CPU latency.",
     ]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.output.with_suffix(".md"), "\n".join(lines) + "\n")
-    atomic_write_text(args.output.with_suffix(".json"), json.dumps(rows, indent=2))
-    print("\n".join(lines))
+    write_results(args.output, lines, rows)
 
 
 if __name__ == "__main__":

@@ -39,9 +39,8 @@ from torch import nn  # noqa: E402
 
 from agent_lightning import Agent  # noqa: E402
 from agent_lightning.callbacks import QuantizationAwareTraining  # noqa: E402
-from agent_lightning.io import atomic_write_text  # noqa: E402
 from agent_lightning.quantization import convert, quantized_linear_bytes  # noqa: E402
-from benchmarks.common import DEFAULT_DATA, RESULTS, accuracy_on_test, banking77, quiet_trainer  # noqa: E402
+from benchmarks.common import DEFAULT_DATA, RESULTS, accuracy_on_test, banking77, quiet_trainer, write_results  # noqa: E402
 from benchmarks.latency import compare_latency  # noqa: E402
 from benchmarks.timing import StepTimer  # noqa: E402
 
@@ -196,10 +195,7 @@ def _write(args, result: dict) -> None:
         f"{latency[1]['fp32 compiled'] / latency[1]['QAT int8 compiled']:.2f}x, batch 32 "
         f"{latency[32]['fp32 compiled'] / latency[32]['QAT int8 compiled']:.2f}x.",
     ]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.output.with_suffix(".md"), "\n".join(lines) + "\n")
-    atomic_write_text(args.output.with_suffix(".json"), json.dumps(result, indent=2, default=float))
-    print("\n".join(lines))
+    write_results(args.output, lines, result)
 
 
 if __name__ == "__main__":
