@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
@@ -21,12 +20,11 @@ from agent_lightning.backbone import resolve_backbone
 from agent_lightning.io import atomic_directory
 from agent_lightning.structure import STRUCTURE_KEY, build_from_config, load_pretrained_pruned
 from agent_lightning.students import keep_layers, narrow_ffn
-from agent_lightning.tensorboard import write_hparams_session
+from agent_lightning.tensorboard import write_run_hparams
 
 __all__ = ["Agent"]
 
 _CONFIG_KEY = "agent_lightning/hf_config"
-_METRIC_TAGS = ("val/acc", "val/f1", "val/loss", "test/acc", "test/f1")
 
 
 class Agent(LightningModule):
@@ -195,13 +193,8 @@ class Agent(LightningModule):
 
     @override
     def on_fit_start(self) -> None:
-        self._write_hparams_session()
-
-    @rank_zero_only
-    def _write_hparams_session(self) -> None:
-        params = {k: v for k, v in self.hparams.items() if k != "labels"}
-        params["num_labels"] = len(self.labels)
-        write_hparams_session(self.logger, params, _METRIC_TAGS)
+        # HParams tab: the agent's settings and those of the compression callbacks (once per run).
+        write_run_hparams(self.trainer, self)
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

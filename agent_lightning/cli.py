@@ -23,7 +23,13 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
 from agent_lightning.agent import Agent
-from agent_lightning.callbacks import COMPRESSION_CALLBACKS, RandomState
+from agent_lightning.callbacks import (
+    COMPRESSION_CALLBACKS,
+    REPORTED_CALLBACKS,
+    CompressionDashboard,
+    CompressionReport,
+    RandomState,
+)
 from agent_lightning.datamodules import TextClassificationDataModule
 
 __all__ = ["AgentLightningCLI", "main"]
@@ -86,12 +92,25 @@ class AgentLightningCLI(LightningCLI):
             help="After fit, evaluate on the test split (when the data has one): the best checkpoint, or the final "
             "model when a compression callback is attached.",
         )
+        parser.add_argument(
+            "--report",
+            type=bool,
+            default=True,
+            help="When Pruning, QuantizationAwareTraining or Distillation is attached, also attach "
+            "CompressionDashboard (TensorBoard layout, HParams, weight histograms) and CompressionReport (final vs "
+            "reference: size, accuracy, CPU latency), unless they are attached explicitly.",
+        )
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         # A rich progress bar unless the user turned bars off or chose another one.
         chosen = list(config.get("callbacks") or []) + callbacks
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in chosen):
             callbacks = [*callbacks, RichProgressBar(leave=True)]
+        wants_report = self.subcommand is None or self.config[self.subcommand].get("report", True)
+        if wants_report and any(isinstance(c, REPORTED_CALLBACKS) for c in chosen):
+            for kind in (CompressionDashboard, CompressionReport):
+                if not any(isinstance(c, kind) for c in chosen):
+                    callbacks = [*callbacks, kind()]
         return super()._instantiate_trainer(config, callbacks)
 
     def after_fit(self) -> None:

@@ -16,8 +16,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch import LightningModule
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = ["count_correct", "logits_of", "split_batch"]
 
@@ -61,17 +62,25 @@ def logits_of(output: Any) -> Tensor:
 
 
 @torch.no_grad()
-def count_correct(module: LightningModule, batches: Iterable[Any]) -> tuple[int, int]:
+def count_correct(module: nn.Module, batches: Iterable[Any], max_batches: int | None = None) -> tuple[int, int]:
     """``(correct, counted)`` top-1 predictions of ``module`` over ``batches`` (moved to its device), in eval mode.
 
-    Batches without labels are skipped; labels equal to ``-100`` are not counted.
+    ``module`` is a LightningModule (batches move with its ``transfer_batch_to_device``) or any ``nn.Module`` (e.g.
+    a Hugging Face teacher; tensors move to the device of its first parameter). Batches without labels are skipped;
+    labels equal to ``-100`` are not counted; at most ``max_batches`` batches are read when given.
     """
     was_training = module.training
     module.eval()
+    device = _device_of(module)
     correct = counted = 0
     try:
-        for batch in batches:
-            batch = module.transfer_batch_to_device(batch, module.device, 0)
+        for index, batch in enumerate(batches):
+            if max_batches is not None and index >= max_batches:
+                break
+            if isinstance(module, LightningModule):
+                batch = module.transfer_batch_to_device(batch, device, 0)
+            else:
+                batch = move_data_to_device(batch, device)
             args, kwargs, labels = split_batch(batch)
             if labels is None:
                 continue
@@ -82,3 +91,10 @@ def count_correct(module: LightningModule, batches: Iterable[Any]) -> tuple[int,
     finally:
         module.train(was_training)
     return correct, counted
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    if isinstance(module, LightningModule):
+        return module.device
+    parameter = next(module.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")

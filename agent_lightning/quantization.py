@@ -1,29 +1,30 @@
-"""Quantization-aware training and int8 conversion of linear layers, on torchao.
+"""Quantization-aware training and int8 conversion of linear layers, on torchao and torch.ao's fbgemm kernel.
 
-A :class:`QuantizationRecipe` names the scheme (int8 or int4 weights, int8 dynamic or float activations);
-:func:`prepare` swaps the targeted ``nn.Linear`` layers for torchao ``FakeQuantizedLinear`` (same ``weight`` and
-``bias`` parameters, same ``state_dict`` keys), :func:`freeze_ranges` fixes the weight scales, and :func:`convert`
-replaces each fake-quantized layer by a plain ``nn.Linear`` whose weight is a torchao quantized tensor built **with
-the scales the fake quantizer used**, so the converted layer computes what training simulated (up to float
-rounding in the int8 kernel).
+A :class:`QuantizationRecipe` names the scheme (int8 or int4 weights, int8 dynamic or float activations) and the
+kernel the converted model will run; :func:`prepare` swaps the targeted ``nn.Linear`` layers for torchao
+``FakeQuantizedLinear`` (same ``weight`` and ``bias`` parameters, same ``state_dict`` keys) whose fake quantization
+matches that kernel, :func:`freeze_ranges` fixes the weight scales, and :func:`convert` replaces each fake-quantized
+layer by a real quantized layer built **with the scales the fake quantizer used**, so the converted layer computes
+what training simulated (up to rounding ties and float accumulation order).
 
-Schemes and the CPU path of the converted model (measured facts in ``../shared/notes/cpu-compression-facts.md``):
+Schemes (measured in ``benchmarks/results/qat_banking77.md``):
 
-==================  =====================================  =========================================================
-recipe              fake quantization in training          converted weight (torchao)
-==================  =====================================  =========================================================
-int8 / int8         per-channel symmetric int8 weights,    ``Int8Tensor``: int8 x int8 matmul, 4x smaller weights;
-                    per-token asymmetric int8 activations  **not fast here**: see the speed note below
-int4 / int8         per-group symmetric int4 weights,      ``IntxUnpackedToInt8Tensor`` with int8 per-token
-                    per-token int8 activations             activations (4x smaller weights; no fast CPU kernel)
-int8 or int4 / none weights only                           ``IntxUnpackedToInt8Tensor``, weight-only (smaller, not
-                                                           faster)
-==================  =====================================  =========================================================
+- **int8 weights + int8 activations, kernel "auto"/"fbgemm" (default)**: per-channel symmetric int8 weights and
+  per-tensor asymmetric 7-bit dynamic activations in training; converted to ``torch.ao.nn.quantized.dynamic.Linear``
+  (fbgemm/x86 int8 GEMM, CPU only): 4x smaller linear weights and faster than fp32 on CPU. torch 2.13 marks its
+  quantized tensors, which this module is built from, as deprecated (pytorch/pytorch#184982); when they go, this
+  path moves to their replacement and the torchao kernel stays available.
+- **int8 + int8, kernel "torchao"**: per-token asymmetric int8 activations; converted to a torchao ``Int8Tensor``
+  weight (any device). On the measured 2-core x86 CPU torchao's int8 matmul falls back to int32 arithmetic and is
+  11-20x *slower* than fp32, eagerly and under ``torch.compile``.
+- **int4 weights** (per-group symmetric) with int8 per-token activations, or **weight-only** (``activations="none"``):
+  converted to torchao ``IntxUnpackedToInt8Tensor`` weights (smaller; no fast CPU kernel).
 
-Speed note (measured in ``benchmarks/results/qat_banking77.md``, torch 2.13 + torchao 0.18 on a 2-core x86 CPU
-without AMX): torchao's CPU int8 matmul falls back to int32 arithmetic, so the converted MiniLM is 11-20x *slower*
-than fp32, eager and under ``torch.compile`` alike, while ``torch.ao``'s fbgemm dynamic int8 linear is 0.57x. The
-converted model is exact and small, but a fast CPU artefact needs a different kernel (open work, issue 4).
+The fbgemm path reproduces the kernel bit for bit where it matters: the kernel quantizes each call's input as one
+tensor to ``[0, 127]`` (``reduce_range``) with scale and zero point from ``torch._choose_qparams_per_tensor``, so the
+training-time activation fake quantizer (:class:`DynamicActivationFakeQuantizer`) calls that same routine and
+``torch.fake_quantize_per_tensor_affine``; weights use torchao's per-channel fake quantizer and are converted with
+its scales.
 
 Zero stays zero: weights use a symmetric scale (zero point 0), so pruned weights remain exactly zero after
 fake-quantization and conversion.
@@ -32,12 +33,14 @@ fake-quantization and conversion.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
+from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 from torchao.quantization import (
     Int8Tensor,
     IntxUnpackedToInt8Tensor,
@@ -52,9 +55,11 @@ from torchao.utils import TorchAOBaseTensor
 from agent_lightning.targets import select_modules
 
 __all__ = [
+    "DynamicActivationFakeQuantizer",
     "QuantizationRecipe",
     "convert",
     "converted_modules",
+    "dequantized_weight",
     "fake_quantized_modules",
     "freeze_ranges",
     "frozen_scales",
@@ -67,6 +72,7 @@ __all__ = [
 
 Weights = Literal["int8", "int4"]
 Activations = Literal["int8", "none"]
+Kernel = Literal["auto", "fbgemm", "torchao"]
 
 
 @dataclass(frozen=True)
@@ -76,23 +82,28 @@ class QuantizationRecipe:
     Attributes:
         weights: ``"int8"`` (symmetric, one scale per output channel) or ``"int4"`` (symmetric, one scale per
             ``group_size`` input weights of each output channel).
-        activations: ``"int8"`` (dynamic: asymmetric, one scale and zero point per token, computed at run time,
-            exactly what torchao's int8 CPU kernel does) or ``"none"`` (weight-only).
+        activations: ``"int8"`` (dynamic: asymmetric, computed at run time from each input, as the int8 kernel
+            does) or ``"none"`` (weight-only).
         group_size: inputs per scale for ``weights="int4"``; must divide every targeted layer's input width.
+        kernel: the int8 kernel the converted model runs, which the fake quantization matches: ``"fbgemm"``
+            (``torch.ao`` dynamic quantized linear, fast on x86 CPUs, CPU only; int8 weights and activations only),
+            ``"torchao"`` (torchao quantized tensors, any device, every scheme) or ``"auto"`` (fbgemm where it
+            applies, else torchao).
 
     Raises:
         ValueError: an unknown choice or a bad group size, with the corrected call.
 
     Example:
         >>> QuantizationRecipe()  # int8 weights, int8 dynamic activations
-        QuantizationRecipe(weights='int8', activations='int8', group_size=32)
-        >>> QuantizationRecipe(weights="int4", group_size=64)
-        QuantizationRecipe(weights='int4', activations='int8', group_size=64)
+        QuantizationRecipe(weights='int8', activations='int8', group_size=32, kernel='auto')
+        >>> QuantizationRecipe(weights="int4", group_size=64).backend
+        'torchao'
     """
 
     weights: Weights = "int8"
     activations: Activations = "int8"
     group_size: int = 32
+    kernel: Kernel = "auto"
 
     def __post_init__(self) -> None:
         if self.weights not in ("int8", "int4"):
@@ -110,6 +121,24 @@ class QuantizationRecipe:
             raise ValueError(
                 f"group_size={size!r} must be a power of two >= 2 (inputs per int4 scale), e.g. group_size=32."
             )
+        if self.kernel not in ("auto", "fbgemm", "torchao"):
+            raise ValueError(
+                f"kernel={self.kernel!r} is not supported; use 'auto', 'fbgemm' (fast int8 on x86 CPUs) or 'torchao', "
+                "e.g. QuantizationRecipe(kernel='auto')."
+            )
+        if self.kernel == "fbgemm" and (self.weights, self.activations) != ("int8", "int8"):
+            raise ValueError(
+                f"kernel='fbgemm' runs int8 weights with int8 activations only, not weights={self.weights!r}, "
+                f"activations={self.activations!r}. Use QuantizationRecipe(weights={self.weights!r}, "
+                f"activations={self.activations!r}, kernel='torchao') or QuantizationRecipe(kernel='fbgemm')."
+            )
+
+    @property
+    def backend(self) -> Literal["fbgemm", "torchao"]:
+        """The kernel ``"auto"`` resolves to: fbgemm for int8 weights and activations, torchao otherwise."""
+        if self.kernel == "torchao" or (self.weights, self.activations) != ("int8", "int8"):
+            return "torchao"
+        return "fbgemm"
 
     def fake_quantize_configs(self) -> tuple[IntxFakeQuantizeConfig | None, IntxFakeQuantizeConfig]:
         """``(activation_config, weight_config)`` for torchao's ``QATConfig``."""
@@ -118,7 +147,7 @@ class QuantizationRecipe:
         else:
             weight = IntxFakeQuantizeConfig(torch.int4, group_size=self.group_size, is_symmetric=True)
         activation = None
-        if self.activations == "int8":
+        if self.activations == "int8" and self.backend == "torchao":  # fbgemm: DynamicActivationFakeQuantizer
             activation = IntxFakeQuantizeConfig(torch.int8, granularity="per_token", is_symmetric=False)
         return activation, weight
 
@@ -172,9 +201,45 @@ def prepare(
     activation, weight = recipe.fake_quantize_configs()
     config = QATConfig(activation_config=activation, weight_config=weight, step="prepare")
     quantize_(model, config, filter_fn=lambda module, fqn: id(module) in todo)
-    for module in fake_quantized_modules(model).values():  # each layer gets its own (freezable) config object
+    for name, module in fake_quantized_modules(model).items():
+        if name not in targets:
+            continue
+        # each layer gets its own (freezable) config object
         module.weight_fake_quantizer.config = dataclasses.replace(module.weight_fake_quantizer.config)
+        if recipe.backend == "fbgemm" and module.activation_fake_quantizer is None:
+            module.activation_fake_quantizer = DynamicActivationFakeQuantizer()
     return list(targets)
+
+
+class DynamicActivationFakeQuantizer(nn.Module):
+    """Fake-quantize a layer's input the way fbgemm's dynamic int8 linear quantizes it at inference.
+
+    The whole input tensor gets one asymmetric scale and zero point over ``[0, 127]`` (the kernel's
+    ``reduce_range``), chosen from the tensor's min and max by ``torch._choose_qparams_per_tensor`` — the routine
+    the kernel itself calls — and ``torch.fake_quantize_per_tensor_affine`` rounds the values (straight-through
+    gradient inside the range). No state: ``state_dict`` keys of the layer do not change.
+
+    Shapes:
+        input: ``(*, in_features)``, any float dtype; output: same shape and dtype.
+
+    Example:
+        >>> quantizer = DynamicActivationFakeQuantizer()
+        >>> x = torch.randn(2, 5, 8)
+        >>> bool((quantizer(x) - x).abs().max() <= (x.max() - x.min()) / 127)
+        True
+    """
+
+    quant_min, quant_max = 0, 127
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale: float | None = None  # of the last call, for logging
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale, zero_point = torch._choose_qparams_per_tensor(x.detach().float(), True)
+        self.scale = scale
+        quantized = torch.fake_quantize_per_tensor_affine(x.float(), scale, zero_point, self.quant_min, self.quant_max)
+        return quantized.to(x.dtype)
 
 
 def fake_quantized_modules(model: nn.Module) -> dict[str, FakeQuantizedLinear]:
@@ -183,16 +248,21 @@ def fake_quantized_modules(model: nn.Module) -> dict[str, FakeQuantizedLinear]:
 
 
 def converted_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """The layers of ``model`` whose weight is a torchao quantized tensor (the result of :func:`convert`)."""
-    return {name: m for name, m in model.named_modules() if isinstance(getattr(m, "weight", None), TorchAOBaseTensor)}
+    """The int8/int4 layers of ``model`` (the result of :func:`convert`): fbgemm dynamic quantized linears and
+    linears whose weight is a torchao quantized tensor."""
+    return {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, DynamicQuantizedLinear) or isinstance(getattr(m, "weight", None), TorchAOBaseTensor)
+    }
 
 
 def freeze_ranges(model: nn.Module) -> dict[str, tuple[Tensor, Tensor]]:
     """Fix every fake-quantized layer's weight scale at the value its current weight gives.
 
     From now on the weight grid no longer follows the weights, and :func:`convert` uses the same scales, so the
-    converted model is the model that was trained. Activation ranges stay dynamic: the int8 kernel computes them per
-    token at run time, during training and after conversion alike.
+    converted model is the model that was trained. Activation ranges stay dynamic: the int8 kernel computes them
+    from each input at run time, during training and after conversion alike.
 
     Returns:
         ``{layer name: (scale, zero_point)}``, as :func:`frozen_scales` would.
@@ -251,18 +321,21 @@ def convert(
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
 ) -> nn.Module:
-    """Replace fake-quantized layers by ``nn.Linear`` layers with torchao quantized weights, in place.
+    """Replace fake-quantized layers by real int8 (or int4) layers, in place.
 
-    Each layer is quantized with the scales its fake quantizer uses (frozen ones if :func:`freeze_ranges` ran,
-    otherwise those of the current weight), so the result equals the fake-quantized forward up to float rounding.
+    Layers prepared for the fbgemm kernel become ``torch.ao.nn.quantized.dynamic.Linear`` (CPU; int8 GEMM, faster
+    than fp32); the others become ``nn.Linear`` layers with a torchao quantized weight. Each layer is quantized
+    with the scales its fake quantizer uses (frozen ones if :func:`freeze_ranges` ran, otherwise those of the current
+    weight), so the result equals the fake-quantized forward up to float rounding.
     A model without fake-quantized layers (e.g. a float checkpoint) is prepared with ``recipe``, ``include`` and
     ``exclude`` first: that is post-training quantization with the same scheme.
 
-    For int8 activations and weights the result runs torchao's int8 kernel (see the speed note in the module
-    docstring: exact and 4x smaller, not yet faster on this CPU).
-
     Returns:
         ``model`` (changed in place), for chaining.
+
+    Raises:
+        ValueError: an fbgemm layer is not on the CPU (move the model with ``model.cpu()`` first, or prepare with
+            ``kernel="torchao"``).
 
     Example:
         >>> agent = Agent.load_from_checkpoint("qat.ckpt")  # doctest: +SKIP
@@ -273,18 +346,53 @@ def convert(
         prepare(model, recipe, include, exclude)
         modules = fake_quantized_modules(model)
     for name, module in modules.items():
-        model.set_submodule(name, _converted_linear(module))
+        if isinstance(module.activation_fake_quantizer, DynamicActivationFakeQuantizer):
+            model.set_submodule(name, _fbgemm_linear(name, module))
+        else:
+            model.set_submodule(name, _torchao_linear(module))
     return model
 
 
-def _converted_linear(module: FakeQuantizedLinear) -> nn.Linear:
+def _weight_scales(module: FakeQuantizedLinear) -> tuple[Tensor, Tensor]:
+    """The (frozen or current-weight) ``(scale, zero_point)`` the layer's weight fake quantizer uses."""
+    quantizer = module.weight_fake_quantizer
+    with torch.no_grad():
+        if quantizer.config.is_dynamic or quantizer.scale is None:
+            quantizer(module.weight.detach())  # scales of the current weight, as the last training forward used
+    return quantizer.scale.detach(), quantizer.zero_point.detach()
+
+
+def _fbgemm_linear(name: str, module: FakeQuantizedLinear) -> DynamicQuantizedLinear:
+    weight = module.weight.detach()
+    if weight.device.type != "cpu":
+        raise ValueError(
+            f"Layer {name!r} is on {weight.device}, but the fbgemm int8 kernel runs on the CPU only. Call "
+            "model.cpu() before convert(model), or quantize with kernel='torchao' for other devices."
+        )
+    scale, _ = _weight_scales(module)
+    with warnings.catch_warnings():
+        # torch 2.13 announces that its quantized tensors (which fbgemm's packed int8 weights are built from) will be
+        # removed in a future release (pytorch/pytorch#184982); documented in the module docstring.
+        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel")
+        quantized = torch.quantize_per_channel(
+            weight.float(),
+            scale.reshape(-1).double(),
+            torch.zeros(weight.shape[0], dtype=torch.long),
+            axis=0,
+            dtype=torch.qint8,
+        )
+    linear = DynamicQuantizedLinear(module.in_features, module.out_features, module.bias is not None)
+    bias = None if module.bias is None else module.bias.detach().float()
+    linear.set_weight_bias(quantized, bias)
+    return linear
+
+
+def _torchao_linear(module: FakeQuantizedLinear) -> nn.Linear:
     quantizer = module.weight_fake_quantizer
     config: IntxFakeQuantizeConfig = quantizer.config
     weight = module.weight.detach()
+    scale, zero_point = _weight_scales(module)
     with torch.no_grad():
-        if config.is_dynamic or quantizer.scale is None:
-            quantizer(weight)  # scales of the current weight, as the last training forward used
-        scale, zero_point = quantizer.scale.detach(), quantizer.zero_point.detach()
         int8_activations = module.activation_fake_quantizer is not None
         if config.dtype == torch.int8 and int8_activations:
             quantized = Int8Tensor.from_hp(
@@ -326,24 +434,50 @@ def unprepare(model: nn.Module) -> dict[str, str]:
         model.set_submodule(name, module.to_linear())
         changed[name] = "fake_quant"
     for name, module in list(converted_modules(model).items()):
-        weight = module.weight.dequantize()
-        linear = nn.Linear(module.in_features, module.out_features, module.bias is not None, device=weight.device)
+        weight, bias = _dequantized(module)
+        linear = nn.Linear(module.in_features, module.out_features, bias is not None, device=weight.device)
         with torch.no_grad():
             linear.weight.copy_(weight)
-            if module.bias is not None:
-                linear.bias.copy_(module.bias)
+            if bias is not None:
+                linear.bias.copy_(bias)
         model.set_submodule(name, linear)
         changed[name] = "converted"
     return changed
+
+
+def _dequantized(module: nn.Module) -> tuple[Tensor, Tensor | None]:
+    """Float ``(weight, bias)`` of a converted layer."""
+    if isinstance(module, DynamicQuantizedLinear):
+        return module.weight().dequantize(), module.bias()
+    return module.weight.dequantize(), module.bias
+
+
+def dequantized_weight(module: nn.Module) -> Tensor:
+    """The float weight a layer computes with: dequantized for converted layers, the parameter otherwise.
+
+    Example:
+        >>> bool((dequantized_weight(convert(model).get_submodule("fc")) == 0).any())  # doctest: +SKIP
+        True
+    """
+    if isinstance(module, DynamicQuantizedLinear) or isinstance(getattr(module, "weight", None), TorchAOBaseTensor):
+        return _dequantized(module)[0]
+    return module.weight.detach()
 
 
 def quantized_linear_bytes(model: nn.Module) -> Iterator[tuple[str, int, int]]:
     """``(name, float32 bytes, quantized bytes)`` of each converted layer's weight.
 
     Quantized bytes count what the tensor really stores: its integer data (torchao keeps int4 values unpacked, one
-    byte each, in ``IntxUnpackedToInt8Tensor``) plus scales and zero points.
+    byte each, in ``IntxUnpackedToInt8Tensor``) plus scales and zero points (as stored: fbgemm's per-channel
+    scales and zero points are 8 bytes each).
     """
     for name, module in converted_modules(model).items():
+        if isinstance(module, DynamicQuantizedLinear):
+            weight = module.weight()
+            scales, zero_points = weight.q_per_channel_scales(), weight.q_per_channel_zero_points()
+            stored = weight.numel() + sum(t.numel() * t.element_size() for t in (scales, zero_points))
+            yield name, weight.numel() * 4, stored
+            continue
         weight = module.weight
         inner_names, _ = weight.__tensor_flatten__()
         stored = sum(getattr(weight, n).numel() * getattr(weight, n).element_size() for n in inner_names)

@@ -1,13 +1,97 @@
-"""TensorBoard-only views written through a Lightning logger (skipped quietly for other loggers)."""
+"""TensorBoard-only views written through a Lightning logger (skipped quietly for other loggers).
+
+Tag scheme of the project (one prefix per source, no ``_step``/``_epoch`` suffixes, one run folder per fit):
+
+==============  ==========================================================================================
+prefix          written by
+==============  ==========================================================================================
+``train/``      the Agent: ``train/loss``, ``train/lr`` per step
+``val/``        the Agent: ``val/loss``, ``val/acc``, ``val/f1`` per validation epoch (``test/`` alike)
+``pruning/``    :class:`~agent_lightning.callbacks.Pruning`: ``sparsity``, ``target``, ``nonzero_params``, ``layer/*``
+``qat/``        :class:`~agent_lightning.callbacks.QuantizationAwareTraining`: ``enabled``, ``weight_error``,
+                ``fake_quant_acc``, ``converted_acc``, ``acc_gap``, ``layer/*``
+``distill/``    :class:`~agent_lightning.callbacks.Distillation`: ``kd_loss``, ``task_loss``, ``hidden_loss``,
+                ``attention_loss``, ``temperature``, ``alpha``, ``agreement``, ``teacher_acc``
+``model/``      :class:`~agent_lightning.callbacks.CompressionReport` (sizes, accuracy, latency before/after) and
+                :class:`~agent_lightning.callbacks.CompressionDashboard` (``model/weights/*`` histograms)
+``epoch``       Lightning's own epoch counter, beside every logged step
+==============  ==========================================================================================
+"""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 
-__all__ = ["write_hparams_session"]
+__all__ = [
+    "COMPRESSION_LAYOUT",
+    "RUN_METRIC_TAGS",
+    "callback_settings",
+    "plain_settings",
+    "run_hparams",
+    "tensorboard_logger",
+    "write_custom_scalars",
+    "write_hparams_session",
+    "write_run_hparams",
+]
+
+#: Metrics shown in the HParams tab (each reads the latest value of the scalar with the same tag).
+RUN_METRIC_TAGS = (
+    "val/acc",
+    "val/f1",
+    "val/loss",
+    "test/acc",
+    "pruning/sparsity",
+    "qat/converted_acc",
+    "distill/agreement",
+    "model/val_acc",
+    "model/size_mb",
+    "model/zipped_mb",
+    "model/size_ratio",
+    "model/latency_ratio_b1",
+    "model/latency_ratio_b32",
+)
+
+#: The "Compression" dashboard of TensorBoard's Custom Scalars tab: chart title -> tag regexes drawn together.
+COMPRESSION_LAYOUT: dict[str, dict[str, list[str]]] = {
+    "Compression": {
+        "loss: train vs val": [r"^train/loss$", r"^val/loss$"],
+        "accuracy": [r"^val/acc$", r"^distill/teacher_acc$", r"^distill/agreement$", r"^model/(reference_)?val_acc$"],
+        "sparsity: actual vs target": [r"^pruning/sparsity$", r"^pruning/target$"],
+        "distillation terms": [r"^distill/(loss|kd_loss|task_loss|hidden_loss|attention_loss)$"],
+        "QAT: fake-quant vs converted accuracy": [r"^qat/(fake_quant_acc|converted_acc)$", r"^qat/enabled$"],
+        "model size (MB)": [r"^model/(reference_)?(size_mb|zipped_mb)$"],
+        "CPU latency (ms)": [r"^model/(reference_)?latency_b\d+_ms$"],
+    }
+}
+
+
+def tensorboard_logger(trainer: Trainer) -> TensorBoardLogger | None:
+    """The trainer's first :class:`TensorBoardLogger`, if any."""
+    return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+
+
+def write_custom_scalars(logger: Logger | None, layout: Mapping[str, Mapping[str, Sequence[str]]]) -> bool:
+    """Write a Custom Scalars layout (category -> chart title -> tag regexes, drawn as multiline charts) once.
+
+    Returns:
+        Whether it was written (``False`` for other loggers, or when this run already has a layout).
+    """
+    if not isinstance(logger, TensorBoardLogger) or getattr(logger.experiment, "_agent_lightning_layout", False):
+        return False
+    from torch.utils.tensorboard.summary import custom_scalars
+
+    charts = {
+        category: {title: ["Multiline", list(tags)] for title, tags in charts.items()}
+        for category, charts in layout.items()
+    }
+    logger.experiment._get_file_writer().add_summary(custom_scalars(charts))
+    logger.experiment._agent_lightning_layout = True
+    return True
 
 
 def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -39,10 +123,12 @@ def write_hparams_session(logger: Logger | None, params: Mapping[str, Any], metr
         params: hyperparameters; nested mappings are flattened with ``/``, long lists summarised.
         metric_tags: scalar tags to show as metrics, e.g. ``["val/acc", "val/loss"]``.
 
+    A run gets one session: later calls for the same logger write nothing.
+
     Returns:
         Whether anything was written.
     """
-    if not isinstance(logger, TensorBoardLogger):
+    if not isinstance(logger, TensorBoardLogger) or getattr(logger.experiment, "_agent_lightning_hparams", False):
         return False
     from torch.utils.tensorboard.summary import hparams
 
@@ -50,4 +136,53 @@ def write_hparams_session(logger: Logger | None, params: Mapping[str, Any], metr
     writer = logger.experiment._get_file_writer()
     for summary in (experiment, start, end):
         writer.add_summary(summary)
+    logger.experiment._agent_lightning_hparams = True
     return True
+
+
+def plain_settings(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """A constructor's arguments (``plain_settings(locals())`` as its first line) as plain values: ``self`` dropped,
+    objects (e.g. a teacher module) replaced by ``"<TypeName>"``."""
+    settings: dict[str, Any] = {}
+    for name, value in arguments.items():
+        if name in ("self", "__class__"):
+            continue
+        plain = value is None or isinstance(value, (bool, int, float, str))
+        if isinstance(value, (list, tuple)):
+            plain = all(v is None or isinstance(v, (bool, int, float, str)) for v in value)
+        settings[name] = value if plain else f"<{type(value).__name__}>"
+    return settings
+
+
+def callback_settings(callback: object) -> dict[str, Any]:
+    """A callback's constructor arguments: its ``settings`` mapping when it keeps one (agent_lightning's callbacks
+    do), else those of its ``__init__`` parameters that it keeps as plain attributes of the same names."""
+    settings = getattr(callback, "settings", None)
+    if isinstance(settings, Mapping):
+        return dict(settings)
+    found: dict[str, Any] = {}
+    for name in inspect.signature(type(callback).__init__).parameters:
+        value = getattr(callback, name, None)
+        if name != "self" and (value is None or isinstance(value, (bool, int, float, str))):
+            found[name] = value
+    return found
+
+
+def run_hparams(trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
+    """What defines a run: the module's ``hparams`` (``labels`` summarised) and the settings of every
+    agent_lightning callback attached to ``trainer``, under the callback's class name."""
+    params = {k: v for k, v in dict(getattr(pl_module, "hparams", {})).items() if k != "labels"}
+    labels = getattr(pl_module, "labels", None)
+    if isinstance(labels, Sequence):
+        params["num_labels"] = len(labels)
+    for callback in trainer.callbacks:
+        if type(callback).__module__.startswith("agent_lightning.") and type(callback).__name__ != "RandomState":
+            params[type(callback).__name__] = callback_settings(callback) or {"attached": True}
+    return params
+
+
+def write_run_hparams(trainer: Trainer, pl_module: LightningModule) -> bool:
+    """Write :func:`run_hparams` with :data:`RUN_METRIC_TAGS` as the run's HParams session (once per run)."""
+    if trainer.global_rank != 0:
+        return False
+    return write_hparams_session(tensorboard_logger(trainer), run_hparams(trainer, pl_module), RUN_METRIC_TAGS)

@@ -33,9 +33,12 @@ from lightning.pytorch import seed_everything  # noqa: E402
 
 from agent_lightning import Agent  # noqa: E402
 from agent_lightning.callbacks import Distillation  # noqa: E402
+from agent_lightning.measure import compare_latency, token_inputs  # noqa: E402
 from benchmarks.common import DEFAULT_DATA, RESULTS, accuracy_on_test, banking77, quiet_trainer, write_results  # noqa: E402
-from benchmarks.latency import compare_latency  # noqa: E402
 from benchmarks.timing import StepTimer  # noqa: E402
+
+RUNS = ("student, no KD", "student + logit KD", "student + logit + hidden KD", "student + logit + attention KD")
+DEFAULT_RUNS = RUNS[:3]
 
 
 def _per_epoch_steps(timer: StepTimer, steps_per_epoch: int) -> list[float]:
@@ -57,6 +60,8 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--hidden-weight", type=float, default=1.0)
+    parser.add_argument("--attention-weight", type=float, default=1.0)
+    parser.add_argument("--runs", nargs="+", choices=RUNS, default=DEFAULT_RUNS, help="student runs to train")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--limit-batches", type=int, default=None, help="smoke test: batches per epoch and test")
     parser.add_argument("--output", type=Path, default=RESULTS / "distill_banking77.md")
@@ -70,18 +75,16 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as folder:
         teacher_dir = teacher.save_pretrained(Path(folder) / "teacher")
+        kd = {"temperature": args.temperature, "alpha": args.alpha}
         runs = {
             "student, no KD": [],
-            "student + logit KD": [Distillation(str(args.teacher), temperature=args.temperature, alpha=args.alpha)],
-            "student + logit + hidden KD": [
-                Distillation(
-                    str(args.teacher),
-                    temperature=args.temperature,
-                    alpha=args.alpha,
-                    hidden_weight=args.hidden_weight,
-                )
+            "student + logit KD": [Distillation(str(args.teacher), **kd)],
+            "student + logit + hidden KD": [Distillation(str(args.teacher), **kd, hidden_weight=args.hidden_weight)],
+            "student + logit + attention KD": [
+                Distillation(str(args.teacher), **kd, attention_weight=args.attention_weight)
             ],
         }
+        runs = {name: callbacks for name, callbacks in runs.items() if name in args.runs}
         students = {}
         for name, callbacks in runs.items():
             seed_everything(args.seed)
@@ -101,7 +104,9 @@ def main() -> None:
             print(json.dumps({name: rows[name]}), flush=True)
             students[name] = student
     latency = {
-        batch: compare_latency({"teacher": teacher.model, "student": students["student, no KD"].model}, batch)
+        batch: compare_latency(
+            {"teacher": teacher.model, "student": next(iter(students.values())).model}, token_inputs(batch)
+        )
         for batch in (1, 32)
     }
     _write(args, {"rows": rows, "latency": latency, "threads": torch.get_num_threads()})
@@ -125,7 +130,7 @@ def _write(args, result: dict) -> None:
         "| model | test accuracy | Δ vs teacher | parameters | step time, epoch 1 | step time, later epochs |",
         "|---|---|---|---|---|---|",
     ]
-    base_steps = rows["student, no KD"].get("epoch_step_seconds")
+    base_steps = rows.get("student, no KD", {}).get("epoch_step_seconds")
     for name, row in rows.items():
         steps = row.get("epoch_step_seconds")
         first = later = ""

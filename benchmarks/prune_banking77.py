@@ -33,9 +33,9 @@ from lightning.pytorch.callbacks import ModelPruning  # noqa: E402
 
 from agent_lightning import Agent  # noqa: E402
 from agent_lightning.callbacks import Pruning  # noqa: E402
+from agent_lightning.measure import compare_latency, token_inputs  # noqa: E402
 from agent_lightning.targets import select_modules  # noqa: E402
 from benchmarks.common import DEFAULT_DATA, RESULTS, accuracy_on_test, banking77, quiet_trainer, write_results  # noqa: E402
-from benchmarks.latency import measure_latency  # noqa: E402
 
 
 def _sparsity(agent: Agent) -> float:
@@ -63,8 +63,10 @@ def _run(name: str, args, dm, callbacks_fn, seed: int) -> dict:
         "fit_seconds": seconds,
     }
     if args.latency:
-        row["latency_b1"] = measure_latency(agent.model, 1)
-        row["latency_b32"] = measure_latency(agent.model, 32)
+        for batch in (1, 32):
+            row[f"latency_b{batch}"] = compare_latency({"model": agent.model}, token_inputs(batch), 30, 5, 60.0)[
+                "model"
+            ]
     print(json.dumps(row), flush=True)
     return row
 

@@ -24,9 +24,9 @@ from transformers import AutoModelForSequenceClassification  # noqa: E402
 import agent_lightning  # noqa: E402, F401  (quiet third-party import noise)
 from agent_lightning.backbone import default_backbone_path  # noqa: E402
 from agent_lightning.io import atomic_write_text  # noqa: E402
+from agent_lightning.measure import compare_latency, token_inputs  # noqa: E402
 from agent_lightning.structure import remove_structure  # noqa: E402
 from agent_lightning.targets import find_blocks  # noqa: E402
-from benchmarks.latency import compare_latency  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -58,7 +58,7 @@ def main() -> None:
         "|---|---|---|---|",
     ]
     for batch in (1, 32):
-        result = compare_latency({"dense": dense, "pruned": pruned}, batch, rounds=args.rounds)
+        result = compare_latency({"dense": dense, "pruned": pruned}, token_inputs(batch), rounds=args.rounds)
         ratio = result["pruned"] / result["dense"]
         lines.append(f"| {batch} | {1000 * result['dense']:.1f} ms | {1000 * result['pruned']:.1f} ms | {ratio:.2f}x |")
     lines += ["", f"Parameters: dense {params['dense'] / 1e6:.2f} M, pruned {params['pruned'] / 1e6:.2f} M."]

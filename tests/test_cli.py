@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
 from agent_lightning import Agent
 from agent_lightning.cli import AgentLightningCLI
@@ -147,6 +148,12 @@ def test_pruning_attaches_from_the_command_line_and_logs(tmp_path, tiny_bert):
     assert [e.step for e in logged] == list(range(8))  # every step (Lightning counts the first one as 0)
     assert logged[-1].value == pytest.approx(0.5, abs=1e-6)
     assert events.Scalars("pruning/target")[-1].value == pytest.approx(0.5)
+    # a compression run gets the dashboard and the report by default; the report lies beside the checkpoints
+    kinds = {type(c).__name__ for c in cli.trainer.callbacks}
+    assert {"CompressionDashboard", "CompressionReport"} <= kinds
+    report = json.loads((log_dir / "checkpoints" / "report.json").read_text())
+    assert [m["name"] for m in report["models"]] == ["final", "reference"]
+    assert events.Scalars("model/nonzero_params")[-1].value == report["models"][0]["nonzero_params"]
     callback = next(c for c in cli.trainer.callbacks if type(c).__name__ == "Pruning")
     actual, nonzero = callback.sparsity_now(cli.model)
     assert actual == pytest.approx(logged[-1].value, abs=1e-9)
@@ -155,8 +162,6 @@ def test_pruning_attaches_from_the_command_line_and_logs(tmp_path, tiny_bert):
 
 
 def test_qat_attaches_from_the_command_line_converts_and_tests_the_int8_model(tmp_path, tiny_bert, capsys):
-    from torchao.quantization import Int8Tensor
-
     extra = [
         "--trainer.callbacks+=agent_lightning.callbacks.QuantizationAwareTraining",
         "--trainer.callbacks.start=0.25",
@@ -178,7 +183,7 @@ def test_qat_attaches_from_the_command_line_converts_and_tests_the_int8_model(tm
     assert gap == pytest.approx(fake - converted, abs=1e-6)
     # the model the CLI tested after fit is the converted int8 one
     query = cli.model.get_submodule("model.bert.encoder.layer.0.attention.self.query")
-    assert isinstance(query.weight, Int8Tensor)
+    assert isinstance(query, DynamicQuantizedLinear)
     assert "test/acc" in cli.trainer.callback_metrics
 
 
@@ -210,3 +215,15 @@ def test_distillation_and_a_student_from_the_command_line(tmp_path, tiny_bert):
     assert len(events.Scalars("distill/kd_loss")) == 8
     assert events.Scalars("distill/temperature")[-1].value == 3.0
     assert "distill/agreement" in events.Tags()["scalars"]
+
+
+def test_report_false_attaches_no_dashboard_or_report(tmp_path, tiny_bert):
+    extra = [
+        "--trainer.callbacks+=agent_lightning.callbacks.Pruning",
+        "--trainer.callbacks.sparsity=0.3",
+        "--report=false",
+    ]
+    cli = AgentLightningCLI.create(_fit_args(tmp_path, tiny_bert, "--trainer.max_epochs=1", *extra))
+    kinds = {type(c).__name__ for c in cli.trainer.callbacks}
+    assert "Pruning" in kinds and not {"CompressionDashboard", "CompressionReport"} & kinds
+    assert not (Path(cli.trainer.logger.log_dir) / "checkpoints" / "report.json").exists()

@@ -1,4 +1,4 @@
-"""The QAT building blocks on torchao: prepare keeps parameters, convert reproduces the fake-quantized forward."""
+"""QAT building blocks: prepare keeps parameters; convert reproduces the fake-quantized forward (fbgemm, torchao)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,16 @@ import copy
 import pytest
 import torch
 from torch import nn
+from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 from torchao.quantization import Int8Tensor, IntxUnpackedToInt8Tensor
 from torchao.quantization.qat import FakeQuantizedLinear
 
 from agent_lightning.quantization import (
+    DynamicActivationFakeQuantizer,
     QuantizationRecipe,
     convert,
     converted_modules,
+    dequantized_weight,
     fake_quantized_modules,
     freeze_ranges,
     prepare,
@@ -55,11 +58,17 @@ def test_prepare_keeps_parameters_keys_and_signature(model):
     assert model(torch.randn(2, 3, 64), scale=0.5).shape == (2, 3, 5)
 
 
+def _converted_type(module: nn.Module) -> type:
+    return type(module) if isinstance(module, DynamicQuantizedLinear) else type(module.weight)
+
+
 @pytest.mark.parametrize(
     ("recipe", "weight_type", "tolerance"),
     [
-        # int8 x int8 kernel: its float rounding can move an activation across a rounding boundary (one int8 step)
-        (QuantizationRecipe(), Int8Tensor, 5e-3),
+        # fbgemm: the fake quantizer picks the kernel's own activation qparams, so the outputs agree to float rounding
+        (QuantizationRecipe(), DynamicQuantizedLinear, 1e-5),
+        # torchao int8 x int8: its float rounding can move an activation across a rounding boundary (one int8 step)
+        (QuantizationRecipe(kernel="torchao"), Int8Tensor, 5e-3),
         (QuantizationRecipe(weights="int4"), IntxUnpackedToInt8Tensor, 1e-6),
         (QuantizationRecipe(activations="none"), IntxUnpackedToInt8Tensor, 1e-6),
         (QuantizationRecipe(weights="int4", activations="none", group_size=16), IntxUnpackedToInt8Tensor, 1e-6),
@@ -79,22 +88,23 @@ def test_convert_equals_the_fake_quantized_forward(model, recipe, weight_type, t
     convert(model)
     assert not fake_quantized_modules(model)
     assert set(converted_modules(model)) == {"layers.0.0", "layers.0.2", "layers.1.0", "layers.1.2"}
-    assert all(type(m) is nn.Linear and isinstance(m.weight, weight_type) for m in converted_modules(model).values())
+    assert all(_converted_type(m) is weight_type for m in converted_modules(model).values())
     converted = model(inputs)
     torch.testing.assert_close(converted, fake_quantized, rtol=0, atol=tolerance)
     assert ((converted - fake_quantized).abs() <= 1e-5).float().mean() >= 0.95
 
 
-def test_zeros_stay_exactly_zero(model):
+@pytest.mark.parametrize("kernel", ["fbgemm", "torchao"])
+def test_zeros_stay_exactly_zero(model, kernel):
     with torch.no_grad():
         for module in (model.layers[0][0], model.layers[1][2]):
             module.weight[torch.rand_like(module.weight) < 0.5] = 0.0
     pruned = {name: m.weight == 0 for name, m in model.named_modules() if isinstance(m, nn.Linear)}
-    prepare(model)
+    prepare(model, QuantizationRecipe(kernel=kernel))
     simulated = {name: m.weight_fake_quantizer(m.weight).detach() for name, m in fake_quantized_modules(model).items()}
     convert(model)
     for name, module in converted_modules(model).items():
-        weight = module.weight.dequantize()
+        weight = dequantized_weight(module)
         assert torch.all(weight[pruned[name]] == 0), name  # symmetric scale: a pruned weight stays exactly zero
         assert torch.equal(weight, simulated[name]), name  # same grid as training: same zeros, same values
 
@@ -107,24 +117,32 @@ def test_convert_without_prepare_is_post_training_quantization(model):
     assert model(inputs).shape == (2, 5, 5)
 
 
-def test_quantized_bytes_and_weight_error(model):
-    prepare(model)
+@pytest.mark.parametrize("kernel", ["fbgemm", "torchao"])
+def test_quantized_bytes_and_weight_error(model, kernel):
+    prepare(model, QuantizationRecipe(kernel=kernel))
     error = weight_error(model.layers[0][0])
     assert 0 < error < 0.02  # int8 per-channel: well under 2 % relative L2
     convert(model)
     sizes = list(quantized_linear_bytes(model))
     assert len(sizes) == 4
-    for _, fp32, stored in sizes:
-        assert fp32 / stored > 3.5  # int8 data plus one scale and zero point per row
+    for name, fp32, stored in sizes:
+        rows, columns = model.get_submodule(name).weight().shape if kernel == "fbgemm" else (None, None)
+        if kernel == "fbgemm":  # int8 data plus a float64 scale and an int64 zero point per row, as serialized
+            assert stored == rows * columns + rows * 16
+        else:  # int8 data plus a float32 scale per row (torchao)
+            assert fp32 / stored > 3.5
 
 
-def test_unprepare_gives_plain_float_layers(model):
-    prepare(model)
-    convert(model)
+@pytest.mark.parametrize("kernel", ["fbgemm", "torchao"])
+def test_unprepare_gives_plain_float_layers(model, kernel):
+    prepare(model, QuantizationRecipe(kernel=kernel))
+    dequantized = {name: dequantized_weight(m) for name, m in converted_modules(convert(model)).items()}
     assert set(unprepare(model).values()) == {"converted"}
     assert not converted_modules(model) and not fake_quantized_modules(model)
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     assert all(type(m) is nn.Linear and type(m.weight) is nn.Parameter for m in linears)
+    for name, weight in dequantized.items():
+        assert torch.equal(model.get_submodule(name).weight, weight), name
 
 
 @pytest.mark.parametrize(
@@ -133,6 +151,12 @@ def test_unprepare_gives_plain_float_layers(model):
         ({"weights": "int3"}, r"weights='int3' is not supported; use 'int8' \(per-channel\) or 'int4'"),
         ({"activations": "int4"}, r"activations='int4' is not supported.*QuantizationRecipe\(weights='int8'"),
         ({"group_size": 48}, "group_size=48 must be a power of two"),
+        ({"kernel": "onednn"}, r"kernel='onednn' is not supported; use 'auto', 'fbgemm'"),
+        (
+            {"kernel": "fbgemm", "weights": "int4"},
+            r"int8 activations only.*QuantizationRecipe\(weights='int4', activations"
+            r"='int8', kernel='torchao'\)",
+        ),
     ],
 )
 def test_bad_recipes(kwargs, message):
@@ -153,3 +177,33 @@ def test_only_linear_layers(model):
     with pytest.raises(ValueError, match=r"QAT quantizes nn.Linear layers; 'layers.0.0' is Conv1D"):
         prepare(model)
     assert isinstance(FakeQuantizedLinear, type)
+
+
+def test_fbgemm_activation_fake_quantizer_matches_the_kernel():
+    """Default recipe: activations are fake-quantized per tensor to the kernel's 7-bit grid, with its qparams."""
+    torch.manual_seed(1)
+    linear = nn.Linear(32, 16)
+    x = torch.randn(3, 9, 32) * 4 + 1
+    model = nn.Sequential(linear)
+    prepare(model, include=["0"])
+    quantizer = model[0].activation_fake_quantizer
+    assert isinstance(quantizer, DynamicActivationFakeQuantizer)
+    simulated = quantizer(x)
+    levels = ((simulated - simulated.min()) / quantizer.scale).round()
+    assert levels.unique().numel() <= 128  # 7-bit: fbgemm's reduce_range
+    assert quantizer.scale == pytest.approx(float(x.max() - min(float(x.min()), 0.0)) / 127, rel=1e-6)
+    x.requires_grad_(True)
+    quantizer(x).sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))  # straight-through inside the range
+    expected = model(x.detach())
+    convert(model)
+    assert isinstance(model[0], DynamicQuantizedLinear)
+    torch.testing.assert_close(model(x.detach()), expected, rtol=0, atol=1e-5)
+
+
+def test_fbgemm_kernel_refuses_non_cpu_weights(model):
+    prepare(model)
+    with torch.device("meta"):
+        model.layers[0][0].weight = nn.Parameter(torch.empty(128, 64))
+    with pytest.raises(ValueError, match=r"'layers.0.0' is on meta.*CPU only.*model.cpu\(\).*kernel='torchao'"):
+        convert(model)

@@ -18,6 +18,7 @@ from agent_lightning.losses import AttentionDistillationLoss, HiddenStateLoss, L
 from agent_lightning.targets import block_list, find_blocks
 from agent_lightning.teacher_cache import TeacherLogitCache
 from agent_lightning.teachers import check_compatible, fingerprint, freeze, load_teacher
+from agent_lightning.tensorboard import plain_settings
 
 __all__ = ["Distillation"]
 
@@ -83,6 +84,7 @@ class Distillation(Callback):
         cache_dir: str | None = None,
         projection_lr: float = 1e-3,
     ) -> None:
+        self.settings = plain_settings(locals())  # the constructor arguments, for the HParams tab
         if not isinstance(teacher, (str, nn.Module)) or (isinstance(teacher, str) and not teacher.strip()):
             raise TypeError(
                 f"Distillation(teacher={teacher!r}) must be a checkpoint path, a model folder, a hub name or a module."

@@ -22,6 +22,7 @@ from agent_lightning.targets import (
     select_modules,
     short_name,
 )
+from agent_lightning.tensorboard import plain_settings
 
 __all__ = ["Pruning"]
 
@@ -93,6 +94,7 @@ class Pruning(Callback):
         physically_remove: bool = True,
         log_per_layer: bool = True,
     ) -> None:
+        self.settings = plain_settings(locals())  # the constructor arguments, for the HParams tab
         _choice("method", method, ("magnitude", "n:m", "structured"))
         _choice("scope", scope, ("layer", "global"))
         _choice("importance", importance, ("magnitude", "first_order"))

@@ -1,4 +1,4 @@
-"""Quantization-aware training on torchao, with a measured conversion to a real int8 model at fit end."""
+"""Quantization-aware training (torchao fake quantization), with a measured conversion to a real int8 model."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from agent_lightning.callbacks.schedule import StepSchedule
 from agent_lightning.evaluation import count_correct
 from agent_lightning.quantization import (
     Activations,
+    Kernel,
     QuantizationRecipe,
     Weights,
     convert,
@@ -29,6 +30,7 @@ from agent_lightning.quantization import (
     weight_error,
 )
 from agent_lightning.targets import check_patterns, select_modules, short_name
+from agent_lightning.tensorboard import plain_settings
 
 __all__ = ["QuantizationAwareTraining", "prepare_from_checkpoint"]
 
@@ -43,19 +45,22 @@ class QuantizationAwareTraining(Callback):
 
     Timeline: float training until ``start``; fake-quantization from ``start`` on (train and validation forwards);
     weight ranges frozen at ``freeze`` (optional), so that what trains is exactly what converts; at fit end, after
-    pruning has made its masks permanent, the model is converted in place (``convert_on_fit_end``): each layer's
-    weight becomes a torchao int8 (or int4) tensor quantized with the scales training used. When the trainer has
-    validation data, the fake-quantized and the converted model are both evaluated on it and
-    ``qat/fake_quant_acc``, ``qat/converted_acc`` and ``qat/acc_gap`` (fake-quant minus converted) are logged.
-
-    The int8 model runs torchao's int8 kernel: exact and 4x smaller in its linear weights, but on the measured CPU
-    not faster than fp32 (see the speed note in :mod:`agent_lightning.quantization`).
+    pruning has made its masks permanent, the model is converted in place (``convert_on_fit_end``) with the scales
+    training used. By default (int8 weights and activations) each layer becomes a ``torch.ao`` dynamic quantized
+    linear running fbgemm's int8 GEMM on the CPU, and training fake-quantizes activations exactly as that kernel
+    quantizes them, so the converted model is the trained one and faster than fp32 on CPU; the model is moved to the
+    CPU for conversion if it trained elsewhere. When the trainer has validation data, the fake-quantized and the
+    converted model are both evaluated on it and ``qat/fake_quant_acc``, ``qat/converted_acc`` and ``qat/acc_gap``
+    (fake-quant minus converted) are logged. Kernels and schemes: :mod:`agent_lightning.quantization`.
 
     Args:
         weights: ``"int8"`` (per-channel symmetric) or ``"int4"`` (per-group symmetric, ``group_size`` inputs).
-        activations: ``"int8"`` (dynamic per-token asymmetric, as the int8 CPU kernel computes them) or ``"none"``
-            (weight-only).
+        activations: ``"int8"`` (dynamic asymmetric, computed from each input as the int8 kernel does) or
+            ``"none"`` (weight-only).
         group_size: inputs per scale for ``weights="int4"``.
+        kernel: the kernel of the converted model, which training's fake quantization matches: ``"auto"`` (fbgemm
+            for int8 weights and activations, torchao otherwise), ``"fbgemm"`` (fast int8 on x86 CPUs, CPU only) or
+            ``"torchao"`` (any device and scheme; not fast on CPU).
         include: glob patterns over module names to quantize; default: the transformer blocks' linear layers
             (embeddings, norms and the classification head stay float).
         exclude: glob patterns removed from the targets.
@@ -83,6 +88,7 @@ class QuantizationAwareTraining(Callback):
         weights: Weights = "int8",
         activations: Activations = "int8",
         group_size: int = 32,
+        kernel: Kernel = "auto",
         include: list[str] | None = None,
         exclude: list[str] | None = None,
         start: int | float = 0.0,
@@ -91,7 +97,8 @@ class QuantizationAwareTraining(Callback):
         evaluate: bool = True,
         log_per_layer: bool = True,
     ) -> None:
-        self.recipe = QuantizationRecipe(weights=weights, activations=activations, group_size=group_size)
+        self.settings = plain_settings(locals())  # the constructor arguments, for the HParams tab
+        self.recipe = QuantizationRecipe(weights=weights, activations=activations, group_size=group_size, kernel=kernel)
         check_patterns("include", include)
         check_patterns("exclude", exclude)
         self.schedule = StepSchedule(
@@ -102,7 +109,7 @@ class QuantizationAwareTraining(Callback):
             owner="QuantizationAwareTraining",
             names=("start", "freeze"),
         )
-        self.weights, self.activations, self.group_size = weights, activations, group_size
+        self.weights, self.activations, self.group_size, self.kernel = weights, activations, group_size, kernel
         self.include, self.exclude = include, exclude
         self.start, self.freeze = start, freeze
         self.convert_on_fit_end = convert_on_fit_end
@@ -118,7 +125,7 @@ class QuantizationAwareTraining(Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(weights=self.weights, activations=self.activations)
+        return self._generate_state_key(weights=self.weights, activations=self.activations, kernel=self.kernel)
 
     # -- setup -------------------------------------------------------------------------------------------------------
     @override
@@ -166,7 +173,7 @@ class QuantizationAwareTraining(Callback):
         self._prepared = True
         rank_zero_info(
             f"[QAT] step {trainer.global_step}: fake-quantizing {len(names)} linear layers "
-            f"({self.weights} weights, {self.activations} activations)"
+            f"({self.weights} weights, {self.activations} activations, {self.recipe.backend} kernel)"
         )
 
     def _freeze(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -203,12 +210,12 @@ class QuantizationAwareTraining(Callback):
         batches = trainer.val_dataloaders if self.evaluate else None
         fake_quant = _accuracy(trainer, pl_module, batches)
         fake_quantized = fake_quantized_modules(pl_module)
-        convert(pl_module)
+        self._convert(pl_module)
         converted = _accuracy(trainer, pl_module, batches)
         metrics = {"qat/converted": 1.0}
         if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
-            # Spawned workers hand their weights back through ``torch.load``, which cannot rebuild torchao's int8
-            # tensors: return the trained fake-quantized layers (float parameters) instead.
+            # Spawned workers hand their weights back as a state dict that the main process's float model must
+            # accept: return the trained fake-quantized layers (float parameters) instead of the int8 ones.
             for name, module in fake_quantized.items():
                 pl_module.set_submodule(name, module)
             metrics["qat/converted"] = 0.0
@@ -228,6 +235,20 @@ class QuantizationAwareTraining(Callback):
             rank_zero_info(f"[QAT] converted to {self.weights} (no labelled validation data to measure the gap)")
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
         _log_after_fit(trainer, metrics)
+
+    def _recipe_state(self) -> dict[str, Any]:
+        return {
+            "weights": self.weights,
+            "activations": self.activations,
+            "group_size": self.group_size,
+            "kernel": self.kernel,
+        }
+
+    def _convert(self, pl_module: LightningModule) -> None:
+        if self.recipe.backend == "fbgemm" and pl_module.device.type != "cpu":
+            rank_zero_info(f"[QAT] moving the model from {pl_module.device} to the CPU for the fbgemm int8 kernel")
+            pl_module.cpu()
+        convert(pl_module)
 
     # -- test / validate / predict with ckpt_path --------------------------------------------------------------------
     def _float_for_loading(self, pl_module: LightningModule) -> None:
@@ -274,7 +295,7 @@ class QuantizationAwareTraining(Callback):
             "prepared": self._prepared,
             "frozen": self._frozen,
             "frozen_scales": dict(self._frozen_scales),
-            "recipe": {"weights": self.weights, "activations": self.activations, "group_size": self.group_size},
+            "recipe": self._recipe_state(),
             "include": self.include,
             "exclude": self.exclude,
             "schedule": self.schedule.state_dict(),
@@ -285,11 +306,11 @@ class QuantizationAwareTraining(Callback):
         self._pending_state = state_dict
 
     def _restore(self, state: dict[str, Any], pl_module: LightningModule) -> None:
-        if state["recipe"] != {"weights": self.weights, "activations": self.activations, "group_size": self.group_size}:
+        if state["recipe"] != self._recipe_state():
+            asked = ", ".join(f"{k}={v!r}" for k, v in self._recipe_state().items())
             raise ValueError(
                 f"QuantizationAwareTraining: the checkpoint was trained with {state['recipe']}, this run asks for "
-                f"weights={self.weights!r}, activations={self.activations!r}, group_size={self.group_size}. Resume "
-                "with the same arguments, or start a new run."
+                f"{asked}. Resume with the same arguments, or start a new run."
             )
         self.schedule.check_matches(state["schedule"])
         self._prepared = bool(state["prepared"])
@@ -357,6 +378,8 @@ def _log_after_fit(trainer: Trainer, metrics: dict[str, float]) -> None:
 
 def _mean_scale(quantizer: nn.Module | None) -> float | None:
     scale = getattr(quantizer, "scale", None)
+    if isinstance(scale, float):  # DynamicActivationFakeQuantizer: the last call's per-tensor scale
+        return scale
     return float(scale.detach().float().mean()) if isinstance(scale, Tensor) else None
 
 

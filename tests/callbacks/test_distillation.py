@@ -169,7 +169,7 @@ def test_attention_kd_is_logged_and_learned(tmp_path, tiny_bert, shared_tiny_dat
 
 def test_composes_with_pruning_and_qat(tmp_path, tiny_bert, shared_tiny_data_dir, teacher_ckpt):
     from agent_lightning.callbacks import Pruning, QuantizationAwareTraining
-    from agent_lightning.quantization import converted_modules
+    from agent_lightning.quantization import converted_modules, dequantized_weight
 
     student, dm = _student_and_data(tiny_bert, shared_tiny_data_dir)
     pruning = Pruning(sparsity=0.5, start=0, end=4, frequency=2)
@@ -183,7 +183,7 @@ def test_composes_with_pruning_and_qat(tmp_path, tiny_bert, shared_tiny_data_dir
     assert len(rows) == 9  # the attention hooks follow the projections QAT swaps at step 5
     assert len({r["distill/attention_loss"] for r in rows[5:]}) == 4  # fresh values every step, not stale ones
     for name, keep in pruning._keep.items():  # masks exact through KD + fake-quant + convert
-        weight = student.get_submodule(name.removesuffix(".weight")).weight.dequantize()
+        weight = dequantized_weight(student.get_submodule(name.removesuffix(".weight")))
         assert torch.all(weight[~keep] == 0), name
     assert len(converted_modules(student)) == 6
 

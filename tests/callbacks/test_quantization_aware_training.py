@@ -9,12 +9,12 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
-from torchao.quantization import Int8Tensor
+from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 from torchao.quantization.qat import FakeQuantizedLinear
 
 from agent_lightning import Agent, TextClassificationDataModule
 from agent_lightning.callbacks import Pruning, QuantizationAwareTraining, RandomState, prepare_from_checkpoint
-from agent_lightning.quantization import convert, converted_modules, fake_quantized_modules
+from agent_lightning.quantization import convert, converted_modules, dequantized_weight, fake_quantized_modules
 from tests.conftest import quiet_trainer
 
 QUERY = "model.bert.encoder.layer.0.attention.self.query"
@@ -48,10 +48,10 @@ def test_starts_late_freezes_converts_and_logs_the_gap(tmp_path, agent_and_data)
     assert [watch.enabled[s] for s in (4, 5, 12)] == [False, True, True]  # on from the forward after step 4
     assert not torch.equal(watch.scales[5], watch.scales[7])  # ranges follow the weights until the freeze
     assert torch.equal(watch.scales[8], watch.scales[12])  # then stay fixed
-    # converted in place at fit end: plain nn.Linear layers with int8 weights, the head still float
+    # converted in place at fit end: fbgemm dynamic int8 linears, the head still float
     assert not fake_quantized_modules(agent)
     assert len(converted_modules(agent)) == 12
-    assert type(agent.get_submodule(QUERY)) is nn.Linear and isinstance(agent.get_submodule(QUERY).weight, Int8Tensor)
+    assert isinstance(agent.get_submodule(QUERY), DynamicQuantizedLinear)
     assert type(agent.model.classifier.weight) is nn.Parameter
     metrics = trainer.callback_metrics
     gap = float(metrics["qat/fake_quant_acc"] - metrics["qat/converted_acc"])
@@ -97,7 +97,7 @@ def test_pruning_and_qat_compose_and_sparsity_survives_convert(tmp_path, agent_a
     assert all(zero_every_step) and len(zero_every_step) == 10
     for name, keep in pruning._keep.items():
         module = agent.get_submodule(name.removesuffix(".weight"))
-        weight = module.weight.dequantize()
+        weight = dequantized_weight(module)
         assert torch.all(weight[~keep] == 0), name
         assert float((weight == 0).float().mean()) >= 0.5
 
@@ -120,10 +120,10 @@ def test_checkpoint_round_trip_and_test_with_ckpt_path(tmp_path, agent_and_data,
     assert not frozen.config.is_dynamic
     convert(loaded)
     for name, module in converted_modules(agent).items():
-        assert torch.equal(module.weight.dequantize(), loaded.get_submodule(name).weight.dequantize()), name
+        assert torch.equal(dequantized_weight(module), dequantized_weight(loaded.get_submodule(name))), name
     # Trainer.test(ckpt_path=...) on the converted model: loads the float checkpoint, tests the int8 model again
     result = trainer.test(agent, datamodule=dm, ckpt_path=str(path), verbose=False)[0]
-    assert isinstance(agent.get_submodule(QUERY).weight, Int8Tensor)
+    assert isinstance(agent.get_submodule(QUERY), DynamicQuantizedLinear)
     assert 0 <= result["test/acc"] <= 1
     assert converted_acc >= 0
 
@@ -167,7 +167,7 @@ def test_boring_model(tmp_path):
     model = BoringModel()  # forward(x) on one Linear(32, 2); batches are plain tensors without labels
     qat = QuantizationAwareTraining(include=["layer"], start=2)
     _trainer(tmp_path, [qat], max_steps=6, limit_val_batches=2).fit(model)
-    assert isinstance(model.layer.weight, Int8Tensor)
+    assert isinstance(model.layer, DynamicQuantizedLinear)
     assert model(torch.randn(3, 32)).shape == (3, 2)
 
 
