@@ -187,7 +187,7 @@ class CompressionReport(Callback):
         folder = self._folder(trainer)
         atomic_write_text(folder / "report.md", markdown + "\n")
         atomic_write_text(folder / "report.json", json.dumps(self.as_dict(), indent=2) + "\n")
-        _print(self.rows, self.metrics, folder)
+        _print(self.rows, folder)
 
     def _accuracy(self, trainer: Trainer, model: nn.Module, loaders: list) -> float | None:
         if not self.evaluate or not loaders:
@@ -235,25 +235,34 @@ class CompressionReport(Callback):
 
     def markdown(self) -> str:
         """The last report as a markdown table (what ``report.md`` and the TensorBoard text hold)."""
-        sizes = sorted({size for row in self.rows for size in row.latency_ms})
-        header = ["model", "parameters", "nonzero", "size", "zipped", "val acc"] + [f"latency b{s}" for s in sizes]
+        header, rows = _table(self.rows)
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for row in self.rows:
-            cells = [
-                row.name,
-                f"{row.params / 1e6:.2f} M",
-                f"{row.nonzero_params / 1e6:.2f} M",
-                f"{row.size_bytes / 1e6:.1f} MB",
-                "" if row.zipped_bytes is None else f"{row.zipped_bytes / 1e6:.1f} MB",
-                "" if row.val_acc is None else f"{100 * row.val_acc:.2f} %",
-            ] + [f"{row.latency_ms[s]:.1f} ms" if s in row.latency_ms else "" for s in sizes]
-            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["| " + " | ".join(cells) + " |" for cells in rows]
         ratios = [
             f"{k.removeprefix('model/')} {v:.3f}" for k, v in self.metrics.items() if "ratio" in k or "delta" in k
         ]
         if ratios:
             lines += ["", "final / reference: " + ", ".join(ratios)]
         return "\n".join(lines)
+
+
+def _table(rows: list[ModelMeasurement]) -> tuple[list[str], list[list[str]]]:
+    """Header and formatted cells of the report table."""
+    sizes = sorted({size for row in rows for size in row.latency_ms})
+    header = ["model", "parameters", "nonzero", "size", "zipped", "val acc"] + [f"latency b{s}" for s in sizes]
+    cells = [
+        [
+            row.name,
+            f"{row.params / 1e6:.2f} M",
+            f"{row.nonzero_params / 1e6:.2f} M",
+            f"{row.size_bytes / 1e6:.1f} MB",
+            "" if row.zipped_bytes is None else f"{row.zipped_bytes / 1e6:.1f} MB",
+            "" if row.val_acc is None else f"{100 * row.val_acc:.2f} %",
+        ]
+        + [f"{row.latency_ms[s]:.1f} ms" if s in row.latency_ms else "" for s in sizes]
+        for row in rows
+    ]
+    return header, cells
 
 
 def _positive_int(value: Any) -> bool:
@@ -306,24 +315,15 @@ def _metrics(rows: list[ModelMeasurement]) -> dict[str, float]:
     return metrics
 
 
-def _print(rows: list[ModelMeasurement], metrics: dict[str, float], folder: Path) -> None:
+def _print(rows: list[ModelMeasurement], folder: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    header, cells = _table(rows)
     table = Table(title="Compression report (final vs reference)")
-    sizes = sorted({size for row in rows for size in row.latency_ms})
-    for column in ["model", "parameters", "nonzero", "size MB", "zipped MB", "val acc"] + [f"b{s} ms" for s in sizes]:
+    for column in header:
         table.add_column(column, justify="left" if column == "model" else "right", no_wrap=True)
-    for row in rows:
-        table.add_row(
-            row.name,
-            f"{row.params:,}",
-            f"{row.nonzero_params:,}",
-            f"{row.size_bytes / 1e6:.1f}",
-            "" if row.zipped_bytes is None else f"{row.zipped_bytes / 1e6:.1f}",
-            "" if row.val_acc is None else f"{100 * row.val_acc:.2f} %",
-            *[f"{row.latency_ms[s]:.1f}" if s in row.latency_ms else "" for s in sizes],
-        )
-    console = Console(soft_wrap=True)
-    console.print(table)
+    for row in cells:
+        table.add_row(*row)
+    Console(soft_wrap=True).print(table)
     rank_zero_info(f"[CompressionReport] written to {os.path.relpath(folder)}/report.md and report.json")
