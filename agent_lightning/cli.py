@@ -4,7 +4,9 @@ Built on :class:`lightning.pytorch.cli.LightningCLI`, so every argument of the A
 is a typed flag (``--model.learning_rate``, ``--data.batch_size``, ``--trainer.max_epochs``), ``-c config.yaml``
 reads a config, ``--print_config`` prints the full config of a run, and the config is saved beside its logs.
 Compression callbacks attach with ``--trainer.callbacks+=CLASS`` (``--trainer.callbacks+=Pruning
---trainer.callbacks.sparsity=0.5``); they are written into the saved config, so the run can be reproduced.
+--trainer.callbacks.sparsity=0.5``) or the short flags ``--prune 0.5``, ``--qat int8``, ``--distill TEACHER``,
+``--student-layers 0,2,4`` (:mod:`agent_lightning.short_flags`); they are written into the saved config, so the run
+can be reproduced.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from agent_lightning.callbacks import (
     RandomState,
 )
 from agent_lightning.datamodules import TextClassificationDataModule
+from agent_lightning.short_flags import expand_short_flags
 
 __all__ = ["AgentLightningCLI", "main"]
 
@@ -66,7 +69,12 @@ class AgentLightningCLI(LightningCLI):
 
     @classmethod
     def create(cls, args: Sequence[str] | None = None, run: bool = True) -> AgentLightningCLI:
-        """Build the CLI with this project's defaults; ``args`` default to ``sys.argv[1:]``."""
+        """Build the CLI with this project's defaults; ``args`` default to ``sys.argv[1:]``.
+
+        The short compression flags of ``fit`` (``--prune``, ``--qat``, ``--distill``, ``--student-layers``) are
+        rewritten into LightningCLI arguments first (:mod:`agent_lightning.short_flags`).
+        """
+        args = expand_short_flags(sys.argv[1:] if args is None else args)
         return cls(
             Agent,
             TextClassificationDataModule,

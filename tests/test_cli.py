@@ -187,34 +187,43 @@ def test_qat_attaches_from_the_command_line_converts_and_tests_the_int8_model(tm
     assert "test/acc" in cli.trainer.callback_metrics
 
 
-def test_distillation_and_a_student_from_the_command_line(tmp_path, tiny_bert):
+def test_short_flags_compose_distillation_pruning_and_qat_in_one_fit(tmp_path, tiny_bert):
     from lightning.pytorch import Trainer
 
     from agent_lightning import TextClassificationDataModule
+    from agent_lightning.quantization import converted_modules
 
     labels = TextClassificationDataModule(tokenizer=tiny_bert).label_names
     teacher = Agent(model=tiny_bert, labels=labels)
     trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
     trainer.strategy.connect(teacher)
     trainer.save_checkpoint(tmp_path / "teacher.ckpt")
-    extra = [
-        "--model.student_layers=[1]",
-        "--trainer.callbacks+=agent_lightning.callbacks.Distillation",
-        f"--trainer.callbacks.teacher={tmp_path / 'teacher.ckpt'}",
-        "--trainer.callbacks.temperature=3.0",
-    ]
+    extra = ["--qat", "int8", "--student-layers", "1", "--distill", str(tmp_path / "teacher.ckpt")]
+    extra += ["--distill.temperature=3.0", "--prune", "0.5", "--prune.end", "0.5", "--prune.frequency", "1"]
     cli = AgentLightningCLI.create(_fit_args(tmp_path, tiny_bert, *extra))
     assert len(cli.model.model.bert.encoder.layer) == 1
     log_dir = Path(cli.trainer.logger.log_dir)
     saved = yaml.safe_load((log_dir / "config.yaml").read_text())
     assert saved["model"]["student_layers"] == [1]
-    kd = next(c for c in saved["trainer"]["callbacks"] if c["class_path"].endswith("Distillation"))
-    assert kd["init_args"]["teacher"] == str(tmp_path / "teacher.ckpt") and kd["init_args"]["temperature"] == 3.0
+    callbacks = {c["class_path"].rsplit(".", 1)[1]: c["init_args"] for c in saved["trainer"]["callbacks"]}
+    assert callbacks["Distillation"]["teacher"] == str(tmp_path / "teacher.ckpt")
+    assert callbacks["Distillation"]["temperature"] == 3.0
+    assert callbacks["Pruning"]["sparsity"] == 0.5 and callbacks["Pruning"]["end"] == 0.5
+    assert callbacks["QuantizationAwareTraining"]["weights"] == "int8"
+    assert callbacks["QuantizationAwareTraining"]["start"] == 0.8  # QAT last, after pruning (the documented order)
+    # the saved config alone reproduces the run: it parses back to the same callbacks, no short flags needed
+    with pytest.raises(SystemExit):
+        AgentLightningCLI.create(["fit", "-c", str(log_dir / "config.yaml"), "--print_config"])
+    assert len(converted_modules(cli.model)) == 6  # one block of six linears, converted to int8 at fit end
     events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
     events.Reload()
     assert len(events.Scalars("distill/kd_loss")) == 8
     assert events.Scalars("distill/temperature")[-1].value == 3.0
     assert "distill/agreement" in events.Tags()["scalars"]
+    assert events.Scalars("pruning/sparsity")[-1].value == pytest.approx(0.5, abs=1e-6)
+    assert [e.value for e in events.Scalars("qat/enabled")][-2:] == [1.0, 1.0]
+    assert "qat/converted_acc" in events.Tags()["scalars"]
+    assert (log_dir / "checkpoints" / "report.md").exists()
 
 
 def test_report_false_attaches_no_dashboard_or_report(tmp_path, tiny_bert):

@@ -1,0 +1,133 @@
+"""Short compression flags for ``train.py fit``, rewritten into LightningCLI's own syntax before it parses them.
+
+- ``--prune 0.5`` becomes ``--trainer.callbacks+=agent_lightning.callbacks.Pruning --trainer.callbacks.sparsity=0.5``;
+  ``--prune.end 0.6`` (any Pruning argument) becomes ``--trainer.callbacks.end=0.6`` right after it.
+- ``--qat int8|int4|none`` becomes ``--trainer.callbacks+=agent_lightning.callbacks.QuantizationAwareTraining
+  --trainer.callbacks.weights=int8`` (``none``: no QAT); ``--qat.start 0.8`` etc. for its other arguments.
+- ``--distill PATH_OR_NAME`` becomes ``--trainer.callbacks+=agent_lightning.callbacks.Distillation
+  --trainer.callbacks.teacher=PATH_OR_NAME``; ``--distill.temperature 4`` etc.
+- ``--student-layers 0,2,4`` becomes ``--model.student_layers=[0,2,4]``.
+
+Because the result is ordinary LightningCLI arguments, the run's saved ``config.yaml`` lists the callbacks with
+all their arguments and reproduces the run without the short flags.
+
+Order of effects in one run (whatever the order of the flags): distillation acts on every step; pruning ramps its
+sparsity up to ``--prune.end`` (default 70 % of training) and then holds its masks; QAT starts last, from the pruned
+weights: at ``--qat.start``, by default 0.8 of training when ``--prune`` is also given (0 otherwise). At fit end
+pruning makes its masks permanent first, then QAT converts to int8.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+__all__ = ["SHORT_FLAGS", "expand_short_flags"]
+
+#: short flag -> (callback class path, argument its value sets)
+SHORT_FLAGS = {
+    "distill": ("agent_lightning.callbacks.Distillation", "teacher"),
+    "prune": ("agent_lightning.callbacks.Pruning", "sparsity"),
+    "qat": ("agent_lightning.callbacks.QuantizationAwareTraining", "weights"),
+}
+QAT_CHOICES = ("int8", "int4", "none")
+QAT_START_AFTER_PRUNING = 0.8
+
+
+def expand_short_flags(args: Sequence[str]) -> list[str]:
+    """Rewrite the short compression flags of a ``fit`` command line; other arguments pass through unchanged.
+
+    Args:
+        args: the command line without the program name, e.g. ``["fit", "-c", "cfg.yaml", "--prune", "0.5"]``.
+
+    Returns:
+        The command line in LightningCLI syntax, the callbacks appended in the order distillation, pruning, QAT.
+
+    Raises:
+        ValueError: a short flag without its value, a detail flag (``--prune.end``) without its main flag, a
+            ``--qat`` choice that does not exist, ``--student-layers`` that are not integers, or short flags on a
+            subcommand other than ``fit``.
+
+    Example:
+        >>> expand_short_flags(["fit", "--prune", "0.5", "--prune.end=0.6"])
+        ['fit', '--trainer.callbacks+=agent_lightning.callbacks.Pruning', '--trainer.callbacks.sparsity=0.5', \
+'--trainer.callbacks.end=0.6']
+    """
+    rest: list[str] = []
+    main: dict[str, str] = {}
+    details: dict[str, list[tuple[str, str]]] = {name: [] for name in SHORT_FLAGS}
+    student_layers: str | None = None
+    items = list(args)
+    index = 0
+    while index < len(items):
+        item = items[index]
+        match = re.fullmatch(r"--(prune|qat|distill|student-layers)(?:\.([A-Za-z_][\w.]*))?(?:=(.*))?", item)
+        if match is None:
+            rest.append(item)
+            index += 1
+            continue
+        flag, detail, value = match.groups()
+        if value is None:
+            if index + 1 >= len(items) or items[index + 1].startswith("--"):
+                raise ValueError(f"--{flag}{'.' + detail if detail else ''} needs a value, e.g. {_example(flag)}.")
+            value = items[index + 1]
+            index += 1
+        index += 1
+        if flag == "student-layers":
+            student_layers = value
+        elif detail:
+            details[flag].append((detail, value))
+        else:
+            main[flag] = value
+    if not main and not any(details.values()) and student_layers is None:
+        return rest
+    if not rest or rest[0] != "fit":
+        raise ValueError(
+            "--prune, --qat, --distill and --student-layers are options of `train.py fit`; put them after `fit`."
+        )
+    for flag, given in details.items():
+        if given and flag not in main:
+            raise ValueError(
+                f"--{flag}.{given[0][0]} was given without --{flag}; add it, e.g. {_example(flag)} "
+                f"--{flag}.{given[0][0]} {given[0][1]}."
+            )
+    if main.get("qat") is not None and main["qat"] not in QAT_CHOICES:
+        raise ValueError(
+            f"--qat {main['qat']!r} is not a choice; use one of {', '.join(QAT_CHOICES)} (e.g. --qat int8), or set "
+            "any QuantizationAwareTraining argument with --qat.NAME VALUE."
+        )
+    if main.get("qat") == "none":
+        if details["qat"]:
+            raise ValueError("--qat none turns QAT off; drop the --qat.* options or choose --qat int8.")
+        del main["qat"]
+    if "qat" in main and "prune" in main and not any(name == "start" for name, _ in details["qat"]):
+        details["qat"].append(("start", str(QAT_START_AFTER_PRUNING)))
+    expanded = list(rest)
+    if student_layers is not None:
+        expanded.append(f"--model.student_layers=[{','.join(str(i) for i in _layers(student_layers))}]")
+    for flag in ("distill", "prune", "qat"):
+        if flag not in main:
+            continue
+        class_path, argument = SHORT_FLAGS[flag]
+        expanded += [f"--trainer.callbacks+={class_path}", f"--trainer.callbacks.{argument}={main[flag]}"]
+        expanded += [f"--trainer.callbacks.{name}={value}" for name, value in details[flag]]
+    return expanded
+
+
+def _layers(value: str) -> list[int]:
+    parts = [part.strip() for part in value.strip("[]").split(",") if part.strip()]
+    if not parts or not all(re.fullmatch(r"\d+", part) for part in parts):
+        raise ValueError(
+            f"--student-layers {value!r} must be comma-separated block indices of the teacher, e.g. --student-layers "
+            "0,2,4."
+        )
+    return [int(part) for part in parts]
+
+
+def _example(flag: str) -> str:
+    return {
+        "prune": "--prune 0.5",
+        "qat": "--qat int8",
+        "distill": "--distill runs/teacher/checkpoints/last.ckpt",
+        "student-layers": "--student-layers 0,2,4",
+    }[flag]
