@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,11 @@ def accuracy_on_test(agent: Agent, dm: TextClassificationDataModule, limit_batch
     """``test/acc`` of ``agent`` on the test split (the first ``limit_batches`` batches when given)."""
     limit = {} if limit_batches is None else {"limit_test_batches": limit_batches}
     return quiet_trainer(**limit).test(agent, datamodule=dm, verbose=False)[0]["test/acc"]
+
+
+def command_line() -> str:
+    """The command that runs this script with the arguments it was given, for the results file."""
+    return "python " + shlex.join([os.path.relpath(sys.argv[0]), *sys.argv[1:]])
 
 
 def write_results(output: Path, lines: list[str], data: Any) -> None:

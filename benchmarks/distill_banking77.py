@@ -34,7 +34,15 @@ from lightning.pytorch import seed_everything  # noqa: E402
 from agent_lightning import Agent  # noqa: E402
 from agent_lightning.callbacks import Distillation  # noqa: E402
 from agent_lightning.measure import compare_latency, token_inputs  # noqa: E402
-from benchmarks.common import DEFAULT_DATA, RESULTS, accuracy_on_test, banking77, quiet_trainer, write_results  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    DEFAULT_DATA,
+    RESULTS,
+    accuracy_on_test,
+    banking77,
+    command_line,
+    quiet_trainer,
+    write_results,
+)
 from benchmarks.timing import StepTimer  # noqa: E402
 
 RUNS = ("student, no KD", "student + logit KD", "student + logit + hidden KD", "student + logit + attention KD")
@@ -125,7 +133,7 @@ def _write(args, result: dict) -> None:
         f"Student: teacher blocks {args.layers}; {args.epochs} epochs, lr {args.lr}, batch 32, seed {args.seed}; "
         f"KD: T={args.temperature}, alpha={args.alpha}, hidden_weight={args.hidden_weight} (student block i vs "
         f"teacher block 2i+1). {os.cpu_count()} CPU cores, torch {torch.__version__}.",
-        f"Command: `python benchmarks/distill_banking77.py --teacher {args.teacher} --epochs {args.epochs}`.",
+        f"Command: `{command_line()}`.",
         "",
         "| model | test accuracy | Δ vs teacher | parameters | step time, epoch 1 | step time, later epochs |",
         "|---|---|---|---|---|---|",

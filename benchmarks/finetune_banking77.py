@@ -27,7 +27,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
 
 from agent_lightning import Agent, TextClassificationDataModule  # noqa: E402
-from benchmarks.common import DEFAULT_DATA, RESULTS, banking77, quiet_trainer, write_results  # noqa: E402
+from benchmarks.common import DEFAULT_DATA, RESULTS, banking77, command_line, quiet_trainer, write_results  # noqa: E402
 from benchmarks.timing import StepTimer  # noqa: E402
 
 PADDING_MODES = {
@@ -101,7 +101,7 @@ def write_report(args, throughput, result) -> None:
         "# Fine-tuning all-MiniLM-L6-v2 on BANKING77 (CPU)",
         "",
         f"Machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads. "
-        f"Command: `python benchmarks/finetune_banking77.py --epochs {args.epochs} --lr {args.lr}`.",
+        f"Command: `{command_line()}`.",
         "",
         f"## Training throughput ({args.throughput_steps} steps each, batch {args.batch_size}, same process)",
         "",

@@ -35,7 +35,15 @@ from agent_lightning import Agent  # noqa: E402
 from agent_lightning.callbacks import Pruning  # noqa: E402
 from agent_lightning.measure import compare_latency, token_inputs  # noqa: E402
 from agent_lightning.targets import select_modules  # noqa: E402
-from benchmarks.common import DEFAULT_DATA, RESULTS, accuracy_on_test, banking77, quiet_trainer, write_results  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    DEFAULT_DATA,
+    RESULTS,
+    accuracy_on_test,
+    banking77,
+    command_line,
+    quiet_trainer,
+    write_results,
+)
 
 
 def _sparsity(agent: Agent) -> float:
@@ -119,8 +127,7 @@ def _write(args, rows: list[dict]) -> None:
         f"Each run: {args.epochs} epochs from the same fine-tuned dense checkpoint, lr {args.lr}, batch 32, "
         f"seed(s) {seeds}; {os.cpu_count()} CPU cores, torch {torch.__version__}. Sparsity is over the targeted "
         "block linears.",
-        f"Command: `python benchmarks/prune_banking77.py --teacher {args.teacher} --epochs {args.epochs} "
-        f"--seeds {seeds}" + ("" if args.runs is None else " --runs " + " ".join(f"'{r}'" for r in args.runs)) + "`.",
+        f"Command: `{command_line()}`.",
         "",
         "| run | seed | test accuracy | Δ vs dense | sparsity | parameters | nonzero | latency b1 | latency b32 |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -42,7 +42,15 @@ from agent_lightning import Agent  # noqa: E402
 from agent_lightning.callbacks import QuantizationAwareTraining  # noqa: E402
 from agent_lightning.measure import compare_latency, token_inputs  # noqa: E402
 from agent_lightning.quantization import convert, quantized_linear_bytes  # noqa: E402
-from benchmarks.common import DEFAULT_DATA, RESULTS, accuracy_on_test, banking77, quiet_trainer, write_results  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    DEFAULT_DATA,
+    RESULTS,
+    accuracy_on_test,
+    banking77,
+    command_line,
+    quiet_trainer,
+    write_results,
+)
 from benchmarks.timing import StepTimer  # noqa: E402
 
 
@@ -153,7 +161,7 @@ def _write(args, result: dict) -> None:
         f"From the fine-tuned fp32 checkpoint; fine-tuning runs: {args.epochs} epoch(s), lr {args.lr}, batch 32, "
         f"seed {args.seed}; QAT ranges frozen after {args.freeze:.0%} of the run. {os.cpu_count()} CPU cores, "
         f"{result['threads']} threads, torch {torch.__version__}.",
-        f"Command: `python benchmarks/qat_banking77.py --teacher {args.teacher} --epochs {args.epochs}`.",
+        f"Command: `{command_line()}`.",
         "",
         "| model | test accuracy | Δ vs fp32 | state_dict bytes |",
         "|---|---|---|---|",

@@ -274,7 +274,7 @@ class QuantizationAwareTraining(Callback):
         prepare(pl_module, self.recipe, self.include, self.exclude)
         load_frozen_scales(pl_module, state["frozen_scales"])
         if not all(isinstance(m, FakeQuantizedLinear) for m in quantized.values()):  # it was converted
-            convert(pl_module)
+            self._convert(pl_module)
 
     @override
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

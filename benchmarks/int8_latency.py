@@ -1,0 +1,96 @@
+"""CPU latency of the int8 model that QAT converts to, versus fp32, measured several times over.
+
+Latency does not depend on the trained values, only on the kernels and shapes, so the int8 model here is the fp32
+checkpoint converted with the same recipe QAT uses (``convert``: fbgemm dynamic int8 linears). Each repeat is an
+independent round-robin measurement (``agent_lightning.measure.compare_latency``) at sequence length 64; the table
+gives every repeat's ratio and their median, because single measurements on a shared 2-core machine vary by
++-15 %. Also measured: one pass over the BANKING77 test set with its real, dynamically padded batches.
+
+    python benchmarks/int8_latency.py --teacher runs/finetune_banking77/version_0/checkpoints/best.ckpt
+
+Writes benchmarks/results/int8_latency.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+from agent_lightning import Agent  # noqa: E402
+from agent_lightning.measure import compare_latency, token_inputs  # noqa: E402
+from agent_lightning.quantization import convert  # noqa: E402
+from benchmarks.common import DEFAULT_DATA, RESULTS, banking77, command_line, write_results  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", type=Path, required=True, help="fine-tuned fp32 agent checkpoint")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--repeats", type=int, default=5, help="independent measurements per batch size")
+    parser.add_argument("--rounds", type=int, default=20, help="round-robin rounds per measurement")
+    parser.add_argument("--output", type=Path, default=RESULTS / "int8_latency.md")
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    fp32 = Agent.load_from_checkpoint(args.teacher).model.eval()
+    int8 = convert(copy.deepcopy(fp32))
+    models = {"fp32": fp32, "int8": int8}
+    ratios: dict[int, list[float]] = {}
+    seconds: dict[int, list[dict[str, float]]] = {}
+    for batch in (1, 32):
+        seconds[batch] = [
+            compare_latency(models, token_inputs(batch, seed=repeat), rounds=args.rounds)
+            for repeat in range(args.repeats)
+        ]
+        ratios[batch] = [m["int8"] / m["fp32"] for m in seconds[batch]]
+        print(batch, [f"{r:.2f}" for r in ratios[batch]], flush=True)
+    test_pass = _test_set_pass(models, args.data_dir)
+    result = {"ratios": ratios, "seconds": seconds, "test_pass_seconds": test_pass, "threads": torch.get_num_threads()}
+    lines = [
+        "# int8 (fbgemm dynamic, as QAT converts) vs fp32: CPU latency of all-MiniLM-L6-v2 with 77 labels",
+        "",
+        f"{os.cpu_count()} CPU cores (AVX2, no AVX-512/VNNI), {result['threads']} threads, torch {torch.__version__}; "
+        f"{args.repeats} independent round-robin measurements of {args.rounds} rounds each, sequence length 64.",
+        f"Command: `{command_line()}`.",
+        "",
+        "| batch | int8 / fp32 latency, each repeat | median ratio | median speed-up |",
+        "|---|---|---|---|",
+    ]
+    for batch, values in ratios.items():
+        median = statistics.median(values)
+        lines.append(f"| {batch} | {', '.join(f'{v:.2f}x' for v in values)} | {median:.2f}x | **{1 / median:.2f}x** |")
+    fp32_s, int8_s = (statistics.median(test_pass[name]) for name in ("fp32", "int8"))
+    lines += [
+        "",
+        f"BANKING77 test set (3,080 requests, real dynamically padded batches of the test loader), one pass, median of "
+        f"{len(test_pass['fp32'])} alternating passes: fp32 {fp32_s:.1f} s, int8 {int8_s:.1f} s = "
+        f"**{fp32_s / int8_s:.2f}x** faster.",
+    ]
+    write_results(args.output, lines, result)
+
+
+def _test_set_pass(models: dict[str, torch.nn.Module], data_dir: Path, passes: int = 3) -> dict[str, list[float]]:
+    dm = banking77(data_dir)
+    dm.setup("test")
+    batches = [{k: v for k, v in b.items() if k != "labels"} for b in dm.test_dataloader()]
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with torch.inference_mode():
+        for _ in range(passes):
+            for name, model in models.items():
+                started = time.perf_counter()
+                for batch in batches:
+                    model(**batch)
+                times[name].append(time.perf_counter() - started)
+    return times
+
+
+if __name__ == "__main__":
+    main()
