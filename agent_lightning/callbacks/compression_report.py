@@ -325,5 +325,7 @@ def _print(rows: list[ModelMeasurement], folder: Path) -> None:
         table.add_column(column, justify="left" if column == "model" else "right", no_wrap=True)
     for row in cells:
         table.add_row(*row)
-    Console(soft_wrap=True).print(table)
+    console = Console()
+    console.width = max(console.width, 120)  # a log file's 80 columns would cut the numbers
+    console.print(table)
     rank_zero_info(f"[CompressionReport] written to {os.path.relpath(folder)}/report.md and report.json")
