@@ -35,7 +35,7 @@ from agent_lightning.callbacks import (
 from agent_lightning.datamodules import TextClassificationDataModule
 from agent_lightning.short_flags import expand_short_flags
 
-__all__ = ["AgentLightningCLI", "main"]
+__all__ = ["AgentLightningCLI", "export_main", "main"]
 
 TRAINER_DEFAULTS = {
     "max_epochs": 5,
@@ -51,8 +51,15 @@ CHECKPOINT_DEFAULTS = {
     # "/" in a metric name would make sub-folders, hence the explicit names and auto_insert_metric_name=False.
     "checkpoint.filename": "epoch{epoch:02d}-step{step:05d}-val_acc{val/acc:.4f}",
     "checkpoint.auto_insert_metric_name": False,
-    "checkpoint.save_last": True,
+    # Lightning >= 2.6 refreshes save_last's last.ckpt only when a new best is saved; LATEST_CHECKPOINT keeps it
+    # the latest state, every validation, which is what resuming and exporting need.
+    "checkpoint.save_last": False,
 }
+
+
+def _latest_checkpoint() -> ModelCheckpoint:
+    """``last.ckpt``: the run's latest state, rewritten at every validation (no monitor, one file kept)."""
+    return ModelCheckpoint(filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
 
 
 def _label_names(datamodule: TextClassificationDataModule) -> list[str]:
@@ -62,7 +69,8 @@ def _label_names(datamodule: TextClassificationDataModule) -> list[str]:
 class AgentLightningCLI(LightningCLI):
     """LightningCLI for an :class:`Agent` and a :class:`TextClassificationDataModule`.
 
-    Adds a ``checkpoint`` section (ModelCheckpoint on ``val/acc``, readable file names, ``last.ckpt`` for resuming),
+    Adds a ``checkpoint`` section (ModelCheckpoint on ``val/acc``, readable file names) plus ``last.ckpt``, the
+    latest state rewritten at every validation (for resuming and exporting),
     TensorBoard logging under ``runs/``, a rich progress bar, and links: the agent's backbone and ``max_length``
     configure the datamodule's tokenizer; the datamodule's label vocabulary sizes the agent's head.
     """
@@ -114,6 +122,8 @@ class AgentLightningCLI(LightningCLI):
         chosen = list(config.get("callbacks") or []) + callbacks
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in chosen):
             callbacks = [*callbacks, RichProgressBar(leave=True)]
+        if config.get("enable_checkpointing") is not False:
+            callbacks = [*callbacks, _latest_checkpoint()]
         wants_report = self.subcommand is None or self.config[self.subcommand].get("report", True)
         if wants_report and any(isinstance(c, REPORTED_CALLBACKS) for c in chosen):
             for kind in (CompressionDashboard, CompressionReport):
@@ -176,10 +186,37 @@ class AgentLightningCLI(LightningCLI):
             console.print(f"[bold]Test accuracy:[/bold] {float(test_acc):.4f}")
 
 
+def export_main(args: Sequence[str]) -> None:
+    """``agent-lightning export CKPT --format int8|hf --output DIR [--overwrite]``."""
+    import argparse
+
+    from rich.console import Console
+
+    from agent_lightning.export import describe, export_agent
+
+    parser = argparse.ArgumentParser(
+        prog="agent-lightning export",
+        description="Export an agent checkpoint as a deployable folder, verified by reloading it: 'int8' is the "
+        "int8 CPU model as a TorchScript program (run it with agent_lightning.exported_agent.ExportedAgent), 'hf' a "
+        "Hugging Face folder. Written atomically: a failure leaves nothing behind.",
+    )
+    parser.add_argument("checkpoint", help="the agent's .ckpt (a QAT run's checkpoint keeps its trained ranges)")
+    parser.add_argument("--format", choices=["int8", "hf"], default="int8", help="default: int8")
+    parser.add_argument("--output", required=True, help="folder to write (refused if it exists, unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    options = parser.parse_args(list(args))
+    result = export_agent(options.checkpoint, options.output, options.format, options.overwrite)
+    Console(soft_wrap=True).print(describe(result))
+
+
 def main(args: Sequence[str] | None = None) -> None:
-    """Entry point of ``agent-lightning`` and ``train.py``."""
+    """Entry point of ``agent-lightning`` and ``train.py``: LightningCLI subcommands, plus ``export``."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    AgentLightningCLI.create(list(sys.argv[1:] if args is None else args))
+    args = list(sys.argv[1:] if args is None else args)
+    if args[:1] == ["export"]:
+        export_main(args[1:])
+        return
+    AgentLightningCLI.create(args)
 
 
 if __name__ == "__main__":

@@ -118,3 +118,15 @@ def tiny_data_dir(tmp_path) -> Path:
 def shared_tiny_data_dir(tmp_path_factory) -> Path:
     """The same folder, once per session, for session- or module-scoped fixtures."""
     return make_tiny_data_dir(tmp_path_factory.mktemp("tiny-data"))
+
+
+@pytest.fixture
+def agent_and_data(tiny_bert, tiny_data_dir):
+    """A tiny BERT agent (learning rate 1e-3) and its datamodule (batches of 4), seeded."""
+    from lightning.pytorch import seed_everything
+
+    from agent_lightning import Agent, TextClassificationDataModule
+
+    seed_everything(0)
+    dm = TextClassificationDataModule(dataset=str(tiny_data_dir), tokenizer=tiny_bert, batch_size=4)
+    return Agent(model=tiny_bert, labels=dm.label_names, learning_rate=1e-3), dm

@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
 from agent_lightning import Agent
-from agent_lightning.cli import AgentLightningCLI
+from agent_lightning.cli import AgentLightningCLI, main
 from tests.conftest import REPO
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -224,6 +225,17 @@ def test_short_flags_compose_distillation_pruning_and_qat_in_one_fit(tmp_path, t
     assert [e.value for e in events.Scalars("qat/enabled")][-2:] == [1.0, 1.0]
     assert "qat/converted_acc" in events.Tags()["scalars"]
     assert (log_dir / "checkpoints" / "report.md").exists()
+    # then export the run's last checkpoint as the int8 CPU program and act on raw text with it
+    from agent_lightning.exported_agent import ExportedAgent
+
+    last = log_dir / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == 8  # the latest state, not the best epoch's
+    main(["export", str(last), "--output", str(tmp_path / "int8")])
+    exported = ExportedAgent(tmp_path / "int8")
+    assert exported.manifest["quantization"] == "QAT ranges from the checkpoint"
+    assert exported.manifest["parity"]["quantized_layers"] == 6
+    (action, confidence), *_ = exported.act(["set an alarm for 7", "what's the weather"])
+    assert action in cli.model.labels and 0 < confidence <= 1
 
 
 def test_report_false_attaches_no_dashboard_or_report(tmp_path, tiny_bert):
