@@ -37,7 +37,15 @@ from agent_lightning.exported_agent import MANIFEST, PROGRAM, ExportedAgent
 from agent_lightning.io import atomic_directory
 from agent_lightning.quantization import convert, converted_modules
 
-__all__ = ["ExportFormat", "ExportResult", "describe", "export_agent", "load_agent_checkpoint"]
+__all__ = [
+    "ExportFormat",
+    "ExportResult",
+    "LogitsProgram",
+    "describe",
+    "export_agent",
+    "load_agent_checkpoint",
+    "trace",
+]
 
 ExportFormat = Literal["hf", "int8"]
 
@@ -185,7 +193,7 @@ def _export_hf(agent: Agent, staging: Path, inputs: dict[str, Tensor]) -> dict:
     return {**parity, "quantized_layers": 0}
 
 
-class _LogitsProgram(nn.Module):
+class LogitsProgram(nn.Module):
     """``(input_ids, attention_mask) -> logits`` of a sequence classifier: the exported program's signature."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -194,6 +202,19 @@ class _LogitsProgram(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def trace(program: LogitsProgram, inputs: dict[str, Tensor]) -> torch.jit.ScriptModule:
+    """TorchScript-trace ``program`` on two rows of ``inputs`` (any batch size and length run afterwards)."""
+    with warnings.catch_warnings():
+        # TorchScript is deprecated in torch 2.13, but torch.export cannot carry fbgemm's packed int8 weights (see the
+        # module docstring); the tracer's notes on Python-constant branches concern shapes HF handles either way,
+        # which the reload comparison of the export checks on padded and unpadded rows.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r"`torch\.jit\.")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r"`is_gradient_checkpointing`")  # HF
+        with torch.inference_mode():
+            return torch.jit.trace(program, (inputs["input_ids"][:2], inputs["attention_mask"][:2]), check_trace=False)
 
 
 @torch.inference_mode()
@@ -209,16 +230,11 @@ def _export_int8(agent: Agent, raw: dict, staging: Path, inputs: dict[str, Tenso
         convert(agent)
     else:
         how = "already converted"
-    program = _LogitsProgram(agent.model).eval()
+    program = LogitsProgram(agent.model).eval()
     expected = program(inputs["input_ids"], inputs["attention_mask"])
+    traced = trace(program, inputs)
     with warnings.catch_warnings():
-        # TorchScript is deprecated in torch 2.13, but torch.export cannot carry fbgemm's packed int8 weights (see the
-        # module docstring); the tracer's notes on Python-constant branches concern shapes HF handles either way,
-        # which the reload comparison below checks on padded and unpadded rows.
         warnings.filterwarnings("ignore", category=DeprecationWarning, message=r"`torch\.jit\.")
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning, message=r"`is_gradient_checkpointing`")  # HF
-        traced = torch.jit.trace(program, (inputs["input_ids"][:2], inputs["attention_mask"][:2]), check_trace=False)
         torch.jit.save(traced, str(staging / PROGRAM))
     agent.tokenizer.save_pretrained(staging)
     (staging / "labels.json").write_text(json.dumps(agent.labels, indent=1), encoding="utf-8")
