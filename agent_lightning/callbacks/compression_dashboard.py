@@ -6,6 +6,7 @@ from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
+from torch import nn
 from typing_extensions import override
 
 from agent_lightning.quantization import dequantized_weight
@@ -40,7 +41,8 @@ class CompressionDashboard(Callback):
         histogram_every_n_steps: steps between weight histograms; ``0`` turns them off. The default (every 200
             steps, 36 layers of MiniLM) costs a few milliseconds per step on average.
         include: glob patterns over module names whose weights get histograms; default: the transformer blocks'
-            linear layers (the layers the compression callbacks target by default).
+            linear layers (the layers the compression callbacks target by default), or every ``nn.Linear`` of a
+            module that has no transformer blocks.
         exclude: glob patterns removed from those.
 
     Raises:
@@ -72,9 +74,16 @@ class CompressionDashboard(Callback):
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage == "fit" and self.histogram_every_n_steps:
-            argument = "CompressionDashboard(include=...)"
+        if stage != "fit" or not self.histogram_every_n_steps:
+            return
+        argument = "CompressionDashboard(include=...)"
+        try:
             self._layers = list(select_modules(pl_module, self.include, self.exclude, argument=argument))
+        except ValueError:
+            if self.include is not None:
+                raise
+            # a module without transformer blocks (e.g. a small CNN or MLP): every linear layer instead
+            self._layers = [name for name, m in pl_module.named_modules() if isinstance(m, nn.Linear)]
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

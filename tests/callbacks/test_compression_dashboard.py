@@ -181,3 +181,15 @@ def test_patterns_that_match_nothing_fail_at_setup(tmp_path, agent_and_data):
     agent, dm = agent_and_data
     with pytest.raises(ValueError, match="matches no"):
         quiet_trainer(tmp_path, [CompressionDashboard(include=["*.nothing"])], max_steps=1).fit(agent, datamodule=dm)
+
+
+def test_a_module_without_transformer_blocks_gets_histograms_of_its_linears(tmp_path):
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    logger = TensorBoardLogger(tmp_path, name="boring", default_hp_metric=False)
+    dashboard = CompressionDashboard(histogram_every_n_steps=2)
+    quiet_trainer(tmp_path, [dashboard], max_steps=4, logger=logger, limit_val_batches=1).fit(BoringModel())
+    events = EventAccumulator(logger.log_dir, size_guidance={"histograms": 0})
+    events.Reload()
+    assert events.Tags()["histograms"] == ["model/weights/layer"]
+    assert [h.step for h in events.Histograms("model/weights/layer")] == [0, 2, 4]
