@@ -45,7 +45,13 @@ from benchmarks.common import (  # noqa: E402
 )
 from benchmarks.timing import StepTimer  # noqa: E402
 
-RUNS = ("student, no KD", "student + logit KD", "student + logit + hidden KD", "student + logit + attention KD")
+RUNS = (
+    "student, no KD",
+    "student + logit KD",
+    "student + logit + hidden KD",
+    "student + logit + attention KD",
+    "student + logit KD on augmented copies",
+)
 DEFAULT_RUNS = RUNS[:3]
 
 
@@ -69,6 +75,7 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--hidden-weight", type=float, default=1.0)
     parser.add_argument("--attention-weight", type=float, default=1.0)
+    parser.add_argument("--augment", type=float, default=0.2, help="token fraction replaced in the augmented copies")
     parser.add_argument("--runs", nargs="+", choices=RUNS, default=DEFAULT_RUNS, help="student runs to train")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--limit-batches", type=int, default=None, help="smoke test: batches per epoch and test")
@@ -91,6 +98,7 @@ def main() -> None:
             "student + logit + attention KD": [
                 Distillation(str(args.teacher), **kd, attention_weight=args.attention_weight)
             ],
+            "student + logit KD on augmented copies": [Distillation(str(args.teacher), **kd, augment=args.augment)],
         }
         runs = {name: callbacks for name, callbacks in runs.items() if name in args.runs}
         students = {}
@@ -131,7 +139,7 @@ def _write(args, result: dict) -> None:
         "# Distilling the 6-layer MiniLM agent into 3 of its layers on BANKING77 (CPU)",
         "",
         f"Student: teacher blocks {args.layers}; {args.epochs} epochs, lr {args.lr}, batch 32, seed {args.seed}; "
-        f"KD: T={args.temperature}, alpha={args.alpha}, hidden_weight={args.hidden_weight} (student block i vs "
+        f"KD: T={args.temperature}, alpha={args.alpha}, hidden_weight={args.hidden_weight}, augment={args.augment} (student block i vs "
         f"teacher block 2i+1). {os.cpu_count()} CPU cores, torch {torch.__version__}.",
         f"Command: `{command_line()}`.",
         "",

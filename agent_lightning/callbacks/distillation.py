@@ -19,6 +19,7 @@ from agent_lightning.targets import block_list, find_blocks
 from agent_lightning.teacher_cache import TeacherLogitCache
 from agent_lightning.teachers import check_compatible, fingerprint, freeze, load_teacher
 from agent_lightning.tensorboard import plain_settings
+from agent_lightning.token_augmentation import replace_tokens
 
 __all__ = ["Distillation"]
 
@@ -60,6 +61,12 @@ class Distillation(Callback):
         cache: ``"memory"``, ``"disk"`` or ``"none"``.
         cache_dir: folder for ``cache="disk"`` (one file per teacher fingerprint and rank).
         projection_lr: learning rate (AdamW) of the width projections, trained alongside the student.
+        augment: with a value ``p`` > 0, each step also builds a copy of the batch in which about ``p`` of the inner
+            tokens are replaced by other tokens of the batch (:func:`~agent_lightning.token_augmentation.
+            replace_tokens`), runs teacher and student on it, and adds ``(1 - alpha) * T^2 * KL`` on that copy
+            (logged as ``distill/augmented_kd_loss``): the student learns the teacher's outputs on text the teacher
+            never fitted, TinyBERT-style. Costs one more student and teacher forward per step; needs ``input_ids``
+            in the batch. 0 turns it off.
 
     Raises:
         ValueError: a bad argument (at construction); a missing or unreadable teacher, a teacher whose labels or
@@ -83,6 +90,7 @@ class Distillation(Callback):
         cache: Literal["memory", "disk", "none"] = "memory",
         cache_dir: str | None = None,
         projection_lr: float = 1e-3,
+        augment: float = 0.0,
     ) -> None:
         self.settings = plain_settings(locals())  # the constructor arguments, for the HParams tab
         if not isinstance(teacher, (str, nn.Module)) or (isinstance(teacher, str) and not teacher.strip()):
@@ -111,6 +119,11 @@ class Distillation(Callback):
             raise ValueError("Distillation(cache='disk') needs cache_dir, e.g. cache_dir='runs/teacher_cache'.")
         if _not_number(projection_lr) or projection_lr <= 0:
             raise ValueError(f"Distillation(projection_lr={projection_lr!r}) must be a number > 0.")
+        if _not_number(augment) or not 0.0 <= augment < 1.0:
+            raise ValueError(
+                f"Distillation(augment={augment!r}) must be in [0, 1): the fraction of tokens replaced in the "
+                "augmented copy of each batch (0 turns it off), e.g. augment=0.2."
+            )
         self.teacher_source = teacher
         self.temperature, self.temperature_end = float(temperature), temperature_end
         self.alpha, self.alpha_end = float(alpha), alpha_end
@@ -120,6 +133,7 @@ class Distillation(Callback):
         self.layer_map = list(layer_map) if layer_map is not None else None
         self.cache_kind, self.cache_dir = cache, cache_dir
         self.projection_lr = float(projection_lr)
+        self.augment = float(augment)
         self.kd_loss = LogitDistillationLoss()
         self.hidden_loss: HiddenStateLoss | None = None
         self.teacher: nn.Module | None = None
@@ -271,7 +285,7 @@ class Distillation(Callback):
         rank_zero_info(
             f"[Distillation] teacher {self._source_name()} (fingerprint {self.teacher_fingerprint[:12]}), "
             f"T={self.temperature}, alpha={self.alpha}, hidden_weight={self.hidden_weight}, "
-            f"attention_weight={self.attention_weight}, cache={self.cache_kind}"
+            f"attention_weight={self.attention_weight}, cache={self.cache_kind}, augment={self.augment}"
         )
 
     # -- the loss ----------------------------------------------------------------------------------------------------
@@ -326,6 +340,10 @@ class Distillation(Callback):
             ).mean()
             loss = loss + self.attention_weight * attention
             metrics["distill/attention_loss"] = attention
+        if self.augment:
+            augmented = self._augmented_kd(pl_module, args, kwargs, temperature)
+            loss = loss + (1.0 - alpha) * augmented
+            metrics["distill/augmented_kd_loss"] = augmented
         metrics["distill/alpha"] = alpha
         metrics["distill/loss"] = loss
         batch_size = student_logits.shape[0]
@@ -338,6 +356,23 @@ class Distillation(Callback):
         if isinstance(output, Tensor):
             return loss
         return {**output, "loss": loss}
+
+    def _augmented_kd(self, pl_module: LightningModule, args: tuple, kwargs: dict, temperature: float) -> Tensor:
+        """KD on a token-replaced copy of the step's inputs (runs after the hidden/attention terms read their hooks)."""
+        ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
+        if not isinstance(ids, Tensor) or ids.dtype not in (torch.int32, torch.int64):
+            raise TypeError(
+                "Distillation(augment=...) replaces tokens of the batch's 'input_ids', which this module's forward "
+                "was not called with; use augment=0 for it."
+            )
+        generator = torch.Generator().manual_seed(pl_module.trainer.global_step)  # the same copy after a resume
+        inputs = {k: v for k, v in kwargs.items() if k != "labels"}
+        inputs["input_ids"] = replace_tokens(ids, mask if isinstance(mask, Tensor) else None, self.augment, generator)
+        student_logits = logits_of(pl_module(*args, **inputs))
+        with torch.no_grad():
+            teacher_logits = logits_of(self.teacher(*args, **inputs))
+        token_mask = _token_mask(inputs, student_logits)
+        return self.kd_loss(student_logits, teacher_logits.to(student_logits.dtype), temperature, token_mask)
 
     @torch.no_grad()
     def _teacher_logits(self, args: tuple, kwargs: dict, device: torch.device) -> Tensor:

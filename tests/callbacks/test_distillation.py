@@ -210,6 +210,28 @@ def test_boring_model_distils_from_another_boring_model(tmp_path):
     assert kd.cache.misses == 5 and kd.cache.hits == 0  # random batches every step: nothing to reuse
 
 
+def test_augmented_copy_adds_a_kd_term_on_changed_tokens(tmp_path, tiny_bert, shared_tiny_data_dir, teacher_ckpt):
+    student, dm = _student_and_data(tiny_bert, shared_tiny_data_dir)
+    distillation = Distillation(teacher=str(teacher_ckpt), alpha=0.4, augment=0.3)
+    logger = CSVLogger(tmp_path, name="augment")
+    trainer = _trainer(tmp_path, [distillation], max_steps=4, logger=logger, log_every_n_steps=1, limit_val_batches=0)
+    trainer.fit(student, datamodule=dm)
+    rows = [r for r in _rows(tmp_path / "augment" / "version_0" / "metrics.csv") if r.get("distill/loss")]
+    assert len(rows) == 4
+    for row in rows:
+        kd, augmented = float(row["distill/kd_loss"]), float(row["distill/augmented_kd_loss"])
+        expected = 0.4 * float(row["distill/task_loss"]) + 0.6 * kd + 0.6 * augmented
+        assert float(row["distill/loss"]) == pytest.approx(expected, rel=1e-5)
+        assert augmented > 0 and augmented != kd  # another input: another KL
+    # the augmented copy is that of replace_tokens, seeded by the step
+    from agent_lightning.token_augmentation import replace_tokens
+
+    batch = next(iter(dm.train_dataloader()))
+    copy_a = replace_tokens(batch["input_ids"], batch["attention_mask"], 0.3, torch.Generator().manual_seed(3))
+    copy_b = replace_tokens(batch["input_ids"], batch["attention_mask"], 0.3, torch.Generator().manual_seed(3))
+    assert torch.equal(copy_a, copy_b) and not torch.equal(copy_a, batch["input_ids"])
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
@@ -219,6 +241,7 @@ def test_boring_model_distils_from_another_boring_model(tmp_path):
         ({"cache": "ram"}, ValueError, r"cache='ram'\) is not a choice; use 'memory', 'disk' or 'none'"),
         ({"cache": "disk"}, ValueError, "needs cache_dir"),
         ({"layer_map": "1,3"}, TypeError, "must be a list of teacher block indices"),
+        ({"augment": 1.0}, ValueError, r"augment=1.0\) must be in \[0, 1\): the fraction of tokens replaced"),
     ],
 )
 def test_bad_arguments(kwargs, error, message):
