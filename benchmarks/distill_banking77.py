@@ -139,8 +139,8 @@ def _write(args, result: dict) -> None:
         "# Distilling the 6-layer MiniLM agent into 3 of its layers on BANKING77 (CPU)",
         "",
         f"Student: teacher blocks {args.layers}; {args.epochs} epochs, lr {args.lr}, batch 32, seed {args.seed}; "
-        f"KD: T={args.temperature}, alpha={args.alpha}, hidden_weight={args.hidden_weight}, augment={args.augment} (student block i vs "
-        f"teacher block 2i+1). {os.cpu_count()} CPU cores, torch {torch.__version__}.",
+        f"KD: T={args.temperature}, alpha={args.alpha}, hidden_weight={args.hidden_weight} (student block i vs "
+        f"teacher block 2i+1), augment={args.augment}. {os.cpu_count()} CPU cores, torch {torch.__version__}.",
         f"Command: `{command_line()}`.",
         "",
         "| model | test accuracy | Δ vs teacher | parameters | step time, epoch 1 | step time, later epochs |",
