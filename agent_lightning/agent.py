@@ -17,6 +17,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from typing_extensions import override
 
 from agent_lightning.backbone import resolve_backbone
+from agent_lightning.exported_agent import as_texts
 from agent_lightning.io import atomic_directory
 from agent_lightning.structure import STRUCTURE_KEY, build_from_config, load_pretrained_pruned
 from agent_lightning.students import keep_layers, narrow_ffn
@@ -226,10 +227,7 @@ class Agent(LightningModule):
         Raises:
             TypeError: ``texts`` is not a string or a sequence of strings.
         """
-        if isinstance(texts, str):
-            texts = [texts]
-        if not isinstance(texts, Sequence) or not all(isinstance(t, str) for t in texts):
-            raise TypeError(f"act(texts=...) takes a string or a list of strings, got {type(texts).__name__}.")
+        texts = as_texts(texts)
         was_training = self.training
         self.eval()
         decisions: list[tuple[str, float]] = []

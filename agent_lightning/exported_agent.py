@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["ExportedAgent"]
+__all__ = ["ExportedAgent", "as_texts"]
 
 PROGRAM = "model.pt"
 MANIFEST = "export.json"
@@ -75,12 +75,22 @@ class ExportedAgent:
         Raises:
             TypeError: ``texts`` is not a string or a sequence of strings.
         """
-        if isinstance(texts, str):
-            texts = [texts]
-        if not isinstance(texts, Sequence) or not all(isinstance(t, str) for t in texts):
-            raise TypeError(f"act(texts=...) takes a string or a list of strings, got {type(texts).__name__}.")
+        texts = as_texts(texts)
         decisions: list[tuple[str, float]] = []
         for start in range(0, len(texts), batch_size):
             confidence, index = self.logits(texts[start : start + batch_size]).float().softmax(-1).max(-1)
             decisions += [(self.labels[i], c) for i, c in zip(index.tolist(), confidence.tolist())]
         return decisions
+
+
+def as_texts(texts: str | Sequence[str]) -> list[str]:
+    """``texts`` as a list of requests (one string becomes a list of one).
+
+    Raises:
+        TypeError: ``texts`` is not a string or a sequence of strings.
+    """
+    if isinstance(texts, str):
+        return [texts]
+    if not isinstance(texts, Sequence) or not all(isinstance(t, str) for t in texts):
+        raise TypeError(f"act(texts=...) takes a string or a list of strings, got {type(texts).__name__}.")
+    return list(texts)
