@@ -51,7 +51,7 @@ CHECKPOINT_DEFAULTS = {
     # "/" in a metric name would make sub-folders, hence the explicit names and auto_insert_metric_name=False.
     "checkpoint.filename": "epoch{epoch:02d}-step{step:05d}-val_acc{val/acc:.4f}",
     "checkpoint.auto_insert_metric_name": False,
-    # Lightning >= 2.6 refreshes save_last's last.ckpt only when a new best is saved; LATEST_CHECKPOINT keeps it
+    # Lightning >= 2.6 refreshes save_last's last.ckpt only when a new best is saved; _latest_checkpoint() keeps it
     # the latest state, every validation, which is what resuming and exporting need.
     "checkpoint.save_last": False,
 }

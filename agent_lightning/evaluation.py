@@ -18,9 +18,10 @@ from typing import Any
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch import LightningModule
+from lightning.pytorch.strategies import Strategy
 from torch import Tensor, nn
 
-__all__ = ["count_correct", "logits_of", "split_batch"]
+__all__ = ["accuracy", "count_correct", "device_of", "logits_of", "split_batch"]
 
 
 def split_batch(batch: Any) -> tuple[tuple[Any, ...], dict[str, Any], Tensor | None]:
@@ -71,7 +72,7 @@ def count_correct(module: nn.Module, batches: Iterable[Any], max_batches: int | 
     """
     was_training = module.training
     module.eval()
-    device = _device_of(module)
+    device = device_of(module)
     correct = counted = 0
     try:
         for index, batch in enumerate(batches):
@@ -93,7 +94,21 @@ def count_correct(module: nn.Module, batches: Iterable[Any], max_batches: int | 
     return correct, counted
 
 
-def _device_of(module: nn.Module) -> torch.device:
+def accuracy(strategy: Strategy, module: nn.Module, loaders: Any, max_batches: int | None = None) -> float | None:
+    """Top-1 accuracy of ``module`` over ``loaders`` (``None``, one dataloader or a list of them), summed over all
+    processes of ``strategy``; ``None`` when nothing was labelled. ``max_batches`` bounds each loader."""
+    if loaders is None:
+        return None
+    correct = counted = 0
+    for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
+        c, n = count_correct(module, loader, max_batches)
+        correct, counted = correct + c, counted + n
+    totals = strategy.reduce(torch.tensor([correct, counted], dtype=torch.float64), reduce_op="sum")
+    return float(totals[0] / totals[1]) if totals[1] > 0 else None
+
+
+def device_of(module: nn.Module) -> torch.device:
+    """A LightningModule's ``device``, else the device of the module's first parameter (CPU without any)."""
     if isinstance(module, LightningModule):
         return module.device
     parameter = next(module.parameters(), None)

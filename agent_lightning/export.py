@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from agent_lightning.agent import Agent
 from agent_lightning.exported_agent import MANIFEST, PROGRAM, ExportedAgent
-from agent_lightning.io import atomic_directory
+from agent_lightning.io import atomic_directory, check_writable_directory
 from agent_lightning.quantization import convert, converted_modules
 
 __all__ = [
@@ -140,10 +140,7 @@ def export_agent(
     if format not in ("hf", "int8"):
         raise ValueError(f"format={format!r} is not supported; use 'int8' (TorchScript int8 CPU model) or 'hf'.")
     target = Path(output)
-    if target.is_dir() and any(target.iterdir()) and not overwrite:  # checked before the (slow) loading
-        raise FileExistsError(
-            f"output={str(target)!r} exists and is not empty. Choose a new folder, or pass --overwrite to replace it."
-        )
+    check_writable_directory(target, overwrite, argument="output")  # before the (slow) loading
     agent, raw = load_agent_checkpoint(checkpoint)
     inputs = _sample_inputs(agent)
     with atomic_directory(target, overwrite=overwrite, argument="output") as staging:
@@ -241,7 +238,7 @@ def _export_int8(agent: Agent, raw: dict, staging: Path, inputs: dict[str, Tenso
     manifest = {"format": "int8", "source": source, "quantization": how, "max_length": agent.hparams.max_length}
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     reloaded = ExportedAgent(staging)
-    parity = {**_compare(expected, reloaded.program(inputs["input_ids"], inputs["attention_mask"]))}
+    parity = _compare(expected, reloaded.program(inputs["input_ids"], inputs["attention_mask"]))
     parity["quantized_layers"] = len(converted_modules(agent))
     (staging / MANIFEST).write_text(json.dumps({**manifest, "parity": parity}, indent=1), encoding="utf-8")
     return parity

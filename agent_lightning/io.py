@@ -9,7 +9,24 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_directory", "atomic_torch_save", "atomic_write_text"]
+__all__ = ["atomic_directory", "atomic_torch_save", "atomic_write_text", "check_writable_directory"]
+
+
+def check_writable_directory(target: str | os.PathLike, overwrite: bool = False, argument: str = "directory") -> None:
+    """Raise unless ``target`` may become a folder: it must not be a file, nor a non-empty folder without
+    ``overwrite``. :func:`atomic_directory` checks this too; call it alone to fail before slow work.
+
+    Raises:
+        FileExistsError: ``target`` is a file, or exists, is not empty, and ``overwrite`` is false.
+    """
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(f"{argument}={str(target)!r} is a file; give a folder path.")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{argument}={str(target)!r} exists and is not empty. Choose a new folder, or pass overwrite=True "
+            "(--overwrite on the command line) to replace it."
+        )
 
 
 @contextlib.contextmanager
@@ -32,13 +49,7 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False, argumen
         ...     (staging / "config.json").write_text("{}")
     """
     target = Path(target)
-    if target.exists() and not target.is_dir():
-        raise FileExistsError(f"{argument}={str(target)!r} is a file; give a folder path.")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"{argument}={str(target)!r} exists and is not empty. Choose a new folder, or pass overwrite=True "
-            "(--overwrite on the command line) to replace it."
-        )
+    check_writable_directory(target, overwrite, argument)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:

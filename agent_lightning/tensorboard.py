@@ -20,7 +20,6 @@ prefix          written by
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,7 +29,6 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 __all__ = [
     "COMPRESSION_LAYOUT",
     "RUN_METRIC_TAGS",
-    "callback_settings",
     "plain_settings",
     "run_hparams",
     "tensorboard_logger",
@@ -154,20 +152,6 @@ def plain_settings(arguments: Mapping[str, Any]) -> dict[str, Any]:
     return settings
 
 
-def callback_settings(callback: object) -> dict[str, Any]:
-    """A callback's constructor arguments: its ``settings`` mapping when it keeps one (agent_lightning's callbacks
-    do), else those of its ``__init__`` parameters that it keeps as plain attributes of the same names."""
-    settings = getattr(callback, "settings", None)
-    if isinstance(settings, Mapping):
-        return dict(settings)
-    found: dict[str, Any] = {}
-    for name in inspect.signature(type(callback).__init__).parameters:
-        value = getattr(callback, name, None)
-        if name != "self" and (value is None or isinstance(value, (bool, int, float, str))):
-            found[name] = value
-    return found
-
-
 def run_hparams(trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
     """What defines a run: the module's ``hparams`` (``labels`` summarised) and the settings of every
     agent_lightning callback attached to ``trainer``, under the callback's class name."""
@@ -176,8 +160,9 @@ def run_hparams(trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
     if isinstance(labels, Sequence):
         params["num_labels"] = len(labels)
     for callback in trainer.callbacks:
-        if type(callback).__module__.startswith("agent_lightning.") and type(callback).__name__ != "RandomState":
-            params[type(callback).__name__] = callback_settings(callback) or {"attached": True}
+        settings = getattr(callback, "settings", None)  # agent_lightning's callbacks keep their arguments there
+        if type(callback).__module__.startswith("agent_lightning.") and isinstance(settings, Mapping):
+            params[type(callback).__name__] = dict(settings)
     return params
 
 

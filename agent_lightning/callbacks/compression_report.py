@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
-from agent_lightning.evaluation import count_correct
+from agent_lightning.evaluation import accuracy, device_of
 from agent_lightning.io import atomic_write_text
 from agent_lightning.measure import ModelInputs, compare_latency, parameter_counts, saved_bytes
 from agent_lightning.quantization import unprepare
@@ -164,7 +164,12 @@ class CompressionReport(Callback):
             reference = self._distillation.teacher
         models = {"final": pl_module} if reference is None else {"final": pl_module, "reference": reference}
         loaders = _as_list(trainer.val_dataloaders)
-        accuracy = {name: self._accuracy(trainer, model, loaders) for name, model in models.items()}
+        accuracies = {
+            name: accuracy(trainer.strategy, model, loaders, self.max_eval_batches)
+            if self.evaluate and loaders
+            else None
+            for name, model in models.items()
+        }
         if trainer.global_rank != 0:
             return
         latency = self._latency(models, loaders)
@@ -173,7 +178,7 @@ class CompressionReport(Callback):
             total, nonzero = parameter_counts(model)
             size, zipped = saved_bytes(model, compressed=self.zipped_size)
             self.rows.append(
-                ModelMeasurement(name, total, nonzero, size, zipped, accuracy[name], latency.get(name, {}))
+                ModelMeasurement(name, total, nonzero, size, zipped, accuracies[name], latency.get(name, {}))
             )
         self.metrics = _metrics(self.rows)
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in self.metrics.items()})
@@ -189,23 +194,13 @@ class CompressionReport(Callback):
         atomic_write_text(folder / "report.json", json.dumps(self.as_dict(), indent=2) + "\n")
         _print(self.rows, folder)
 
-    def _accuracy(self, trainer: Trainer, model: nn.Module, loaders: list) -> float | None:
-        if not self.evaluate or not loaders:
-            return None
-        correct = counted = 0
-        for loader in loaders:
-            c, n = count_correct(model, loader, self.max_eval_batches)
-            correct, counted = correct + c, counted + n
-        totals = trainer.strategy.reduce(torch.tensor([correct, counted], dtype=torch.float64), reduce_op="sum")
-        return float(totals[0] / totals[1]) if totals[1] > 0 else None
-
     def _latency(self, models: dict[str, nn.Module], loaders: list) -> dict[str, dict[int, float]]:
         if not self.latency or not loaders:
             return {}
         batch = next(iter(loaders[0]), None)
         if batch is None:
             return {}
-        devices = {name: next(iter(model.parameters()), torch.empty(0)).device for name, model in models.items()}
+        devices = {name: device_of(model) for name, model in models.items()}
         cpu = {name: model.cpu() for name, model in models.items()}
         result: dict[str, dict[int, float]] = {name: {} for name in models}
         try:

@@ -14,7 +14,7 @@ from torchao.quantization.qat import FakeQuantizedLinear
 from typing_extensions import override
 
 from agent_lightning.callbacks.schedule import StepSchedule
-from agent_lightning.evaluation import count_correct
+from agent_lightning.evaluation import accuracy
 from agent_lightning.quantization import (
     Activations,
     Kernel,
@@ -208,10 +208,10 @@ class QuantizationAwareTraining(Callback):
         if not self._prepared or not self.convert_on_fit_end:
             return
         batches = trainer.val_dataloaders if self.evaluate else None
-        fake_quant = _accuracy(trainer, pl_module, batches)
+        fake_quant = accuracy(trainer.strategy, pl_module, batches)
         fake_quantized = fake_quantized_modules(pl_module)
         self._convert(pl_module)
-        converted = _accuracy(trainer, pl_module, batches)
+        converted = accuracy(trainer.strategy, pl_module, batches)
         metrics = {"qat/converted": 1.0}
         if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
             # Spawned workers hand their weights back as a state dict that the main process's float model must
@@ -354,18 +354,6 @@ def prepare_from_checkpoint(module: nn.Module, checkpoint: str | dict[str, Any])
     prepare(module, QuantizationRecipe(**state["recipe"]), state["include"], state["exclude"])
     load_frozen_scales(module, state["frozen_scales"])
     return list(fake_quantized_modules(module))
-
-
-def _accuracy(trainer: Trainer, pl_module: LightningModule, batches) -> float | None:
-    if batches is None:
-        return None
-    loaders = batches if isinstance(batches, (list, tuple)) else [batches]
-    correct = counted = 0
-    for loader in loaders:
-        c, n = count_correct(pl_module, loader)
-        correct, counted = correct + c, counted + n
-    totals = trainer.strategy.reduce(torch.tensor([correct, counted], dtype=torch.float64), reduce_op="sum")
-    return float(totals[0] / totals[1]) if totals[1] > 0 else None
 
 
 @rank_zero_only
