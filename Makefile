@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) train.py fit -c configs/default.yaml
+	$(PY) train.py compress -c configs/default.yaml
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .

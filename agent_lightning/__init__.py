@@ -5,7 +5,7 @@ from agent_lightning.quiet import silence_known_noise
 silence_known_noise()
 
 from agent_lightning.agent import Agent  # noqa: E402
-from agent_lightning.datamodules import TextClassificationDataModule  # noqa: E402
+from agent_lightning.datamodules import LanguageModelingDataModule, TextClassificationDataModule  # noqa: E402
 
-__all__ = ["Agent", "TextClassificationDataModule"]
+__all__ = ["Agent", "LanguageModelingDataModule", "TextClassificationDataModule"]
 __version__ = "0.1.0"

@@ -1,4 +1,8 @@
-"""The Agent: a LightningModule that wraps a Hugging Face sequence classifier and picks an action for a request."""
+"""The Agent: a LightningModule that wraps a Hugging Face model and acts on a request.
+
+Two tasks: ``"classification"`` (a sequence classifier picks an action for a request) and ``"causal-lm"`` (a
+decoder-only language model, trained on next-token prediction, writes a continuation).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,20 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
+from torchmetrics.text import Perplexity
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    get_linear_schedule_with_warmup,
+)
 from transformers.modeling_outputs import SequenceClassifierOutput
 from typing_extensions import override
 
@@ -23,7 +34,9 @@ from agent_lightning.structure import STRUCTURE_KEY, build_from_config, load_pre
 from agent_lightning.students import keep_layers, narrow_ffn
 from agent_lightning.tensorboard import write_run_hparams
 
-__all__ = ["Agent"]
+__all__ = ["Agent", "Task"]
+
+Task = Literal["classification", "causal-lm"]
 
 _CONFIG_KEY = "agent_lightning/hf_config"
 
@@ -49,6 +62,12 @@ class Agent(LightningModule):
             it (DistilBERT-style): a student for :class:`~agent_lightning.callbacks.Distillation` from its teacher.
         student_intermediate_size: also narrow every feed-forward layer to this many neurons (those with the
             largest weight norm).
+        task: ``"classification"`` (``AutoModelForSequenceClassification``; ``act`` returns ``(action,
+            confidence)``) or ``"causal-lm"`` (``AutoModelForCausalLM`` trained on next-token loss over the batch's
+            ``labels``, e.g. from :class:`~agent_lightning.datamodules.LanguageModelingDataModule`; logs
+            ``val/perplexity``; ``act`` generates a continuation and returns ``(text, mean token probability)``;
+            ``labels`` is not used).
+        max_new_tokens: tokens ``act`` generates for ``task="causal-lm"``.
 
     Raises:
         ValueError: a bad value, with the argument, the value and the fix in the message.
@@ -70,8 +89,14 @@ class Agent(LightningModule):
         max_length: int = 64,
         student_layers: list[int] | None = None,
         student_intermediate_size: int | None = None,
+        task: Task = "classification",
+        max_new_tokens: int = 32,
     ) -> None:
         super().__init__()
+        if task not in ("classification", "causal-lm"):
+            raise ValueError(f"task={task!r} is not a choice; use 'classification' or 'causal-lm'.")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens!r} must be a positive integer, e.g. 32.")
         _check_positive("learning_rate", learning_rate)
         _check_range("weight_decay", weight_decay, 0.0, None)
         _check_range("warmup_fraction", warmup_fraction, 0.0, 1.0, high_open=True)
@@ -79,7 +104,15 @@ class Agent(LightningModule):
             raise ValueError(f"max_length={max_length!r} must be an integer >= 2 (tokens per request), e.g. 64.")
         source = resolve_backbone(model, argument="model")
         config = _load_config(source)
-        labels = _resolve_labels(labels, num_labels, config)
+        if task == "causal-lm":
+            if labels or num_labels is not None:  # (a checkpoint stores labels=[])
+                raise ValueError(
+                    "labels/num_labels are for task='classification'; a causal language model predicts the next token "
+                    "over its vocabulary. Drop them, or use task='classification'."
+                )
+            labels = []
+        else:
+            labels = _resolve_labels(labels, num_labels, config)
         self.save_hyperparameters(
             {
                 "model": model,
@@ -90,14 +123,19 @@ class Agent(LightningModule):
                 "max_length": max_length,
                 "student_layers": student_layers,
                 "student_intermediate_size": student_intermediate_size,
+                "task": task,
+                "max_new_tokens": max_new_tokens,
             }
         )
         self.labels: list[str] = labels
-        config.num_labels = len(labels)
-        config.id2label = dict(enumerate(labels))
-        config.label2id = {name: i for i, name in enumerate(labels)}
+        if task == "classification":
+            config.num_labels = len(labels)
+            config.id2label = dict(enumerate(labels))
+            config.label2id = {name: i for i, name in enumerate(labels)}
         if getattr(config, STRUCTURE_KEY, None):  # heads/neurons were physically removed: rebuild those shapes
-            self.model = load_pretrained_pruned(source, config=config)
+            self.model = load_pretrained_pruned(source, config=config, model_class=self._model_class)
+        elif task == "causal-lm":
+            self.model = AutoModelForCausalLM.from_pretrained(source, config=config)
         else:
             self.model = AutoModelForSequenceClassification.from_pretrained(
                 source, config=config, ignore_mismatched_sizes=True
@@ -108,11 +146,21 @@ class Agent(LightningModule):
             narrow_ffn(self.model, student_intermediate_size)
         self.model.train()  # from_pretrained returns eval mode, which would silently disable dropout in training
         self.tokenizer = AutoTokenizer.from_pretrained(source)
-        num_classes = len(labels)
-        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.val_f1 = MulticlassF1Score(num_classes=num_classes, average="macro")
-        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.test_f1 = MulticlassF1Score(num_classes=num_classes, average="macro")
+        if task == "causal-lm":
+            if self.tokenizer.pad_token is None:  # decoder-only tokenizers often have none: pad with end-of-text
+                self.tokenizer.pad_token = self.tokenizer.eos_token
+            self.val_perplexity = Perplexity(ignore_index=-100)
+            self.test_perplexity = Perplexity(ignore_index=-100)
+        else:
+            num_classes = len(labels)
+            self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+            self.val_f1 = MulticlassF1Score(num_classes=num_classes, average="macro")
+            self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+            self.test_f1 = MulticlassF1Score(num_classes=num_classes, average="macro")
+
+    @property
+    def _model_class(self) -> type:
+        return AutoModelForCausalLM if self.hparams.task == "causal-lm" else AutoModelForSequenceClassification
 
     # -- the model ---------------------------------------------------------------------------------------------------
     @override
@@ -124,7 +172,8 @@ class Agent(LightningModule):
         labels: Tensor | None = None,
     ) -> SequenceClassifierOutput:
         """Run the wrapped model. Shapes: ``input_ids``/``attention_mask``/``token_type_ids`` ``(B, L)``,
-        ``labels`` ``(B,)``; returns an HF output whose ``logits`` are ``(B, num_labels)``."""
+        ``labels`` ``(B,)`` (classification) or ``(B, L)`` (causal LM, ``-100`` where ignored); returns an HF output
+        whose ``logits`` are ``(B, num_labels)`` or ``(B, L, vocab_size)``."""
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **extra)
 
@@ -132,7 +181,7 @@ class Agent(LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         output = self(**batch)
         self.log(
-            "train/loss", output.loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch["labels"])
+            "train/loss", output.loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch["input_ids"])
         )
         scheduler = self.lr_schedulers()
         if scheduler is not None:
@@ -141,15 +190,26 @@ class Agent(LightningModule):
 
     @override
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_acc, self.val_f1)
+        if self.hparams.task == "causal-lm":
+            self._evaluate_lm(batch, "val", self.val_perplexity)
+        else:
+            self._evaluate(batch, "val", self.val_acc, self.val_f1)
 
     @override
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test", self.test_acc, self.test_f1)
+        if self.hparams.task == "causal-lm":
+            self._evaluate_lm(batch, "test", self.test_perplexity)
+        else:
+            self._evaluate(batch, "test", self.test_acc, self.test_f1)
 
     @override
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Any]:
-        """Returns ``{"labels": list[str] of length B, "probabilities": Tensor (B, num_labels)}``."""
+        """Returns ``{"labels": list[str] of length B, "probabilities": Tensor (B, num_labels)}`` (classification),
+        or ``{"texts": list[str], "probabilities": Tensor (B,)}``: generated continuations and their mean token
+        probabilities (causal LM)."""
+        if self.hparams.task == "causal-lm":
+            texts, probabilities = self._generate(batch)
+            return {"texts": texts, "probabilities": probabilities}
         probabilities = self._probabilities(batch)
         return {"labels": [self.labels[i] for i in probabilities.argmax(-1).tolist()], "probabilities": probabilities}
 
@@ -162,6 +222,44 @@ class Agent(LightningModule):
         self.log(f"{stage}/loss", output.loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=size)
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True, batch_size=size)
         self.log(f"{stage}/f1", f1, on_step=False, on_epoch=True, batch_size=size)
+
+    def _evaluate_lm(self, batch: dict[str, Tensor], stage: str, perplexity: Perplexity) -> None:
+        output = self(**batch)
+        # position t predicts token t + 1 (the HF causal-LM loss shifts the same way)
+        perplexity(output.logits[:, :-1].float(), batch["labels"][:, 1:])
+        size = len(batch["input_ids"])
+        self.log(f"{stage}/loss", output.loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=size)
+        self.log(f"{stage}/perplexity", perplexity, on_step=False, on_epoch=True, prog_bar=True, batch_size=size)
+
+    def _prompt_ids(self, text: str) -> list[int]:
+        """A request's token ids as training began its texts (``[BOS]``/``[CLS]`` kept), without the end-of-text
+        marker the tokenizer appends (``[SEP]``/``</s>``), so that generation continues the text."""
+        ids = self.tokenizer(text, truncation=True, max_length=self.hparams.max_length)["input_ids"]
+        ends = {self.tokenizer.sep_token_id, self.tokenizer.eos_token_id} - {None}
+        while len(ids) > 1 and ids[-1] in ends:
+            ids.pop()
+        return ids
+
+    def _generate(self, batch: dict[str, Tensor]) -> tuple[list[str], Tensor]:
+        """Greedy continuations of a left-padded batch and the mean probability of their generated tokens."""
+        prompt_length = batch["input_ids"].shape[1]
+        pad = self.tokenizer.pad_token_id
+        generated = self.model.generate(
+            input_ids=batch["input_ids"],
+            attention_mask=batch.get("attention_mask"),
+            max_new_tokens=self.hparams.max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
+        new_tokens = generated.sequences[:, prompt_length:]
+        scores = torch.stack(generated.scores, dim=1).float().log_softmax(-1)  # (B, new, V)
+        token_logp = scores.gather(-1, new_tokens[..., None]).squeeze(-1)
+        real = new_tokens != pad if pad is not None else torch.ones_like(new_tokens, dtype=torch.bool)
+        mean_logp = (token_logp * real).sum(1) / real.sum(1).clamp(min=1)
+        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        return [text.strip() for text in texts], mean_logp.exp()
 
     def _probabilities(self, batch: dict[str, Tensor]) -> Tensor:
         logits = self(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids")).logits
@@ -210,45 +308,55 @@ class Agent(LightningModule):
         if config.to_diff_dict() != self.model.config.to_diff_dict():
             # The checkpoint's architecture differs from the backbone's (e.g. a student with fewer layers):
             # rebuild from the saved config, then Lightning loads the weights into it.
-            self.model = build_from_config(config)
+            self.model = build_from_config(config, self._model_class)
 
     # -- acting and exporting ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def act(self, texts: str | Sequence[str], batch_size: int = 64) -> list[tuple[str, float]]:
-        """Pick an action for each raw request.
+        """Act on each raw request: pick an action (classification) or write a continuation (causal LM).
 
         Args:
             texts: one request or a sequence of requests.
-            batch_size: requests per forward pass.
+            batch_size: requests per forward pass (or per ``generate`` call).
 
         Returns:
-            ``(action, confidence)`` for each request, confidence being the softmax probability of the action.
+            ``(action, confidence)`` for each request, confidence being the softmax probability of the action; for
+            ``task="causal-lm"``, ``(continuation, mean probability of its tokens)`` from greedy decoding of up to
+            ``max_new_tokens`` tokens.
 
         Raises:
             TypeError: ``texts`` is not a string or a sequence of strings.
         """
         texts = as_texts(texts)
-        was_training = self.training
+        language_model = self.hparams.task == "causal-lm"
+        was_training, padding_side = self.training, self.tokenizer.padding_side
         self.eval()
+        if language_model:
+            self.tokenizer.padding_side = "left"  # generation continues from the last position of every row
         decisions: list[tuple[str, float]] = []
         try:
             for start in range(0, len(texts), batch_size):
+                chunk = list(texts[start : start + batch_size])
+                if language_model:
+                    prompts = {"input_ids": [self._prompt_ids(text) for text in chunk]}
+                    encoded = self.tokenizer.pad(prompts, padding=True, return_tensors="pt").to(self.device)
+                    written, probability = self._generate(dict(encoded))
+                    decisions += list(zip(written, probability.tolist()))
+                    continue
                 encoded = self.tokenizer(
-                    list(texts[start : start + batch_size]),
-                    padding=True,
-                    truncation=True,
-                    max_length=self.hparams.max_length,
-                    return_tensors="pt",
+                    chunk, padding=True, truncation=True, max_length=self.hparams.max_length, return_tensors="pt"
                 ).to(self.device)
                 confidence, index = self._probabilities(dict(encoded)).max(-1)
                 decisions += [(self.labels[i], c) for i, c in zip(index.tolist(), confidence.tolist())]
         finally:
             self.train(was_training)
+            self.tokenizer.padding_side = padding_side
         return decisions
 
     def save_pretrained(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write a Hugging Face folder (model, tokenizer, ``id2label``) that
-        ``AutoModelForSequenceClassification.from_pretrained`` loads, atomically.
+        ``AutoModelForSequenceClassification.from_pretrained`` (``AutoModelForCausalLM`` for ``task="causal-lm"``)
+        loads, atomically.
 
         Args:
             directory: the folder to write.
@@ -263,7 +371,8 @@ class Agent(LightningModule):
         with atomic_directory(directory, overwrite=overwrite, argument="directory") as staging:
             self.model.save_pretrained(staging)
             self.tokenizer.save_pretrained(staging)
-            (staging / "labels.json").write_text(json.dumps(self.labels, indent=1), encoding="utf-8")
+            if self.hparams.task == "classification":
+                (staging / "labels.json").write_text(json.dumps(self.labels, indent=1), encoding="utf-8")
         return Path(directory)
 
 

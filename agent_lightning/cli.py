@@ -210,11 +210,17 @@ def export_main(args: Sequence[str]) -> None:
 
 
 def main(args: Sequence[str] | None = None) -> None:
-    """Entry point of ``agent-lightning`` and ``train.py``: LightningCLI subcommands, plus ``export``."""
+    """Entry point of ``agent-lightning`` and ``train.py``: LightningCLI subcommands, plus ``export`` and ``compress``
+    (:mod:`agent_lightning.recipe`)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = list(sys.argv[1:] if args is None else args)
     if args[:1] == ["export"]:
         export_main(args[1:])
+        return
+    if args[:1] == ["compress"]:
+        from agent_lightning.recipe import run_recipe
+
+        run_recipe(args[1:])
         return
     AgentLightningCLI.create(args)
 

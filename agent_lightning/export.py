@@ -9,11 +9,12 @@ Two formats:
 - ``"int8"``: the int8 CPU model as a **TorchScript program** (``model.pt``: ``(input_ids, attention_mask) ->
   logits``) with its tokenizer and labels; :class:`~agent_lightning.exported_agent.ExportedAgent` runs it. A QAT
   checkpoint is converted with the ranges it trained with (``prepare_from_checkpoint`` + ``convert``); a float one is
-  quantized post-training with the same recipe. Why TorchScript: the fast CPU int8 layers are fbgemm's dynamic
-  quantized linears, whose packed weights ``torch.export`` cannot serialize in torch 2.13 (``LinearPackedParamsBase``
-  has no ``__obj_flatten__``), while a traced TorchScript program keeps them and runs as fast as the eager model. torch
-  marks TorchScript deprecated; those warnings are silenced here and the choice is revisited when torch.export
-  carries these weights.
+  quantized post-training with the same recipe. The input embeddings are compacted as an
+  :class:`~agent_lightning.callbacks.EmbeddingCompression` run recorded (the task's tokens, int8 rows). Why
+  TorchScript: the fast CPU int8 layers are fbgemm's dynamic quantized linears, whose packed weights ``torch.export``
+  cannot serialize in torch 2.13 (``LinearPackedParamsBase`` has no ``__obj_flatten__``), while a traced TorchScript
+  program keeps them and runs as fast as the eager model. torch marks TorchScript deprecated; those warnings are
+  silenced here and the choice is revisited when torch.export carries these weights.
 
 Each export is written into a staging folder, reloaded from there and compared with the in-memory model on sample
 requests (largest logit difference, top-1 agreement); only then does the staging folder replace the target, so a
@@ -216,8 +217,9 @@ def trace(program: LogitsProgram, inputs: dict[str, Tensor]) -> torch.jit.Script
 
 @torch.inference_mode()
 def _export_int8(agent: Agent, raw: dict, staging: Path, inputs: dict[str, Tensor], source: str) -> dict:
-    from agent_lightning.callbacks import prepare_from_checkpoint
+    from agent_lightning.callbacks import compact_from_checkpoint, prepare_from_checkpoint
 
+    compact = compact_from_checkpoint(agent, raw)
     if not converted_modules(agent):
         try:
             prepare_from_checkpoint(agent, raw)  # the QAT run's trained ranges
@@ -236,6 +238,8 @@ def _export_int8(agent: Agent, raw: dict, staging: Path, inputs: dict[str, Tenso
     agent.tokenizer.save_pretrained(staging)
     (staging / "labels.json").write_text(json.dumps(agent.labels, indent=1), encoding="utf-8")
     manifest = {"format": "int8", "source": source, "quantization": how, "max_length": agent.hparams.max_length}
+    if compact is not None:
+        manifest["embeddings"] = {"kept_tokens": compact.kept_tokens, "vocab_size": compact.num_embeddings}
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     reloaded = ExportedAgent(staging)
     parity = _compare(expected, reloaded.program(inputs["input_ids"], inputs["attention_mask"]))

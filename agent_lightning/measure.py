@@ -15,20 +15,23 @@ number in a report and in a benchmark table means the same thing.
 from __future__ import annotations
 
 import io
+import os
 import statistics
 import time
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from agent_lightning.compact_embedding import CompactEmbedding
 from agent_lightning.evaluation import split_batch
 from agent_lightning.quantization import converted_modules, dequantized_weight
 
-__all__ = ["ModelInputs", "compare_latency", "parameter_counts", "saved_bytes", "token_inputs"]
+__all__ = ["ModelInputs", "compare_latency", "file_bytes", "parameter_counts", "saved_bytes", "token_inputs"]
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,8 @@ def token_inputs(batch_size: int, seq_len: int = 64, vocab_size: int = 20000, se
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:
-    """``(parameters, nonzero parameters)`` of ``model``, converted int8/int4 layers included.
+    """``(parameters, nonzero parameters)`` of ``model``, converted int8/int4 layers and compacted embeddings
+    (their stored rows) included.
 
     Example:
         >>> parameter_counts(nn.Linear(4, 2, bias=False))[0]
@@ -80,6 +84,8 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
             tensors += [bias] if isinstance(bias, Tensor) else []
         elif any(name.startswith(f"{c}.") for c in converted):
             continue
+        elif isinstance(module, CompactEmbedding):
+            tensors = [module.dequantized()]
         else:
             tensors = [p for p in module.parameters(recurse=False)]
         for tensor in tensors:
@@ -95,6 +101,13 @@ def saved_bytes(model: nn.Module, compressed: bool = True) -> tuple[int, int | N
     torch.save(model.state_dict(), buffer)
     data = buffer.getbuffer()
     return data.nbytes, (len(zlib.compress(data, 6)) if compressed else None)
+
+
+def file_bytes(path: str | os.PathLike) -> tuple[int, int]:
+    """``(bytes, zlib-compressed bytes)`` of a file on disk, e.g. an exported program, measured like
+    :func:`saved_bytes`."""
+    data = Path(path).read_bytes()
+    return len(data), len(zlib.compress(data, 6))
 
 
 @torch.inference_mode()

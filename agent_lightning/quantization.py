@@ -65,6 +65,7 @@ __all__ = [
     "frozen_scales",
     "load_frozen_scales",
     "prepare",
+    "quantization_targets",
     "quantized_linear_bytes",
     "unprepare",
     "weight_error",
@@ -166,6 +167,38 @@ class QuantizationRecipe:
             )
 
 
+def quantization_targets(
+    model: nn.Module,
+    recipe: QuantizationRecipe,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+) -> dict[str, nn.Module]:
+    """The layers :func:`prepare` fake-quantizes, checked against ``recipe``.
+
+    With the default targets (``include=None``), layers that are not plain ``nn.Linear`` are left out: e.g. the
+    ``out_proj`` of ``nn.MultiheadAttention``, whose weights the attention reads directly (a swapped module would
+    never run). Named explicitly with ``include``, they are an error.
+
+    Raises:
+        ValueError: nothing matches; the default targets hold no ``nn.Linear`` (e.g. GPT-2's ``Conv1D`` layers); an
+            included layer is not ``nn.Linear``; or the group size does not fit a layer.
+    """
+    targets = select_modules(model, include, exclude, argument="QuantizationAwareTraining(include=...)")
+    if include is None:
+        linear = {n: m for n, m in targets.items() if type(m) is nn.Linear or isinstance(m, FakeQuantizedLinear)}
+        if not linear:
+            kinds = sorted({type(m).__name__ for m in targets.values()})
+            raise ValueError(
+                f"QAT quantizes nn.Linear layers, and the default targets of this model are {', '.join(kinds)} "
+                f"(e.g. {next(iter(targets))!r}). GPT-2 style Conv1D layers are not supported; quantize a model "
+                "built from nn.Linear layers (BERT, Llama, ...), or name nn.Linear layers with include=[...]."
+            )
+        targets = linear
+    for name, module in targets.items():
+        recipe.check_layer(name, module)
+    return targets
+
+
 def prepare(
     model: nn.Module,
     recipe: QuantizationRecipe | None = None,
@@ -187,16 +220,14 @@ def prepare(
         The names of the fake-quantized layers.
 
     Raises:
-        ValueError: nothing matches, a target is not ``nn.Linear``, or the group size does not fit a layer.
+        ValueError: see :func:`quantization_targets`.
 
     Example:
         >>> prepare(agent, QuantizationRecipe(weights="int8"))  # doctest: +SKIP
         ['model.bert.encoder.layer.0.attention.self.query', ...]
     """
     recipe = recipe or QuantizationRecipe()
-    targets = select_modules(model, include, exclude, argument="QuantizationAwareTraining(include=...)")
-    for name, module in targets.items():
-        recipe.check_layer(name, module)
+    targets = quantization_targets(model, recipe, include, exclude)
     todo = {id(m) for m in targets.values() if not isinstance(m, FakeQuantizedLinear)}
     activation, weight = recipe.fake_quantize_configs()
     config = QATConfig(activation_config=activation, weight_config=weight, step="prepare")

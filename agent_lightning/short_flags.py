@@ -6,6 +6,9 @@
   --trainer.callbacks.weights=int8`` (``none``: no QAT); ``--qat.start 0.8`` etc. for its other arguments.
 - ``--distill PATH_OR_NAME`` becomes ``--trainer.callbacks+=agent_lightning.callbacks.Distillation
   --trainer.callbacks.teacher=PATH_OR_NAME``; ``--distill.temperature 4`` etc.
+- ``--embeddings int8|float|none`` becomes ``--trainer.callbacks+=agent_lightning.callbacks.EmbeddingCompression
+  --trainer.callbacks.weights=int8`` (the input embeddings cut to the tokens training saw, int8 rows, at fit end);
+  ``--embeddings.vocabulary full`` etc.
 - ``--student-layers 0,2,4`` becomes ``--model.student_layers=[0,2,4]``.
 
 Because the result is ordinary LightningCLI arguments, the run's saved ``config.yaml`` lists the callbacks with
@@ -14,7 +17,7 @@ all their arguments and reproduces the run without the short flags.
 Order of effects in one run (whatever the order of the flags): distillation acts on every step; pruning ramps its
 sparsity up to ``--prune.end`` (default 70 % of training) and then holds its masks; QAT starts last, from the pruned
 weights: at ``--qat.start``, by default 0.8 of training when ``--prune`` is also given (0 otherwise). At fit end
-pruning makes its masks permanent first, then QAT converts to int8.
+pruning makes its masks permanent first, then QAT converts to int8, then the embeddings are compacted.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ SHORT_FLAGS = {
     "distill": ("agent_lightning.callbacks.Distillation", "teacher"),
     "prune": ("agent_lightning.callbacks.Pruning", "sparsity"),
     "qat": ("agent_lightning.callbacks.QuantizationAwareTraining", "weights"),
+    "embeddings": ("agent_lightning.callbacks.EmbeddingCompression", "weights"),
 }
-QAT_CHOICES = ("int8", "int4", "none")
+#: short flags whose value is a choice, ``none`` meaning "not attached"
+CHOICES = {"qat": ("int8", "int4", "none"), "embeddings": ("int8", "float", "none")}
 QAT_START_AFTER_PRUNING = 0.8
 
 
@@ -41,12 +46,13 @@ def expand_short_flags(args: Sequence[str]) -> list[str]:
         args: the command line without the program name, e.g. ``["fit", "-c", "cfg.yaml", "--prune", "0.5"]``.
 
     Returns:
-        The command line in LightningCLI syntax, the callbacks appended in the order distillation, pruning, QAT.
+        The command line in LightningCLI syntax, the callbacks appended in the order distillation, pruning, QAT,
+        embeddings.
 
     Raises:
         ValueError: a short flag without its value, a detail flag (``--prune.end``) without its main flag, a
-            ``--qat`` choice that does not exist, ``--student-layers`` that are not integers, or short flags on a
-            subcommand other than ``fit``.
+            ``--qat``/``--embeddings`` choice that does not exist, ``--student-layers`` that are not integers, or
+            short flags on a subcommand other than ``fit``.
 
     Example:
         >>> expand_short_flags(["fit", "--prune", "0.5", "--prune.end=0.6"])
@@ -61,7 +67,7 @@ def expand_short_flags(args: Sequence[str]) -> list[str]:
     index = 0
     while index < len(items):
         item = items[index]
-        match = re.fullmatch(r"--(prune|qat|distill|student-layers)(?:\.([A-Za-z_][\w.]*))?(?:=(.*))?", item)
+        match = re.fullmatch(r"--(prune|qat|distill|embeddings|student-layers)(?:\.([A-Za-z_][\w.]*))?(?:=(.*))?", item)
         if match is None:
             rest.append(item)
             index += 1
@@ -83,7 +89,8 @@ def expand_short_flags(args: Sequence[str]) -> list[str]:
         return rest
     if not rest or rest[0] != "fit":
         raise ValueError(
-            "--prune, --qat, --distill and --student-layers are options of `train.py fit`; put them after `fit`."
+            "--prune, --qat, --distill, --embeddings and --student-layers are options of `train.py fit`; put them "
+            "after `fit`."
         )
     for flag, given in details.items():
         if given and flag not in main:
@@ -91,21 +98,22 @@ def expand_short_flags(args: Sequence[str]) -> list[str]:
                 f"--{flag}.{given[0][0]} was given without --{flag}; add it, e.g. {_example(flag)} "
                 f"--{flag}.{given[0][0]} {given[0][1]}."
             )
-    if main.get("qat") is not None and main["qat"] not in QAT_CHOICES:
-        raise ValueError(
-            f"--qat {main['qat']!r} is not a choice; use one of {', '.join(QAT_CHOICES)} (e.g. --qat int8), or set "
-            "any QuantizationAwareTraining argument with --qat.NAME VALUE."
-        )
-    if main.get("qat") == "none":
-        if details["qat"]:
-            raise ValueError("--qat none turns QAT off; drop the --qat.* options or choose --qat int8.")
-        del main["qat"]
+    for flag, choices in CHOICES.items():
+        if main.get(flag) is not None and main[flag] not in choices:
+            raise ValueError(
+                f"--{flag} {main[flag]!r} is not a choice; use one of {', '.join(choices)} (e.g. {_example(flag)}), "
+                f"or set any {SHORT_FLAGS[flag][0].rsplit('.', 1)[1]} argument with --{flag}.NAME VALUE."
+            )
+        if main.get(flag) == "none":
+            if details[flag]:
+                raise ValueError(f"--{flag} none turns it off; drop the --{flag}.* options or choose {_example(flag)}.")
+            del main[flag]
     if "qat" in main and "prune" in main and not any(name == "start" for name, _ in details["qat"]):
         details["qat"].append(("start", str(QAT_START_AFTER_PRUNING)))
     expanded = list(rest)
     if student_layers is not None:
         expanded.append(f"--model.student_layers=[{','.join(str(i) for i in _layers(student_layers))}]")
-    for flag in ("distill", "prune", "qat"):
+    for flag in ("distill", "prune", "qat", "embeddings"):
         if flag not in main:
             continue
         class_path, argument = SHORT_FLAGS[flag]
@@ -129,5 +137,6 @@ def _example(flag: str) -> str:
         "prune": "--prune 0.5",
         "qat": "--qat int8",
         "distill": "--distill runs/teacher/checkpoints/last.ckpt",
+        "embeddings": "--embeddings int8",
         "student-layers": "--student-layers 0,2,4",
     }[flag]

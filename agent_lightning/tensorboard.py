@@ -12,6 +12,8 @@ prefix          written by
                 ``fake_quant_acc``, ``converted_acc``, ``acc_gap``, ``layer/*``
 ``distill/``    :class:`~agent_lightning.callbacks.Distillation`: ``kd_loss``, ``task_loss``, ``hidden_loss``,
                 ``attention_loss``, ``temperature``, ``alpha``, ``agreement``, ``teacher_acc``
+``embeddings/`` :class:`~agent_lightning.callbacks.EmbeddingCompression`: ``kept_tokens``, ``vocab_size``,
+                ``size_mb``, ``size_ratio`` (at fit end)
 ``model/``      :class:`~agent_lightning.callbacks.CompressionReport` (sizes, accuracy, latency before/after) and
                 :class:`~agent_lightning.callbacks.CompressionDashboard` (``model/weights/*`` histograms)
 ``epoch``       Lightning's own epoch counter, beside every logged step

@@ -52,6 +52,14 @@ def _sparsity(agent: Agent) -> float:
     return zeros / sum(m.weight.numel() for m in modules)
 
 
+def lightning_model_pruning(agent: Agent, final: float, epochs: int) -> ModelPruning:
+    """Lightning's ``ModelPruning`` (its defaults) on the block linears our callback targets, with the per-epoch
+    amount that compounds to ``final`` sparsity over ``epochs`` (it prunes at every epoch end)."""
+    per_epoch = 1 - (1 - final) ** (1 / epochs)
+    targets = [(m, "weight") for m in select_modules(agent).values()]
+    return ModelPruning("l1_unstructured", parameters_to_prune=targets, amount=per_epoch, verbose=0)
+
+
 def _run(name: str, args, dm, callbacks_fn, seed: int) -> dict:
     seed_everything(seed)
     agent = Agent.load_from_checkpoint(args.teacher, learning_rate=args.lr, warmup_fraction=0.0)
@@ -93,13 +101,7 @@ def main() -> None:
     dm = banking77(args.data_dir)
 
     def lightning_pruning(final: float):
-        per_epoch = 1 - (1 - final) ** (1 / args.epochs)  # ModelPruning compounds its amount at every epoch end
-
-        def make(agent: Agent):
-            targets = [(m, "weight") for m in select_modules(agent).values()]
-            return [ModelPruning("l1_unstructured", parameters_to_prune=targets, amount=per_epoch, verbose=0)]
-
-        return make
+        return lambda agent: [lightning_model_pruning(agent, final, args.epochs)]
 
     runs = {
         "dense": lambda agent: [],

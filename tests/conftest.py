@@ -130,3 +130,53 @@ def agent_and_data(tiny_bert, tiny_data_dir):
     seed_everything(0)
     dm = TextClassificationDataModule(dataset=str(tiny_data_dir), tokenizer=tiny_bert, batch_size=4)
     return Agent(model=tiny_bert, labels=dm.label_names, learning_rate=1e-3), dm
+
+
+@pytest.fixture(scope="session")
+def causal_lm_folders(tmp_path_factory) -> dict[str, str]:
+    """Tiny GPT-2 (Conv1D layers, tied embeddings) and Llama (nn.Linear, untied) folders with the MiniLM tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    from agent_lightning.backbone import default_backbone_path
+
+    tokenizer = AutoTokenizer.from_pretrained(default_backbone_path())
+    special = {"bos_token_id": 101, "eos_token_id": 102, "pad_token_id": 0}
+    configs = {
+        "gpt2": (
+            GPT2LMHeadModel,
+            GPT2Config(vocab_size=30522, n_embd=32, n_layer=2, n_head=4, n_positions=64, **special),
+        ),
+        "llama": (
+            LlamaForCausalLM,
+            LlamaConfig(
+                vocab_size=30522,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=64,
+                **special,
+            ),
+        ),
+    }
+    folders = {}
+    for name, (model_class, config) in configs.items():
+        folder = tmp_path_factory.mktemp(name)
+        torch.manual_seed(0)
+        model_class(config).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        folders[name] = str(folder)
+    return folders
+
+
+@pytest.fixture(scope="session")
+def lm_texts(tmp_path_factory) -> str:
+    """A JSONL file of the tiny requests (twice over), for language-model training."""
+    import json
+
+    path = tmp_path_factory.mktemp("lm") / "texts.jsonl"
+    texts = [text for examples in TINY_EXAMPLES.values() for text in examples]
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts * 2), encoding="utf-8")
+    return str(path)

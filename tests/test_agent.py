@@ -135,3 +135,42 @@ def test_act_rejects_non_text(tiny_bert):
     with pytest.raises(TypeError, match="takes a string or a list of strings"):
         agent.act([1, 2])
     assert agent.act("hello")[0][0] in ("a", "b")
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_causal_lm_agent_learns_logs_perplexity_generates_and_reloads(kind, tmp_path, causal_lm_folders, lm_texts):
+    from agent_lightning import LanguageModelingDataModule
+
+    seed_everything(0)
+    folder = causal_lm_folders[kind]
+    dm = LanguageModelingDataModule(lm_texts, tokenizer=folder, max_length=16, batch_size=8)
+    agent = Agent(model=folder, task="causal-lm", learning_rate=5e-3, max_new_tokens=4)
+    before = quiet_trainer(tmp_path).validate(agent, datamodule=dm, verbose=False)[0]
+    trainer = quiet_trainer(tmp_path, max_epochs=30, num_sanity_val_steps=0)
+    trainer.fit(agent, datamodule=dm)
+    after = trainer.callback_metrics
+    assert float(after["val/perplexity"]) < before["val/perplexity"] / 100  # it learns the texts
+    # perplexity is exp of the mean next-token loss (token-weighted vs batch-weighted: close, not equal)
+    assert float(after["val/perplexity"]) == pytest.approx(float(torch.exp(after["val/loss"])), rel=0.15)
+    prompts = ["wake me", "play some", "call"]
+    decisions = agent.act(prompts)  # greedy continuations, e.g. ("at", 0.09), ("the bank", 0.21)
+    assert len(decisions) == 3 and all(isinstance(t, str) and 0 < p <= 1 for t, p in decisions)
+    assert any(text for text, _ in decisions)
+    path = tmp_path / "lm.ckpt"
+    trainer.save_checkpoint(path)
+    reloaded = Agent.load_from_checkpoint(path)
+    assert reloaded.hparams.task == "causal-lm" and reloaded.labels == []
+    again = reloaded.act(prompts)
+    assert [t for t, _ in again] == [t for t, _ in decisions]
+    assert [p for _, p in again] == pytest.approx([p for _, p in decisions])
+
+
+def test_causal_lm_student_from_teacher_layers_and_bad_arguments(causal_lm_folders):
+    student = Agent(model=causal_lm_folders["llama"], task="causal-lm", student_layers=[1])
+    assert len(student.model.model.layers) == 1 and student.model.config.num_hidden_layers == 1
+    with pytest.raises(ValueError, match=r"labels/num_labels are for task='classification'"):
+        Agent(model=causal_lm_folders["llama"], task="causal-lm", labels=["a", "b"])
+    with pytest.raises(ValueError, match=r"task='seq2seq' is not a choice; use 'classification' or 'causal-lm'"):
+        Agent(model=causal_lm_folders["llama"], task="seq2seq")
+    with pytest.raises(ValueError, match=r"max_new_tokens=0 must be a positive integer"):
+        Agent(model=causal_lm_folders["llama"], task="causal-lm", max_new_tokens=0)

@@ -15,6 +15,7 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
 from agent_lightning import Agent
 from agent_lightning.cli import AgentLightningCLI, main
+from agent_lightning.compact_embedding import CompactEmbedding
 from tests.conftest import REPO
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -188,7 +189,7 @@ def test_qat_attaches_from_the_command_line_converts_and_tests_the_int8_model(tm
     assert "test/acc" in cli.trainer.callback_metrics
 
 
-def test_short_flags_compose_distillation_pruning_and_qat_in_one_fit(tmp_path, tiny_bert):
+def test_short_flags_compose_distillation_pruning_qat_and_embeddings_in_one_fit(tmp_path, tiny_bert):
     from lightning.pytorch import Trainer
 
     from agent_lightning import TextClassificationDataModule
@@ -201,6 +202,7 @@ def test_short_flags_compose_distillation_pruning_and_qat_in_one_fit(tmp_path, t
     trainer.save_checkpoint(tmp_path / "teacher.ckpt")
     extra = ["--qat", "int8", "--student-layers", "1", "--distill", str(tmp_path / "teacher.ckpt")]
     extra += ["--distill.temperature=3.0", "--prune", "0.5", "--prune.end", "0.5", "--prune.frequency", "1"]
+    extra += ["--embeddings", "int8"]
     cli = AgentLightningCLI.create(_fit_args(tmp_path, tiny_bert, *extra))
     assert len(cli.model.model.bert.encoder.layer) == 1
     log_dir = Path(cli.trainer.logger.log_dir)
@@ -212,6 +214,12 @@ def test_short_flags_compose_distillation_pruning_and_qat_in_one_fit(tmp_path, t
     assert callbacks["Pruning"]["sparsity"] == 0.5 and callbacks["Pruning"]["end"] == 0.5
     assert callbacks["QuantizationAwareTraining"]["weights"] == "int8"
     assert callbacks["QuantizationAwareTraining"]["start"] == 0.8  # QAT last, after pruning (the documented order)
+    assert callbacks["EmbeddingCompression"] == {
+        "weights": "int8",
+        "vocabulary": "seen",
+        "unseen": "nearest",
+        "fallback_token": None,
+    }
     # the saved config alone reproduces the run: it parses back to the same callbacks, no short flags needed
     with pytest.raises(SystemExit):
         AgentLightningCLI.create(["fit", "-c", str(log_dir / "config.yaml"), "--print_config"])
@@ -224,6 +232,9 @@ def test_short_flags_compose_distillation_pruning_and_qat_in_one_fit(tmp_path, t
     assert events.Scalars("pruning/sparsity")[-1].value == pytest.approx(0.5, abs=1e-6)
     assert [e.value for e in events.Scalars("qat/enabled")][-2:] == [1.0, 1.0]
     assert "qat/converted_acc" in events.Tags()["scalars"]
+    kept = events.Scalars("embeddings/kept_tokens")[-1].value
+    assert isinstance(cli.model.model.get_input_embeddings(), CompactEmbedding)  # the tested model is compacted
+    assert cli.model.model.get_input_embeddings().kept_tokens == kept < 3000  # of 30,522
     assert (log_dir / "checkpoints" / "report.md").exists()
     # then export the run's last checkpoint as the int8 CPU program and act on raw text with it
     from agent_lightning.exported_agent import ExportedAgent
@@ -234,6 +245,7 @@ def test_short_flags_compose_distillation_pruning_and_qat_in_one_fit(tmp_path, t
     exported = ExportedAgent(tmp_path / "int8")
     assert exported.manifest["quantization"] == "QAT ranges from the checkpoint"
     assert exported.manifest["parity"]["quantized_layers"] == 6
+    assert exported.manifest["embeddings"] == {"kept_tokens": kept, "vocab_size": 30522}
     (action, confidence), *_ = exported.act(["set an alarm for 7", "what's the weather"])
     assert action in cli.model.labels and 0 < confidence <= 1
 
@@ -248,3 +260,11 @@ def test_report_false_attaches_no_dashboard_or_report(tmp_path, tiny_bert):
     kinds = {type(c).__name__ for c in cli.trainer.callbacks}
     assert "Pruning" in kinds and not {"CompressionDashboard", "CompressionReport"} & kinds
     assert not (Path(cli.trainer.logger.log_dir) / "checkpoints" / "report.json").exists()
+
+
+def test_embeddings_flag_alone_compacts_without_quantizing(tmp_path, tiny_bert):
+    from agent_lightning.quantization import converted_modules
+
+    cli = AgentLightningCLI.create(_fit_args(tmp_path, tiny_bert, "--trainer.max_epochs=1", "--embeddings", "float"))
+    assert isinstance(cli.model.model.get_input_embeddings(), CompactEmbedding)
+    assert not converted_modules(cli.model)  # --embeddings alone does not quantize the linears

@@ -9,6 +9,7 @@ from agent_lightning.short_flags import expand_short_flags
 PRUNING = "--trainer.callbacks+=agent_lightning.callbacks.Pruning"
 QAT = "--trainer.callbacks+=agent_lightning.callbacks.QuantizationAwareTraining"
 DISTILLATION = "--trainer.callbacks+=agent_lightning.callbacks.Distillation"
+EMBEDDINGS = "--trainer.callbacks+=agent_lightning.callbacks.EmbeddingCompression"
 
 
 def test_other_arguments_pass_through_unchanged():
@@ -18,7 +19,8 @@ def test_other_arguments_pass_through_unchanged():
 
 
 def test_fixed_order_whatever_the_flag_order():
-    args = ["fit", "--qat=int4", "--qat.group_size", "16", "--prune", "0.5", "--distill", "t.ckpt", "--prune.end=0.6"]
+    args = ["fit", "--embeddings", "int8", "--qat=int4", "--qat.group_size", "16", "--prune", "0.5"]
+    args += ["--distill", "t.ckpt", "--prune.end=0.6", "--embeddings.vocabulary=full"]
     assert expand_short_flags(args) == [
         "fit",
         DISTILLATION,
@@ -30,6 +32,9 @@ def test_fixed_order_whatever_the_flag_order():
         "--trainer.callbacks.weights=int4",
         "--trainer.callbacks.group_size=16",
         "--trainer.callbacks.start=0.8",
+        EMBEDDINGS,
+        "--trainer.callbacks.weights=int8",
+        "--trainer.callbacks.vocabulary=full",
     ]
 
 
@@ -40,7 +45,7 @@ def test_qat_alone_keeps_its_own_start_and_an_explicit_start_wins():
 
 
 def test_qat_none_and_student_layers():
-    assert expand_short_flags(["fit", "--qat", "none", "--student-layers", "0, 2,4"]) == [
+    assert expand_short_flags(["fit", "--qat", "none", "--embeddings=none", "--student-layers", "0, 2,4"]) == [
         "fit",
         "--model.student_layers=[0,2,4]",
     ]
@@ -54,7 +59,8 @@ def test_qat_none_and_student_layers():
         (["fit", "--prune"], r"--prune needs a value, e.g. --prune 0.5"),
         (["fit", "--distill", "--prune", "0.5"], r"--distill needs a value, e.g. --distill runs/"),
         (["fit", "--student-layers", "a,b"], r"--student-layers 'a,b' must be comma-separated block indices"),
-        (["fit", "--qat", "none", "--qat.start", "0.5"], r"--qat none turns QAT off; drop the --qat"),
+        (["fit", "--qat", "none", "--qat.start", "0.5"], r"--qat none turns it off; drop the --qat.\* options"),
+        (["fit", "--embeddings", "int4"], r"--embeddings 'int4' is not a choice; use one of int8, float, none"),
         (["test", "--prune", "0.5"], r"options of `train.py fit`; put them after `fit`"),
     ],
 )

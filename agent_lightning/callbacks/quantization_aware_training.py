@@ -26,10 +26,11 @@ from agent_lightning.quantization import (
     freeze_ranges,
     load_frozen_scales,
     prepare,
+    quantization_targets,
     unprepare,
     weight_error,
 )
-from agent_lightning.targets import check_patterns, select_modules, short_name
+from agent_lightning.targets import check_patterns, short_name
 from agent_lightning.tensorboard import plain_settings
 
 __all__ = ["QuantizationAwareTraining", "prepare_from_checkpoint"]
@@ -131,10 +132,7 @@ class QuantizationAwareTraining(Callback):
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit":
-            argument = "QuantizationAwareTraining(include=...)"
-            targets = select_modules(pl_module, self.include, self.exclude, argument=argument)
-            for name, module in targets.items():
-                self.recipe.check_layer(name, module)
+            quantization_targets(pl_module, self.recipe, self.include, self.exclude)
             _refuse_sharded_strategies(trainer)
         else:
             self._float_for_loading(pl_module)

@@ -10,7 +10,7 @@ from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import Callback
 
 from agent_lightning import Agent, TextClassificationDataModule
-from agent_lightning.callbacks import Distillation, Pruning, QuantizationAwareTraining
+from agent_lightning.callbacks import Distillation, EmbeddingCompression, Pruning, QuantizationAwareTraining
 from agent_lightning.quantization import fake_quantized_modules
 from tests.conftest import tiny_bert_config
 
@@ -128,3 +128,32 @@ def test_distillation_keeps_ranks_identical(tmp_path, tiny_bert, tiny_data_dir):
     rank0 = (tmp_path / "kd0.txt").read_text().split()
     rank1 = (tmp_path / "kd1.txt").read_text().split()
     assert rank0 == rank1  # same student weights; the agreement is reduced over both ranks' shards
+
+
+class _WriteTokenCounts(Callback):
+    """Per rank: the token ids of its own batches, and EmbeddingCompression's counts at train end."""
+
+    def __init__(self, folder: str, embeddings: EmbeddingCompression) -> None:
+        self.folder = folder
+        self.embeddings = embeddings
+        self.own: set[int] = set()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.own |= set(batch["input_ids"].unique().tolist())
+
+    def on_train_end(self, trainer, pl_module):
+        counts = self.embeddings._counts
+        seen = torch.nonzero(counts).flatten().tolist()
+        with open(f"{self.folder}/tokens{trainer.global_rank}.txt", "w") as handle:
+            handle.write(f"{' '.join(map(str, seen))}\n{' '.join(map(str, sorted(self.own)))}\n{int(counts.sum())}")
+
+
+@pytest.mark.slow
+def test_embedding_counts_are_the_union_of_both_ranks(tmp_path, tiny_bert, tiny_data_dir):
+    embeddings = EmbeddingCompression()
+    _fit_on_two_processes(tiny_bert, tiny_data_dir, [embeddings, _WriteTokenCounts(str(tmp_path), embeddings)])
+    rank0 = (tmp_path / "tokens0.txt").read_text().splitlines()
+    rank1 = (tmp_path / "tokens1.txt").read_text().splitlines()
+    assert rank0[0] == rank1[0] and rank0[2] == rank1[2]  # identical counts on both ranks
+    union = set(map(int, rank0[1].split())) | set(map(int, rank1[1].split()))
+    assert set(map(int, rank0[0].split())) == union != set(map(int, rank0[1].split()))  # each rank saw a part

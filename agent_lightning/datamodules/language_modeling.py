@@ -1,0 +1,134 @@
+"""Texts as next-token-prediction batches, for a causal language model (``Agent(task="causal-lm")`` or any
+LightningModule around an ``AutoModelForCausalLM``)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+from transformers import AutoTokenizer, DataCollatorForLanguageModeling
+from typing_extensions import override
+
+from agent_lightning.backbone import resolve_backbone
+from agent_lightning.datamodules.sources import builtin_dataset_dir, read_labelled_file
+
+__all__ = ["LanguageModelingDataModule"]
+
+
+class LanguageModelingDataModule(LightningDataModule):
+    """Texts from a CSV/TSV/JSON/JSONL file (or the built-in requests) tokenized for next-token prediction.
+
+    Batches are ``{"input_ids", "attention_mask", "labels"}`` ``(B, L)``, padded to the longest text of the batch;
+    ``labels`` are the input ids with ``-100`` at padding (``DataCollatorForLanguageModeling(mlm=False)``), which
+    a Hugging Face causal LM shifts itself. A tokenizer without a padding token pads with its end-of-text token.
+
+    Args:
+        train_file: the training texts; ``None``: the requests of the built-in *assistant-actions* data set.
+        val_file: validation texts; default: ``val_fraction`` of the training texts, split with ``split_seed``.
+        text_column: the column holding the text.
+        tokenizer: tokenizer folder or hub name; ``None`` uses the packaged backbone's.
+        max_length: longest tokenized text (longer ones are truncated).
+        batch_size: batch size (validation uses the same).
+        val_fraction: share of the training texts held out when there is no ``val_file``.
+        split_seed: seed of that split.
+        num_workers: data loader worker processes.
+
+    Raises:
+        ValueError: a bad argument, a missing or unreadable file, a missing column or an empty text.
+
+    Example:
+        >>> dm = LanguageModelingDataModule(train_file="notes.jsonl", tokenizer="runs/gpt")  # doctest: +SKIP
+        >>> Trainer(max_epochs=1).fit(Agent(model="runs/gpt", task="causal-lm"), dm)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        train_file: str | None = None,
+        val_file: str | None = None,
+        text_column: str = "text",
+        tokenizer: str | None = None,
+        max_length: int = 128,
+        batch_size: int = 16,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        for name, value in (("max_length", max_length), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer.")
+        if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
+            raise ValueError(f"val_fraction={val_fraction!r} must be a number in (0, 1), e.g. 0.1.")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"num_workers={num_workers!r} must be an integer >= 0.")
+        self.save_hyperparameters()
+        self.tokenizer_source = resolve_backbone(tokenizer, argument="tokenizer")
+        self._texts: dict[str, list[str]] | None = None
+        self._encoded: dict[str, list[dict[str, list[int]]]] = {}
+        self._tokenizer = None
+
+    @property
+    def texts(self) -> dict[str, list[str]]:
+        """The raw texts of ``train`` and ``val``, read (and split) once."""
+        if self._texts is None:
+            hp = self.hparams
+            train_file = hp.train_file or builtin_dataset_dir("assistant-actions") / "train.csv"
+            train = read_labelled_file(train_file, hp.text_column, None, "train_file").texts
+            if hp.val_file is not None:
+                val = read_labelled_file(hp.val_file, hp.text_column, None, "val_file").texts
+            else:
+                order = list(range(len(train)))
+                random.Random(hp.split_seed).shuffle(order)
+                cut = max(1, round(hp.val_fraction * len(train)))
+                if cut >= len(train):
+                    raise ValueError(
+                        f"train_file={str(train_file)!r} has {len(train)} text(s): too few to hold out "
+                        f"val_fraction={hp.val_fraction}. Add texts or pass val_file=PATH."
+                    )
+                val, train = [train[i] for i in order[:cut]], [train[i] for i in order[cut:]]
+            self._texts = {"train": train, "val": val}
+        return self._texts
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_source)
+            if self._tokenizer.pad_token is None:
+                self._tokenizer.pad_token = self._tokenizer.eos_token
+        return self._tokenizer
+
+    @override
+    def setup(self, stage: str) -> None:
+        for split in ("train", "val"):
+            if split not in self._encoded:
+                encoded = self.tokenizer(
+                    self.texts[split],
+                    truncation=True,
+                    max_length=self.hparams.max_length,
+                    return_token_type_ids=False,  # a BERT tokenizer's segment ids mean nothing to a decoder
+                )
+                self._encoded[split] = [
+                    {key: values[i] for key, values in encoded.items()} for i in range(len(self.texts[split]))
+                ]
+
+    @override
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    @override
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def _loader(self, split: str, shuffle: bool, **kwargs: Any) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(
+            self._encoded[split],
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            collate_fn=DataCollatorForLanguageModeling(self.tokenizer, mlm=False),
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            **kwargs,
+        )

@@ -1,0 +1,210 @@
+"""The two-stage compression recipe: fine-tune a teacher, train a compressed student from it, export, measure.
+
+``agent-lightning compress`` (``python train.py compress``) runs, in one command:
+
+1. **Teacher**: ``fit`` with the given config (skipped when ``--teacher CKPT`` names a fine-tuned agent checkpoint);
+   its best checkpoint by ``val/acc`` is the teacher.
+2. **Student**: ``fit`` again with the same config, the student made of some of the teacher's blocks
+   (``--student-layers``, initialised from the fine-tuned teacher's weights) and the compression short flags:
+   ``--distill TEACHER`` (every step), ``--prune`` (ramps to its target by 60 % of training, then holds), ``--qat``
+   (from 80 % of training, on the pruned weights, converted at fit end) and ``--embeddings`` (the vocabulary
+   training used, int8 rows). Its ``config.yaml`` spells all of it out.
+3. **Export**: the student's last checkpoint becomes the int8 TorchScript program (``agent-lightning export``),
+   verified by reloading.
+4. **Measure**: the exported program and the fp32 teacher side by side on the test split (the validation split
+   if there is none): accuracy, bytes on disk (zipped), CPU latency at batch 1 and 32 on real requests
+   (round-robin). Written as ``summary.md``/``summary.json`` beside the student's logs and printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+__all__ = ["RecipeSummary", "compare_with_teacher", "run_recipe"]
+
+
+@dataclass(frozen=True)
+class RecipeSummary:
+    """The exported student against the fp32 teacher, measured on the same requests.
+
+    Attributes:
+        split: the data split the accuracies are measured on.
+        examples: its size.
+        teacher_acc: the fp32 teacher's accuracy.
+        student_acc: the exported int8 program's accuracy.
+        teacher_bytes: bytes of the teacher's saved ``state_dict``; ``teacher_zipped`` deflate-compressed.
+        student_bytes: bytes of the exported ``model.pt``; ``student_zipped`` deflate-compressed.
+        latency_ms: ``{"teacher_b1": ms, "student_b1": ms, "teacher_b32": ..., "student_b32": ...}``.
+    """
+
+    split: str
+    examples: int
+    teacher_acc: float
+    student_acc: float
+    teacher_bytes: int
+    teacher_zipped: int
+    student_bytes: int
+    student_zipped: int
+    latency_ms: dict[str, float]
+
+    def speedup(self, batch: int) -> float:
+        """Teacher latency over student latency at ``batch``."""
+        return self.latency_ms[f"teacher_b{batch}"] / self.latency_ms[f"student_b{batch}"]
+
+    def markdown(self) -> list[str]:
+        """A markdown table: teacher, student and their ratio."""
+        mb = 1e6
+        return [
+            "| | fp32 teacher | exported int8 student | ratio |",
+            "|---|---|---|---|",
+            f"| {self.split} accuracy ({self.examples} requests) | {100 * self.teacher_acc:.2f} % | "
+            f"{100 * self.student_acc:.2f} % | {100 * (self.student_acc - self.teacher_acc):+.2f} pt |",
+            f"| bytes on disk | {self.teacher_bytes / mb:.2f} MB | {self.student_bytes / mb:.2f} MB | "
+            f"{self.teacher_bytes / self.student_bytes:.1f}x smaller |",
+            f"| bytes zipped | {self.teacher_zipped / mb:.2f} MB | {self.student_zipped / mb:.2f} MB | "
+            f"{self.teacher_zipped / self.student_zipped:.1f}x smaller |",
+            *(
+                f"| CPU latency, batch {b} | {self.latency_ms[f'teacher_b{b}']:.1f} ms | "
+                f"{self.latency_ms[f'student_b{b}']:.1f} ms | {self.speedup(b):.2f}x faster |"
+                for b in (1, 32)
+            ),
+        ]
+
+
+def compare_with_teacher(
+    teacher: torch.nn.Module,
+    export_folder: str | os.PathLike,
+    texts: Sequence[str],
+    labels: Sequence[str],
+    split: str = "test",
+    latency_budget_s: float = 60.0,
+) -> RecipeSummary:
+    """Measure an exported int8 agent against its fp32 teacher (an :class:`~agent_lightning.Agent`) on ``texts``.
+
+    Accuracy of both on all ``texts``; bytes of the teacher's ``state_dict`` and of the export's ``model.pt``, plain
+    and deflate-compressed; CPU latency of ``(input_ids, attention_mask) -> logits`` at batch 1 and 32 on the first
+    requests of ``texts`` (padded to the longest, as served), teacher and program timed round-robin.
+
+    Raises:
+        ValueError: ``texts`` and ``labels`` differ in length or are empty.
+    """
+    from agent_lightning.export import LogitsProgram
+    from agent_lightning.exported_agent import PROGRAM, ExportedAgent
+    from agent_lightning.measure import ModelInputs, compare_latency, file_bytes, saved_bytes
+
+    if not texts or len(texts) != len(labels):
+        raise ValueError(f"compare_with_teacher needs as many labels as texts, got {len(texts)} and {len(labels)}.")
+    exported = ExportedAgent(export_folder)
+    teacher = teacher.cpu().eval()
+    teacher_pred = [action for action, _ in teacher.act(list(texts))]
+    student_pred = [action for action, _ in exported.act(list(texts))]
+    hits = lambda predicted: sum(p == y for p, y in zip(predicted, labels)) / len(labels)  # noqa: E731
+    teacher_bytes, teacher_zipped = saved_bytes(teacher.model)
+    student_bytes, student_zipped = file_bytes(Path(export_folder) / PROGRAM)
+    latency: dict[str, float] = {}
+    program = LogitsProgram(teacher.model).eval()
+    for batch in (1, 32):
+        encoded = exported.encode([texts[i % len(texts)] for i in range(batch)])
+        inputs = ModelInputs((encoded["input_ids"], encoded["attention_mask"]))
+        seconds = compare_latency({"teacher": program, "student": exported.program}, inputs, 30, 3, latency_budget_s)
+        latency.update({f"{name}_b{batch}": 1000 * s for name, s in seconds.items()})
+    return RecipeSummary(
+        split=split,
+        examples=len(texts),
+        teacher_acc=hits(teacher_pred),
+        student_acc=hits(student_pred),
+        teacher_bytes=teacher_bytes,
+        teacher_zipped=teacher_zipped,
+        student_bytes=student_bytes,
+        student_zipped=student_zipped,
+        latency_ms=latency,
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agent-lightning compress",
+        description="Fine-tune a teacher (or reuse --teacher), train a distilled, pruned, int8 student from it, "
+        "export the int8 program and measure it against the teacher. Other arguments (-c CONFIG, --data.*, "
+        "--trainer.*, --model.*) go to both fits.",
+    )
+    parser.add_argument("--teacher", help="a fine-tuned agent checkpoint to use as the teacher (skips stage 1)")
+    parser.add_argument("--student-layers", default="0,2,4", help="teacher blocks the student keeps (default 0,2,4)")
+    parser.add_argument("--prune", default="0.5", help="unstructured sparsity of the student's block linears")
+    parser.add_argument("--qat", default="int8", choices=["int8", "int4", "none"], help="default int8")
+    parser.add_argument("--embeddings", default="int8", choices=["int8", "float", "none"], help="default int8")
+    parser.add_argument("--student-epochs", type=int, help="epochs of stage 2 (default: the config's max_epochs)")
+    parser.add_argument("--output", help="export folder (default: export-int8 beside the student's logs)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+    return parser
+
+
+def run_recipe(args: Sequence[str]) -> RecipeSummary:
+    """``agent-lightning compress [OPTIONS] [LightningCLI arguments]``: the four stages above.
+
+    Returns:
+        The measured :class:`RecipeSummary` (also written to ``summary.md``/``summary.json``).
+
+    Raises:
+        ValueError: bad options (the short flags' own checks), or a data set without labelled evaluation data.
+
+    Example:
+        >>> run_recipe(["-c", "configs/default.yaml"])  # doctest: +SKIP
+    """
+    from rich.console import Console
+
+    from agent_lightning.agent import Agent
+    from agent_lightning.cli import AgentLightningCLI
+    from agent_lightning.export import describe, export_agent
+    from agent_lightning.io import atomic_write_text
+
+    options, common = _parser().parse_known_args(list(args))
+    console = Console(soft_wrap=True)
+    teacher_ckpt = options.teacher
+    if teacher_ckpt is None:
+        console.rule("[bold]Stage 1: fine-tune the teacher")
+        teacher_cli = AgentLightningCLI.create(["fit", *common, "--trainer.logger.init_args.name=teacher"])
+        teacher_ckpt = teacher_cli.trainer.checkpoint_callback.best_model_path
+    teacher = Agent.load_from_checkpoint(teacher_ckpt, map_location="cpu").eval()
+    teacher_folder = Path(teacher_ckpt).parent.parent / "teacher-hf"
+    teacher.save_pretrained(teacher_folder, overwrite=True)
+
+    console.rule("[bold]Stage 2: distil, prune and quantize the student")
+    student_args = ["fit", *common, "--trainer.logger.init_args.name=student", f"--model.model={teacher_folder}"]
+    student_args += ["--student-layers", options.student_layers, "--distill", str(teacher_ckpt)]
+    student_args += ["--prune", options.prune, "--prune.end", "0.6", "--qat", options.qat]
+    student_args += ["--embeddings", options.embeddings]
+    if options.student_epochs is not None:
+        student_args += [f"--trainer.max_epochs={options.student_epochs}"]
+    student_cli = AgentLightningCLI.create(student_args)
+    run_dir = Path(student_cli.trainer.logger.log_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+
+    console.rule("[bold]Stage 3: export the int8 program")
+    output = Path(options.output) if options.output else run_dir / "export-int8"
+    console.print(describe(export_agent(last, output, "int8", overwrite=options.overwrite)))
+
+    console.rule("[bold]Stage 4: measure the export against the teacher")
+    datamodule = student_cli.datamodule
+    split = "test" if "test" in datamodule.splits else "val"
+    data = datamodule.splits[split]
+    summary = compare_with_teacher(teacher, output, data.texts, data.labels, split)
+    lines = [
+        "# Compressed agent vs its teacher",
+        "",
+        f"Teacher: `{teacher_ckpt}`. Student run: `{run_dir}`. Export: `{output}`.",
+        "",
+        *summary.markdown(),
+    ]
+    atomic_write_text(run_dir / "summary.md", "\n".join(lines) + "\n")
+    atomic_write_text(run_dir / "summary.json", json.dumps(asdict(summary), indent=2))
+    console.print("\n".join(summary.markdown()))
+    console.print(f"[bold]Summary:[/bold] {os.path.relpath(run_dir / 'summary.md')}")
+    return summary
