@@ -102,6 +102,10 @@ class Agent(LightningModule):
         _check_range("warmup_fraction", warmup_fraction, 0.0, 1.0, high_open=True)
         if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
             raise ValueError(f"max_length={max_length!r} must be an integer >= 2 (tokens per request), e.g. 64.")
+        if student_layers is not None and (
+            isinstance(student_layers, str) or not all(isinstance(i, int) for i in student_layers)
+        ):
+            raise TypeError(f"student_layers={student_layers!r} must be a list of block indices, e.g. [0, 2, 4].")
         source = resolve_backbone(model, argument="model")
         config = _load_config(source)
         if task == "causal-lm":
@@ -404,7 +408,10 @@ def _resolve_labels(labels: list[str] | None, num_labels: int | None, config) ->
         raise TypeError(f"labels={labels!r} must be a list of strings, e.g. ['play_music', 'set_alarm'].")
     labels = list(labels)
     if len(labels) < 2 or len(set(labels)) != len(labels):
-        raise ValueError(f"labels must hold at least two distinct names, got {_preview(labels)}.")
+        raise ValueError(
+            f"labels={labels!r} must hold at least two distinct names (one per action), e.g. ['play_music', "
+            "'set_alarm']."
+        )
     if num_labels is not None and num_labels != len(labels):
         raise ValueError(
             f"num_labels={num_labels} contradicts the {len(labels)} labels of the data ({_preview(labels)}). "

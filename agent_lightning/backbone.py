@@ -50,3 +50,26 @@ def resolve_backbone(model: str | os.PathLike | None, argument: str = "model") -
             f"{DEFAULT_BACKBONE}."
         )
     return text
+
+
+def load_tokenizer(source: str, argument: str = "tokenizer"):
+    """``AutoTokenizer.from_pretrained(source)``, with a padding token (the end-of-text token when it has none, as
+    GPT-2 style tokenizers do).
+
+    Raises:
+        ValueError: the tokenizer cannot be loaded (a missing folder, or a hub name this machine cannot reach); the
+            message names ``argument`` and ``source``.
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as error:
+        raise ValueError(
+            f"{argument}={source!r} could not be loaded as a tokenizer ({error}). Pass an existing model folder, a "
+            "hub name reachable from this machine (HF_HUB_OFFLINE=1 forbids downloads), or leave it unset for the "
+            "packaged default."
+        ) from error
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

@@ -51,8 +51,8 @@ def expand_short_flags(args: Sequence[str]) -> list[str]:
 
     Raises:
         ValueError: a short flag without its value, a detail flag (``--prune.end``) without its main flag, a
-            ``--qat``/``--embeddings`` choice that does not exist, ``--student-layers`` that are not integers, or
-            short flags on a subcommand other than ``fit``.
+            ``--prune`` value outside [0, 1), a ``--qat``/``--embeddings`` choice that does not exist,
+            ``--student-layers`` that are not integers, or short flags on a subcommand other than ``fit``.
 
     Example:
         >>> expand_short_flags(["fit", "--prune", "0.5", "--prune.end=0.6"])
@@ -98,6 +98,11 @@ def expand_short_flags(args: Sequence[str]) -> list[str]:
                 f"--{flag}.{given[0][0]} was given without --{flag}; add it, e.g. {_example(flag)} "
                 f"--{flag}.{given[0][0]} {given[0][1]}."
             )
+    if "prune" in main and not _is_fraction(main["prune"]):
+        raise ValueError(
+            f"--prune {main['prune']!r} must be a sparsity in [0, 1) (the fraction of weights set to zero), e.g. "
+            "--prune 0.5."
+        )
     for flag, choices in CHOICES.items():
         if main.get(flag) is not None and main[flag] not in choices:
             raise ValueError(
@@ -120,6 +125,13 @@ def expand_short_flags(args: Sequence[str]) -> list[str]:
         expanded += [f"--trainer.callbacks+={class_path}", f"--trainer.callbacks.{argument}={main[flag]}"]
         expanded += [f"--trainer.callbacks.{name}={value}" for name, value in details[flag]]
     return expanded
+
+
+def _is_fraction(value: str) -> bool:
+    try:
+        return 0.0 <= float(value) < 1.0
+    except ValueError:
+        return False
 
 
 def _layers(value: str) -> list[int]:

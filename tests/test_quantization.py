@@ -175,8 +175,11 @@ def test_only_linear_layers(model):
 
     model.layers[0][0] = Conv1D(128, 64)
     with pytest.raises(ValueError, match=r"QAT quantizes nn.Linear layers; 'layers.0.0' is Conv1D"):
-        prepare(model)
-    assert isinstance(FakeQuantizedLinear, type)
+        prepare(model, include=["layers.0.0", "layers.0.2"])  # named explicitly: refused
+    prepared = prepare(model)  # among the default targets: left out, the linear layers are quantized
+    assert "layers.0.0" not in prepared and prepared
+    assert isinstance(model.get_submodule(prepared[0]), FakeQuantizedLinear)
+    assert type(model.layers[0][0]) is Conv1D
 
 
 def test_fbgemm_activation_fake_quantizer_matches_the_kernel():

@@ -21,6 +21,7 @@ from agent_lightning.io import atomic_write_text
 from agent_lightning.measure import ModelInputs, compare_latency, parameter_counts, saved_bytes
 from agent_lightning.quantization import unprepare
 from agent_lightning.tensorboard import plain_settings, tensorboard_logger
+from agent_lightning.validation import check_bool
 
 __all__ = ["CompressionReport", "ModelMeasurement"]
 
@@ -125,6 +126,8 @@ class CompressionReport(Callback):
         self.reference = reference
         self.evaluate, self.max_eval_batches = evaluate, max_eval_batches
         self.latency, self.batch_sizes, self.latency_budget_s = latency, list(sizes), float(latency_budget_s)
+        for name, flag in (("evaluate", evaluate), ("latency", latency), ("zipped_size", zipped_size)):
+            check_bool(name, flag, "CompressionReport")
         self.zipped_size = zipped_size
         self.output_dir = output_dir
         self.rows: list[ModelMeasurement] = []

@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
+from agent_lightning.callbacks.strategy_support import refuse_sharded_strategies
 from agent_lightning.evaluation import logits_of, split_batch
 from agent_lightning.losses import AttentionDistillationLoss, HiddenStateLoss, LogitDistillationLoss
 from agent_lightning.targets import block_list, find_blocks
@@ -97,6 +98,11 @@ class Distillation(Callback):
             raise TypeError(
                 f"Distillation(teacher={teacher!r}) must be a checkpoint path, a model folder, a hub name or a module."
             )
+        if isinstance(teacher, str) and Path(teacher).suffix == ".ckpt" and not Path(teacher).expanduser().is_file():
+            raise FileNotFoundError(
+                f"Distillation(teacher={teacher!r}): no such checkpoint file. Give the .ckpt of a trained run (e.g. "
+                "runs/teacher/version_0/checkpoints/last.ckpt), an HF model folder or a hub name."
+            )
         for name, value in (("temperature", temperature), ("temperature_end", temperature_end)):
             if value is not None and (_not_number(value) or value <= 0):
                 raise ValueError(f"Distillation({name}={value!r}) must be a number > 0, e.g. {name}=2.0.")
@@ -116,7 +122,10 @@ class Distillation(Callback):
         if cache not in ("memory", "disk", "none"):
             raise ValueError(f"Distillation(cache={cache!r}) is not a choice; use 'memory', 'disk' or 'none'.")
         if cache == "disk" and not cache_dir:
-            raise ValueError("Distillation(cache='disk') needs cache_dir, e.g. cache_dir='runs/teacher_cache'.")
+            raise ValueError(
+                f"Distillation(cache='disk', cache_dir={cache_dir!r}): the disk cache needs a folder: pass one, e.g. "
+                "cache_dir='runs/teacher_cache'."
+            )
         if _not_number(projection_lr) or projection_lr <= 0:
             raise ValueError(f"Distillation(projection_lr={projection_lr!r}) must be a number > 0.")
         if _not_number(augment) or not 0.0 <= augment < 1.0:
@@ -166,6 +175,7 @@ class Distillation(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        refuse_sharded_strategies(trainer, "Distillation", "it runs a whole teacher beside the student")
         if self.teacher is None:
             teacher = load_teacher(self.teacher_source, pl_module)
             check_compatible(teacher, pl_module, self._source_name())

@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
+from agent_lightning.callbacks.strategy_support import refuse_sharded_strategies
 from agent_lightning.compact_embedding import (
     CompactEmbedding,
     EmbeddingWeights,
@@ -110,6 +111,7 @@ class EmbeddingCompression(Callback):
                 self._compact_embedding = embedding  # loading a float checkpoint needs the float module
                 pl_module.set_submodule(name, self._float_embedding)
             return
+        refuse_sharded_strategies(trainer, "EmbeddingCompression", "it replaces the whole input embedding table")
         _refuse_tied(pl_module, name, embedding)
         if self.vocabulary == "seen" and self.unseen == "fallback":
             self.fallback_token = _fallback_token(pl_module, self.fallback_token)

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from agent_lightning.callbacks.schedule import StepSchedule
+from agent_lightning.callbacks.strategy_support import refuse_sharded_strategies
 from agent_lightning.structure import remove_structure
 from agent_lightning.targets import (
     TransformerBlock,
@@ -23,6 +24,7 @@ from agent_lightning.targets import (
     short_name,
 )
 from agent_lightning.tensorboard import plain_settings
+from agent_lightning.validation import check_bool
 
 __all__ = ["Pruning"]
 
@@ -128,6 +130,8 @@ class Pruning(Callback):
         self.importance = importance
         self.include = include
         self.exclude = exclude
+        check_bool("physically_remove", physically_remove, "Pruning")
+        check_bool("log_per_layer", log_per_layer, "Pruning")
         self.physically_remove = physically_remove
         self.log_per_layer = log_per_layer
         # resolved at setup
@@ -153,6 +157,7 @@ class Pruning(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        refuse_sharded_strategies(trainer, "Pruning", "it masks whole weight matrices")
         self._targets = select_modules(pl_module, self.include, self.exclude, argument="Pruning(include=...)")
         if self.method == "n:m":
             self._check_groups()

@@ -14,6 +14,7 @@ from torchao.quantization.qat import FakeQuantizedLinear
 from typing_extensions import override
 
 from agent_lightning.callbacks.schedule import StepSchedule
+from agent_lightning.callbacks.strategy_support import refuse_sharded_strategies
 from agent_lightning.evaluation import accuracy
 from agent_lightning.quantization import (
     Activations,
@@ -32,6 +33,7 @@ from agent_lightning.quantization import (
 )
 from agent_lightning.targets import check_patterns, short_name
 from agent_lightning.tensorboard import plain_settings
+from agent_lightning.validation import check_bool
 
 __all__ = ["QuantizationAwareTraining", "prepare_from_checkpoint"]
 
@@ -113,6 +115,9 @@ class QuantizationAwareTraining(Callback):
         self.weights, self.activations, self.group_size, self.kernel = weights, activations, group_size, kernel
         self.include, self.exclude = include, exclude
         self.start, self.freeze = start, freeze
+        for name, flag in (("convert_on_fit_end", convert_on_fit_end), ("evaluate", evaluate)):
+            check_bool(name, flag, "QuantizationAwareTraining")
+        check_bool("log_per_layer", log_per_layer, "QuantizationAwareTraining")
         self.convert_on_fit_end = convert_on_fit_end
         self.evaluate = evaluate
         self.log_per_layer = log_per_layer
@@ -132,8 +137,8 @@ class QuantizationAwareTraining(Callback):
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit":
+            refuse_sharded_strategies(trainer, "QuantizationAwareTraining", "it swaps whole nn.Linear modules")
             quantization_targets(pl_module, self.recipe, self.include, self.exclude)
-            _refuse_sharded_strategies(trainer)
         else:
             self._float_for_loading(pl_module)
 
@@ -367,12 +372,3 @@ def _mean_scale(quantizer: nn.Module | None) -> float | None:
     if isinstance(scale, float):  # DynamicActivationFakeQuantizer: the last call's per-tensor scale
         return scale
     return float(scale.detach().float().mean()) if isinstance(scale, Tensor) else None
-
-
-def _refuse_sharded_strategies(trainer: Trainer) -> None:
-    name = type(trainer.strategy).__name__
-    if any(key in name for key in ("FSDP", "DeepSpeed", "ModelParallel")):
-        raise ValueError(
-            f"QuantizationAwareTraining does not support the {name} strategy: it swaps whole nn.Linear modules, "
-            "which sharded strategies have already wrapped. Use strategy='ddp' (or a single device)."
-        )

@@ -8,11 +8,12 @@ from typing import Any
 
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
-from transformers import AutoTokenizer, DataCollatorForLanguageModeling
+from transformers import DataCollatorForLanguageModeling
 from typing_extensions import override
 
-from agent_lightning.backbone import resolve_backbone
+from agent_lightning.backbone import load_tokenizer, resolve_backbone
 from agent_lightning.datamodules.sources import builtin_dataset_dir, read_labelled_file
+from agent_lightning.validation import check_int
 
 __all__ = ["LanguageModelingDataModule"]
 
@@ -63,6 +64,7 @@ class LanguageModelingDataModule(LightningDataModule):
             raise ValueError(f"val_fraction={val_fraction!r} must be a number in (0, 1), e.g. 0.1.")
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"num_workers={num_workers!r} must be an integer >= 0.")
+        check_int("split_seed", split_seed, 0)
         self.save_hyperparameters()
         self.tokenizer_source = resolve_backbone(tokenizer, argument="tokenizer")
         self._texts: dict[str, list[str]] | None = None
@@ -94,9 +96,7 @@ class LanguageModelingDataModule(LightningDataModule):
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_source)
-            if self._tokenizer.pad_token is None:
-                self._tokenizer.pad_token = self._tokenizer.eos_token
+            self._tokenizer = load_tokenizer(self.tokenizer_source, argument="tokenizer")
         return self._tokenizer
 
     @override

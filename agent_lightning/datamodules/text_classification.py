@@ -12,11 +12,11 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Sampler
-from transformers import AutoTokenizer, DataCollatorWithPadding
+from transformers import DataCollatorWithPadding
 from transformers.trainer_pt_utils import get_length_grouped_indices
 from typing_extensions import override
 
-from agent_lightning.backbone import resolve_backbone
+from agent_lightning.backbone import load_tokenizer, resolve_backbone
 from agent_lightning.datamodules.sources import (
     BUILTIN_DATASETS,
     LabelledTexts,
@@ -25,6 +25,7 @@ from agent_lightning.datamodules.sources import (
     load_hub_dataset,
     read_labelled_file,
 )
+from agent_lightning.validation import check_bool, check_int
 
 __all__ = ["EpochSeededSampler", "TextClassificationDataModule", "TokenizedTexts"]
 
@@ -186,6 +187,9 @@ class TextClassificationDataModule(LightningDataModule):
             raise ValueError(f"padding={padding!r} is not a choice; use 'dynamic' (default) or 'max_length'.")
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"num_workers={num_workers!r} must be an integer >= 0.")
+        check_bool("group_by_length", group_by_length)
+        check_int("split_seed", split_seed, 0)
+        check_int("shuffle_seed", shuffle_seed, 0, optional=True)
         self.save_hyperparameters()
         self.tokenizer_source = resolve_backbone(tokenizer, argument="tokenizer")
         self._check_sources_exist()
@@ -274,9 +278,7 @@ class TextClassificationDataModule(LightningDataModule):
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_source)
-            if self._tokenizer.pad_token is None:  # GPT-2 style tokenizers have none
-                self._tokenizer.pad_token = self._tokenizer.eos_token
+            self._tokenizer = load_tokenizer(self.tokenizer_source, argument="tokenizer")
         return self._tokenizer
 
     @override

@@ -157,3 +157,57 @@ def test_embedding_counts_are_the_union_of_both_ranks(tmp_path, tiny_bert, tiny_
     assert rank0[0] == rank1[0] and rank0[2] == rank1[2]  # identical counts on both ranks
     union = set(map(int, rank0[1].split())) | set(map(int, rank1[1].split()))
     assert set(map(int, rank0[0].split())) == union != set(map(int, rank0[1].split()))  # each rank saw a part
+
+
+@pytest.mark.parametrize(
+    ("make", "owner"),
+    [
+        (lambda teacher: Pruning(0.5), "Pruning"),
+        (lambda teacher: QuantizationAwareTraining(), "QuantizationAwareTraining"),
+        (lambda teacher: Distillation(teacher), "Distillation"),
+        (lambda teacher: EmbeddingCompression(), "EmbeddingCompression"),
+    ],
+)
+def test_sharded_strategies_are_refused_at_setup_by_name(make, owner, tiny_bert):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    agent = Agent(model=tiny_bert, labels=["a", "b"])
+    fsdp = SimpleNamespace(strategy=FSDPStrategy())  # FSDP needs GPUs to run; its setup check needs only its name
+    before = {k: v.clone() for k, v in agent.state_dict().items()}
+    with pytest.raises(ValueError, match=rf"{owner} does not support the FSDPStrategy strategy: .*strategy='ddp'"):
+        make(Agent(model=tiny_bert, labels=["a", "b"])).setup(fsdp, agent, "fit")
+    assert all(torch.equal(before[k], v) for k, v in agent.state_dict().items())  # nothing changed
+
+
+@pytest.mark.slow
+def test_all_four_together_on_two_ranks_then_the_checkpoint_exports_in_one_process(tmp_path, tiny_bert, tiny_data_dir):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from transformers import BertForSequenceClassification
+
+    from agent_lightning.export import export_agent
+    from agent_lightning.exported_agent import ExportedAgent
+
+    labels = TextClassificationDataModule(dataset=str(tiny_data_dir), tokenizer=tiny_bert).label_names
+    torch.manual_seed(0)
+    teacher = BertForSequenceClassification(tiny_bert_config(labels))
+    callbacks = [
+        Distillation(teacher=teacher),
+        Pruning(sparsity=0.5, start=0, end=4, frequency=2),
+        QuantizationAwareTraining(start=4, freeze=6),
+        EmbeddingCompression(),
+        _WriteWeightDigest(str(tmp_path)),
+        ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="last", monitor=None, save_on_train_epoch_end=True),
+    ]
+    _fit_on_two_processes(tiny_bert, tiny_data_dir, callbacks, limit_val_batches=2)
+    assert (tmp_path / "kd0.txt").read_text() == (tmp_path / "kd1.txt").read_text()  # identical ranks
+    checkpoint = tmp_path / "ckpt" / "last.ckpt"
+    agent = Agent.load_from_checkpoint(checkpoint)  # in this single process
+    weight = agent.model.bert.encoder.layer[0].intermediate.dense.weight
+    assert float((weight == 0).float().mean()) == pytest.approx(0.5, abs=1e-6)
+    export_agent(checkpoint, tmp_path / "int8")
+    exported = ExportedAgent(tmp_path / "int8")
+    assert exported.manifest["quantization"] == "QAT ranges from the checkpoint"
+    assert exported.manifest["parity"]["quantized_layers"] == 12 and exported.manifest["embeddings"]["kept_tokens"] > 10
+    assert len(exported.act(["play some jazz", "call mom"])) == 2
