@@ -21,18 +21,18 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
-    AutoTokenizer,
     get_linear_schedule_with_warmup,
 )
 from transformers.modeling_outputs import SequenceClassifierOutput
 from typing_extensions import override
 
-from agent_lightning.backbone import resolve_backbone
+from agent_lightning.backbone import load_tokenizer, resolve_backbone
 from agent_lightning.exported_agent import as_texts
 from agent_lightning.io import atomic_directory
 from agent_lightning.structure import STRUCTURE_KEY, build_from_config, load_pretrained_pruned
 from agent_lightning.students import keep_layers, narrow_ffn
 from agent_lightning.tensorboard import write_run_hparams
+from agent_lightning.validation import check_int
 
 __all__ = ["Agent", "Task"]
 
@@ -95,8 +95,7 @@ class Agent(LightningModule):
         super().__init__()
         if task not in ("classification", "causal-lm"):
             raise ValueError(f"task={task!r} is not a choice; use 'classification' or 'causal-lm'.")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens={max_new_tokens!r} must be a positive integer, e.g. 32.")
+        check_int("max_new_tokens", max_new_tokens, 1)
         _check_positive("learning_rate", learning_rate)
         _check_range("weight_decay", weight_decay, 0.0, None)
         _check_range("warmup_fraction", warmup_fraction, 0.0, 1.0, high_open=True)
@@ -149,10 +148,8 @@ class Agent(LightningModule):
         if student_intermediate_size is not None:
             narrow_ffn(self.model, student_intermediate_size)
         self.model.train()  # from_pretrained returns eval mode, which would silently disable dropout in training
-        self.tokenizer = AutoTokenizer.from_pretrained(source)
+        self.tokenizer = load_tokenizer(source, argument="model")  # pads with end-of-text when it has no pad token
         if task == "causal-lm":
-            if self.tokenizer.pad_token is None:  # decoder-only tokenizers often have none: pad with end-of-text
-                self.tokenizer.pad_token = self.tokenizer.eos_token
             self.val_perplexity = Perplexity(ignore_index=-100)
             self.test_perplexity = Perplexity(ignore_index=-100)
         else:

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 from torchao.quantization import (
@@ -49,13 +50,16 @@ from torchao.quantization import (
     quantize_,
 )
 from torchao.quantization.qat import FakeQuantizedLinear, IntxFakeQuantizeConfig, QATConfig
+from torchao.quantization.qat.fake_quantizer import FakeQuantizerBase
 from torchao.quantization.quantize_.workflows.int8.int8_tensor import QuantizeTensorToInt8Kwargs
 from torchao.utils import TorchAOBaseTensor
+from transformers.pytorch_utils import Conv1D
 
 from agent_lightning.targets import select_modules
 
 __all__ = [
     "DynamicActivationFakeQuantizer",
+    "FakeQuantizedConv1D",
     "QuantizationRecipe",
     "convert",
     "converted_modules",
@@ -153,17 +157,19 @@ class QuantizationRecipe:
         return activation, weight
 
     def check_layer(self, name: str, module: nn.Module) -> None:
-        """Raise ``ValueError`` unless this recipe can quantize ``module`` (an ``nn.Linear`` whose width fits)."""
-        if type(module) is not nn.Linear and not isinstance(module, FakeQuantizedLinear):
+        """Raise ``ValueError`` unless this recipe can quantize ``module`` (an ``nn.Linear`` or a Hugging Face
+        ``Conv1D`` whose width fits)."""
+        if not _quantizable(module):
             raise ValueError(
-                f"QAT quantizes nn.Linear layers; {name!r} is {type(module).__name__}. Exclude it "
-                f"(exclude=['{name}']) or pick nn.Linear layers with include=[...]."
+                f"QAT quantizes nn.Linear (and GPT-2 style Conv1D) layers; {name!r} is {type(module).__name__}. "
+                f"Exclude it (exclude=['{name}']) or pick linear layers with include=[...]."
             )
-        if self.weights == "int4" and module.in_features % self.group_size:
+        inputs = _linear_weight(module).shape[1]
+        if self.weights == "int4" and inputs % self.group_size:
             raise ValueError(
-                f"group_size={self.group_size} does not divide the {module.in_features} inputs of layer {name!r}. "
-                f"Use a group_size that divides {module.in_features} (e.g. {_largest_power_of_two(module.in_features)})"
-                f" or exclude=['{name}']."
+                f"group_size={self.group_size} does not divide the {inputs} inputs of layer {name!r}. "
+                f"Use a group_size that divides {inputs} (e.g. {_largest_power_of_two(inputs)}) or "
+                f"exclude=['{name}']."
             )
 
 
@@ -175,25 +181,24 @@ def quantization_targets(
 ) -> dict[str, nn.Module]:
     """The layers :func:`prepare` fake-quantizes, checked against ``recipe``.
 
-    With the default targets (``include=None``), layers that are not plain ``nn.Linear`` are left out: e.g. the
-    ``out_proj`` of ``nn.MultiheadAttention``, whose weights the attention reads directly (a swapped module would
-    never run). Named explicitly with ``include``, they are an error.
+    With the default targets (``include=None``), layers that are neither plain ``nn.Linear`` nor Hugging Face
+    ``Conv1D`` are left out: e.g. the ``out_proj`` of ``nn.MultiheadAttention``, whose weights the attention reads
+    directly (a swapped module would never run). Named explicitly with ``include``, they are an error.
 
     Raises:
-        ValueError: nothing matches; the default targets hold no ``nn.Linear`` (e.g. GPT-2's ``Conv1D`` layers); an
-            included layer is not ``nn.Linear``; or the group size does not fit a layer.
+        ValueError: nothing matches; the default targets hold no quantizable layer; an included layer is not
+            quantizable; or the group size does not fit a layer.
     """
     targets = select_modules(model, include, exclude, argument="QuantizationAwareTraining(include=...)")
     if include is None:
-        linear = {n: m for n, m in targets.items() if type(m) is nn.Linear or isinstance(m, FakeQuantizedLinear)}
-        if not linear:
+        quantizable = {n: m for n, m in targets.items() if _quantizable(m)}
+        if not quantizable:
             kinds = sorted({type(m).__name__ for m in targets.values()})
             raise ValueError(
-                f"QAT quantizes nn.Linear layers, and the default targets of this model are {', '.join(kinds)} "
-                f"(e.g. {next(iter(targets))!r}). GPT-2 style Conv1D layers are not supported; quantize a model "
-                "built from nn.Linear layers (BERT, Llama, ...), or name nn.Linear layers with include=[...]."
+                f"QAT quantizes nn.Linear and GPT-2 style Conv1D layers, and the default targets of this model are "
+                f"{', '.join(kinds)} (e.g. {next(iter(targets))!r}). Name linear layers with include=[...]."
             )
-        targets = linear
+        targets = quantizable
     for name, module in targets.items():
         recipe.check_layer(name, module)
     return targets
@@ -228,10 +233,13 @@ def prepare(
     """
     recipe = recipe or QuantizationRecipe()
     targets = quantization_targets(model, recipe, include, exclude)
-    todo = {id(m) for m in targets.values() if not isinstance(m, FakeQuantizedLinear)}
+    todo = {id(m) for m in targets.values() if type(m) is nn.Linear}
     activation, weight = recipe.fake_quantize_configs()
     config = QATConfig(activation_config=activation, weight_config=weight, step="prepare")
     quantize_(model, config, filter_fn=lambda module, fqn: id(module) in todo)
+    for name, module in targets.items():
+        if isinstance(module, Conv1D):
+            model.set_submodule(name, FakeQuantizedConv1D(module, activation, weight))
     for name, module in fake_quantized_modules(model).items():
         if name not in targets:
             continue
@@ -240,6 +248,59 @@ def prepare(
         if recipe.backend == "fbgemm" and module.activation_fake_quantizer is None:
             module.activation_fake_quantizer = DynamicActivationFakeQuantizer()
     return list(targets)
+
+
+class FakeQuantizedConv1D(FakeQuantizedLinear):
+    """A Hugging Face ``Conv1D`` (GPT-2's linear layer, weight stored ``(in_features, out_features)``) with fake
+    quantized weights and activations, holding the *same* ``weight`` and ``bias`` parameters in that layout.
+
+    It is a ``FakeQuantizedLinear`` for everything that handles fake-quantized layers (freezing ranges, converting,
+    logging); the weight grid is per output channel, as for ``nn.Linear``: the quantizer sees ``weight.T``. The
+    ``state_dict`` keys and shapes stay those of the ``Conv1D``, so checkpoints load into a plain GPT-2 model.
+
+    Shapes:
+        input: ``(*, in_features)``; output: ``(*, out_features)``.
+    """
+
+    def __init__(self, conv: Conv1D, activation_config, weight_config) -> None:
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = conv.weight.shape
+        self.weight, self.bias = conv.weight, conv.bias
+        self.activation_fake_quantizer = None
+        if activation_config is not None:
+            self.activation_fake_quantizer = FakeQuantizerBase.from_config(activation_config)
+        self.weight_fake_quantizer = FakeQuantizerBase.from_config(weight_config)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.activation_fake_quantizer is not None:
+            x = self.activation_fake_quantizer(x)
+        return F.linear(x, self.weight_fake_quantizer(self.weight.t()), self.bias)
+
+    def to_linear(self) -> nn.Linear:
+        """An ``nn.Linear`` computing the same (a transposed copy of the weight)."""
+        linear = nn.Linear(self.in_features, self.out_features, self.bias is not None, device=self.weight.device)
+        with torch.no_grad():
+            linear.weight.copy_(self.weight.t())
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
+
+    def to_conv1d(self) -> Conv1D:
+        """The float ``Conv1D`` again, with the same parameters."""
+        conv = Conv1D(self.out_features, self.in_features)
+        conv.weight, conv.bias = self.weight, self.bias
+        return conv
+
+
+def _quantizable(module: nn.Module) -> bool:
+    return type(module) is nn.Linear or isinstance(module, (FakeQuantizedLinear, Conv1D))
+
+
+def _linear_weight(module: nn.Module) -> Tensor:
+    """The weight as ``(out_features, in_features)`` (a view for Conv1D layouts)."""
+    if isinstance(module, (Conv1D, FakeQuantizedConv1D)):
+        return module.weight.t()
+    return module.weight
 
 
 class DynamicActivationFakeQuantizer(nn.Module):
@@ -302,7 +363,7 @@ def freeze_ranges(model: nn.Module) -> dict[str, tuple[Tensor, Tensor]]:
         for module in fake_quantized_modules(model).values():
             quantizer = module.weight_fake_quantizer
             quantizer.config = dataclasses.replace(quantizer.config, is_dynamic=True)
-            quantizer(module.weight)  # recompute the scale from the current weight
+            quantizer(_linear_weight(module))  # recompute the scale from the current weight
             quantizer.config = dataclasses.replace(quantizer.config, is_dynamic=False)
     return frozen_scales(model)
 
@@ -339,7 +400,7 @@ def load_frozen_scales(model: nn.Module, scales: dict[str, tuple[Tensor, Tensor]
 def weight_error(module: FakeQuantizedLinear) -> float:
     """Relative L2 error ``||q(W) - W|| / ||W||`` of a layer's fake-quantized weight (0 for an all-zero weight)."""
     with torch.no_grad():
-        weight = module.weight.detach()
+        weight = _linear_weight(module).detach()
         norm = weight.float().norm()
         if norm == 0:
             return 0.0
@@ -389,12 +450,12 @@ def _weight_scales(module: FakeQuantizedLinear) -> tuple[Tensor, Tensor]:
     quantizer = module.weight_fake_quantizer
     with torch.no_grad():
         if quantizer.config.is_dynamic or quantizer.scale is None:
-            quantizer(module.weight.detach())  # scales of the current weight, as the last training forward used
+            quantizer(_linear_weight(module).detach())  # scales of the current weight, as the last forward used
     return quantizer.scale.detach(), quantizer.zero_point.detach()
 
 
 def _fbgemm_linear(name: str, module: FakeQuantizedLinear) -> DynamicQuantizedLinear:
-    weight = module.weight.detach()
+    weight = _linear_weight(module).detach()
     if weight.device.type != "cpu":
         raise ValueError(
             f"Layer {name!r} is on {weight.device}, but the fbgemm int8 kernel runs on the CPU only. Call "
@@ -421,7 +482,7 @@ def _fbgemm_linear(name: str, module: FakeQuantizedLinear) -> DynamicQuantizedLi
 def _torchao_linear(module: FakeQuantizedLinear) -> nn.Linear:
     quantizer = module.weight_fake_quantizer
     config: IntxFakeQuantizeConfig = quantizer.config
-    weight = module.weight.detach()
+    weight = _linear_weight(module).detach()
     scale, zero_point = _weight_scales(module)
     with torch.no_grad():
         int8_activations = module.activation_fake_quantizer is not None
@@ -462,7 +523,7 @@ def unprepare(model: nn.Module) -> dict[str, str]:
     """
     changed: dict[str, str] = {}
     for name, module in list(fake_quantized_modules(model).items()):
-        model.set_submodule(name, module.to_linear())
+        model.set_submodule(name, module.to_conv1d() if isinstance(module, FakeQuantizedConv1D) else module.to_linear())
         changed[name] = "fake_quant"
     for name, module in list(converted_modules(model).items()):
         weight, bias = _dequantized(module)

@@ -153,7 +153,8 @@ def run_recipe(args: Sequence[str]) -> RecipeSummary:
         The measured :class:`RecipeSummary` (also written to ``summary.md``/``summary.json``).
 
     Raises:
-        ValueError: bad options (the short flags' own checks), or a data set without labelled evaluation data.
+        ValueError: bad options (the short flags' own checks), before anything trains.
+        FileExistsError: ``--output`` exists and is not empty, without ``--overwrite`` (checked first).
 
     Example:
         >>> run_recipe(["-c", "configs/default.yaml"])  # doctest: +SKIP
@@ -163,9 +164,15 @@ def run_recipe(args: Sequence[str]) -> RecipeSummary:
     from agent_lightning.agent import Agent
     from agent_lightning.cli import AgentLightningCLI
     from agent_lightning.export import describe, export_agent
-    from agent_lightning.io import atomic_write_text
+    from agent_lightning.io import atomic_write_text, check_writable_directory
+    from agent_lightning.short_flags import expand_short_flags
 
     options, common = _parser().parse_known_args(list(args))
+    compression = ["--student-layers", options.student_layers, "--prune", options.prune, "--prune.end", "0.6"]
+    compression += ["--qat", options.qat, "--embeddings", options.embeddings]
+    expand_short_flags(["fit", *compression])  # bad values fail now, not after the teacher has trained
+    if options.output:
+        check_writable_directory(Path(options.output), options.overwrite, argument="--output")
     console = Console(soft_wrap=True)
     teacher_ckpt = options.teacher
     if teacher_ckpt is None:
@@ -178,9 +185,7 @@ def run_recipe(args: Sequence[str]) -> RecipeSummary:
 
     console.rule("[bold]Stage 2: distil, prune and quantize the student")
     student_args = ["fit", *common, "--trainer.logger.init_args.name=student", f"--model.model={teacher_folder}"]
-    student_args += ["--student-layers", options.student_layers, "--distill", str(teacher_ckpt)]
-    student_args += ["--prune", options.prune, "--prune.end", "0.6", "--qat", options.qat]
-    student_args += ["--embeddings", options.embeddings]
+    student_args += ["--distill", str(teacher_ckpt), *compression]
     if options.student_epochs is not None:
         student_args += [f"--trainer.max_epochs={options.student_epochs}"]
     student_cli = AgentLightningCLI.create(student_args)

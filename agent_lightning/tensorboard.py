@@ -30,6 +30,7 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 
 __all__ = [
     "COMPRESSION_LAYOUT",
+    "log_after_fit",
     "RUN_METRIC_TAGS",
     "plain_settings",
     "run_hparams",
@@ -173,3 +174,15 @@ def write_run_hparams(trainer: Trainer, pl_module: LightningModule) -> bool:
     if trainer.global_rank != 0:
         return False
     return write_hparams_session(tensorboard_logger(trainer), run_hparams(trainer, pl_module), RUN_METRIC_TAGS)
+
+
+def log_after_fit(trainer: Trainer, metrics: Mapping[str, float]) -> None:
+    """Record fit-end metrics where ``pl_module.log`` cannot (``on_fit_end``, ``teardown``): in
+    ``trainer.callback_metrics`` on every rank, and in every logger (rank zero) at the final step."""
+    import torch
+
+    trainer.callback_metrics.update({key: torch.tensor(value) for key, value in metrics.items()})
+    if trainer.is_global_zero:
+        for logger in trainer.loggers:
+            logger.log_metrics(dict(metrics), step=trainer.global_step)
+            logger.save()

@@ -172,5 +172,5 @@ def test_causal_lm_student_from_teacher_layers_and_bad_arguments(causal_lm_folde
         Agent(model=causal_lm_folders["llama"], task="causal-lm", labels=["a", "b"])
     with pytest.raises(ValueError, match=r"task='seq2seq' is not a choice; use 'classification' or 'causal-lm'"):
         Agent(model=causal_lm_folders["llama"], task="seq2seq")
-    with pytest.raises(ValueError, match=r"max_new_tokens=0 must be a positive integer"):
+    with pytest.raises(ValueError, match=r"max_new_tokens=0 must be an integer >= 1"):
         Agent(model=causal_lm_folders["llama"], task="causal-lm", max_new_tokens=0)

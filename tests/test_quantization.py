@@ -171,15 +171,17 @@ def test_group_size_must_divide_the_layers(model):
 
 
 def test_only_linear_layers(model):
-    from transformers.pytorch_utils import Conv1D
+    from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
-    model.layers[0][0] = Conv1D(128, 64)
-    with pytest.raises(ValueError, match=r"QAT quantizes nn.Linear layers; 'layers.0.0' is Conv1D"):
+    model.layers[0][0] = NonDynamicallyQuantizableLinear(64, 128)  # as nn.MultiheadAttention.out_proj
+    with pytest.raises(
+        ValueError, match=r"QAT quantizes nn.Linear \(and GPT-2 style Conv1D\) layers; 'layers.0.0' is NonDyn"
+    ):
         prepare(model, include=["layers.0.0", "layers.0.2"])  # named explicitly: refused
     prepared = prepare(model)  # among the default targets: left out, the linear layers are quantized
     assert "layers.0.0" not in prepared and prepared
     assert isinstance(model.get_submodule(prepared[0]), FakeQuantizedLinear)
-    assert type(model.layers[0][0]) is Conv1D
+    assert type(model.layers[0][0]) is NonDynamicallyQuantizableLinear
 
 
 def test_fbgemm_activation_fake_quantizer_matches_the_kernel():

@@ -82,3 +82,20 @@ def test_compress_with_a_given_teacher_skips_stage_one(tmp_path, tiny_bert, tiny
 def test_compare_with_teacher_refuses_mismatched_labels(tmp_path):
     with pytest.raises(ValueError, match=r"needs as many labels as texts, got 2 and 1"):
         compare_with_teacher(None, tmp_path, ["a", "b"], ["x"])
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        (["--prune", "2"], ValueError, r"--prune '2' must be a sparsity in \[0, 1\)"),
+        (["--student-layers", "first"], ValueError, r"--student-layers 'first' must be comma-separated"),
+        (["--output", "{taken}"], FileExistsError, r"exists and is not empty"),
+    ],
+)
+def test_bad_options_fail_before_anything_trains(options, error, message, tmp_path, tiny_bert, tiny_data_dir):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("x")
+    options = [o.format(taken=tmp_path / "taken") for o in options]
+    with pytest.raises(error, match=message):
+        run_recipe([*_common(tmp_path, tiny_bert, tiny_data_dir), *options])
+    assert not (tmp_path / "runs").exists()

@@ -9,7 +9,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
@@ -20,7 +19,7 @@ from agent_lightning.evaluation import accuracy, device_of
 from agent_lightning.io import atomic_write_text
 from agent_lightning.measure import ModelInputs, compare_latency, parameter_counts, saved_bytes
 from agent_lightning.quantization import unprepare
-from agent_lightning.tensorboard import plain_settings, tensorboard_logger
+from agent_lightning.tensorboard import log_after_fit, plain_settings, tensorboard_logger
 from agent_lightning.validation import check_bool
 
 __all__ = ["CompressionReport", "ModelMeasurement"]
@@ -184,10 +183,8 @@ class CompressionReport(Callback):
                 ModelMeasurement(name, total, nonzero, size, zipped, accuracies[name], latency.get(name, {}))
             )
         self.metrics = _metrics(self.rows)
-        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in self.metrics.items()})
+        log_after_fit(trainer, self.metrics)
         markdown = self.markdown()
-        for logger in trainer.loggers:
-            logger.log_metrics(self.metrics, step=trainer.global_step)
         board = tensorboard_logger(trainer)
         if board is not None:
             board.experiment.add_text("model/report", markdown, trainer.global_step)

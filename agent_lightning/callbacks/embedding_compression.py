@@ -21,7 +21,7 @@ from agent_lightning.compact_embedding import (
     input_embeddings,
 )
 from agent_lightning.evaluation import split_batch
-from agent_lightning.tensorboard import plain_settings
+from agent_lightning.tensorboard import log_after_fit, plain_settings
 
 __all__ = ["EmbeddingCompression", "compact_from_checkpoint"]
 
@@ -155,9 +155,7 @@ class EmbeddingCompression(Callback):
             f"[Embeddings] kept {compact.kept_tokens} of {compact.num_embeddings} token rows as {self.weights}: "
             f"{before / 1e6:.1f} MB -> {after / 1e6:.1f} MB"
         )
-        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
-        for logger in trainer.loggers:  # ``pl_module.log`` is not available in on_fit_end
-            logger.log_metrics(metrics, step=trainer.global_step)
+        log_after_fit(trainer, metrics)
 
     def _compact(self, pl_module: nn.Module, counts: Tensor | None) -> CompactEmbedding:
         keep = None

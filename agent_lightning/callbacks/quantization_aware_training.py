@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchao.quantization.qat import FakeQuantizedLinear
 from typing_extensions import override
@@ -32,7 +32,7 @@ from agent_lightning.quantization import (
     weight_error,
 )
 from agent_lightning.targets import check_patterns, short_name
-from agent_lightning.tensorboard import plain_settings
+from agent_lightning.tensorboard import log_after_fit, plain_settings
 from agent_lightning.validation import check_bool
 
 __all__ = ["QuantizationAwareTraining", "prepare_from_checkpoint"]
@@ -42,7 +42,9 @@ class QuantizationAwareTraining(Callback):
     """Train with fake-quantized linear layers, then convert them to a real int8 model and measure the gap.
 
     Built on torchao's QAT (``QATConfig`` prepare, ``IntxFakeQuantizeConfig``): the targeted ``nn.Linear`` layers
-    become ``FakeQuantizedLinear`` modules that keep the same parameters, so the model's ``forward`` (keyword inputs
+    become ``FakeQuantizedLinear`` modules (GPT-2 style ``Conv1D`` layers become
+    :class:`~agent_lightning.quantization.FakeQuantizedConv1D`, in their own weight layout) that keep the same
+    parameters, so the model's ``forward`` (keyword inputs
     such as ``input_ids=``/``attention_mask=`` included), the optimizer, pruning masks and ``state_dict`` keys are
     unchanged; checkpoints load into a plain model (``load_from_checkpoint``) and resume into a QAT run.
 
@@ -77,7 +79,7 @@ class QuantizationAwareTraining(Callback):
         log_per_layer: also log ``qat/layer/<name>/weight_error`` for every quantized layer.
 
     Raises:
-        ValueError: a bad argument (at construction); targets that are not ``nn.Linear`` or match nothing, a group
+        ValueError: a bad argument (at construction); targets that are not linear layers or match nothing, a group
             size that does not divide a layer, or a start past the end of training (at ``setup``/fit start, before
             any weight changes).
 
@@ -137,7 +139,7 @@ class QuantizationAwareTraining(Callback):
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit":
-            refuse_sharded_strategies(trainer, "QuantizationAwareTraining", "it swaps whole nn.Linear modules")
+            refuse_sharded_strategies(trainer, "QuantizationAwareTraining", "it swaps whole linear modules")
             quantization_targets(pl_module, self.recipe, self.include, self.exclude)
         else:
             self._float_for_loading(pl_module)
@@ -236,8 +238,7 @@ class QuantizationAwareTraining(Callback):
             )
         else:
             rank_zero_info(f"[QAT] converted to {self.weights} (no labelled validation data to measure the gap)")
-        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
-        _log_after_fit(trainer, metrics)
+        log_after_fit(trainer, metrics)
 
     def _recipe_state(self) -> dict[str, Any]:
         return {
@@ -357,14 +358,6 @@ def prepare_from_checkpoint(module: nn.Module, checkpoint: str | dict[str, Any])
     prepare(module, QuantizationRecipe(**state["recipe"]), state["include"], state["exclude"])
     load_frozen_scales(module, state["frozen_scales"])
     return list(fake_quantized_modules(module))
-
-
-@rank_zero_only
-def _log_after_fit(trainer: Trainer, metrics: dict[str, float]) -> None:
-    # ``pl_module.log`` is not available in ``on_fit_end``; write to the loggers directly, at the final step.
-    for logger in trainer.loggers:
-        logger.log_metrics(metrics, step=trainer.global_step)
-        logger.save()
 
 
 def _mean_scale(quantizer: nn.Module | None) -> float | None:

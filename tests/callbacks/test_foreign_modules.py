@@ -98,7 +98,7 @@ def test_pruning_reaches_its_target_on_any_module(kind, tmp_path, causal_lm_fold
     assert zeros / sum(w.numel() for w in weights) == pytest.approx(0.5, abs=0.01)
 
 
-@pytest.mark.parametrize("kind", ["transformer", "cnn", "llama"])
+@pytest.mark.parametrize("kind", MODULES)
 def test_qat_fake_quantizes_then_converts_any_module_with_linear_layers(kind, tmp_path, causal_lm_folders, lm_texts):
     module = _make(kind, causal_lm_folders)
     _fit(module, [QuantizationAwareTraining(start=2, evaluate=False)], tmp_path, causal_lm_folders, lm_texts, kind)
@@ -106,12 +106,29 @@ def test_qat_fake_quantizes_then_converts_any_module_with_linear_layers(kind, tm
     assert converted and all(type(module.get_submodule(n)) is not nn.Linear for n in converted)
     if kind == "transformer":  # attention reads out_proj's weights directly: left out of the default targets
         assert not any(name.endswith("out_proj") for name in converted)
+    if kind == "gpt2":  # its Conv1D layers (c_attn, c_proj, c_fc) are the quantized ones
+        assert len(converted) == 8
 
 
-def test_qat_on_gpt2_conv1d_layers_says_what_it_needs(tmp_path, causal_lm_folders, lm_texts):
+def test_qat_on_gpt2_conv1d_keeps_the_checkpoint_layout_and_converts_exactly(tmp_path, causal_lm_folders, lm_texts):
+    from transformers import GPT2LMHeadModel
+
+    from agent_lightning.quantization import FakeQuantizedConv1D, convert, fake_quantized_modules
+
     module = _make("gpt2", causal_lm_folders)
-    with pytest.raises(ValueError, match=r"default targets of this model are Conv1D.*GPT-2 style Conv1D layers"):
-        _fit(module, [QuantizationAwareTraining()], tmp_path, causal_lm_folders, lm_texts, "gpt2")
+    qat = QuantizationAwareTraining(start=2, freeze=4, convert_on_fit_end=False, evaluate=False)
+    _fit(module, [qat], tmp_path, causal_lm_folders, lm_texts, "gpt2")
+    fake = fake_quantized_modules(module)
+    assert len(fake) == 8 and all(isinstance(m, FakeQuantizedConv1D) for m in fake.values())
+    plain = GPT2LMHeadModel.from_pretrained(causal_lm_folders["gpt2"])
+    plain.load_state_dict(module.model.state_dict())  # same keys and Conv1D shapes: loads strictly
+    ids = torch.randint(1000, 2000, (2, 10), generator=torch.Generator().manual_seed(0))
+    module.eval()
+    with torch.inference_mode():
+        fake_logits = module.model(input_ids=ids).logits
+        convert(module)
+        converted_logits = module.model(input_ids=ids).logits
+    torch.testing.assert_close(converted_logits, fake_logits, rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("kind", MODULES)
