@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from lightning.pytorch.callbacks import Callback
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -21,6 +22,17 @@ TINY_EXAMPLES = {
     "get_weather": ["will it rain today", "weather in paris", "is it cold outside", "forecast for sunday", "is it hot"],
     "call": ["call mom", "phone john", "dial the office", "ring my sister", "call the bank now"],
 }
+
+
+class StopAt(Callback):
+    """Ends the run after ``step`` optimizer steps, as a killed job would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
 
 
 def quiet_trainer(tmp_path, callbacks=None, **kwargs):

@@ -8,10 +8,10 @@ from agent_lightning.token_augmentation import replace_tokens
 
 
 def test_replaces_about_the_fraction_of_inner_tokens_only():
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(1000, 30000, (64, 40))
+    generator, data = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
+    ids = torch.randint(1000, 30000, (64, 40), generator=data)  # seeded: the test does not depend on test order
     ids[:, 0], mask = 101, torch.ones_like(ids)
-    lengths = torch.randint(5, 41, (64,))
+    lengths = torch.randint(5, 41, (64,), generator=data)
     for row, length in enumerate(lengths.tolist()):
         ids[row, length - 1] = 102
         ids[row, length:] = 0
@@ -25,7 +25,8 @@ def test_replaces_about_the_fraction_of_inner_tokens_only():
     inner[torch.arange(64), lengths - 1] = False
     changed = (out != ids) & inner
     assert not ((out != ids) & ~inner).any()
-    assert 0.25 < changed.sum() / inner.sum() < 0.32  # 0.3 asked; a replacement may equal the original token
+    # 0.3 asked (binomial over ~1,400 tokens: sd 0.012); a replacement may equal the original token
+    assert 0.25 < changed.sum() / inner.sum() < 0.35
     assert set(out[changed].tolist()) <= set(ids[inner].tolist())  # drawn from the batch's own tokens
     again = replace_tokens(ids, mask, 0.3, torch.Generator().manual_seed(0))
     assert torch.equal(out, again)  # seeded: reproducible

@@ -7,7 +7,7 @@ import hashlib
 import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from agent_lightning import Agent, TextClassificationDataModule
 from agent_lightning.callbacks import Distillation, EmbeddingCompression, Pruning, QuantizationAwareTraining
@@ -30,7 +30,7 @@ class _WriteMaskDigest(Callback):
             handle.write(f"{digest.hexdigest()} {sparsity:.6f}")
 
 
-def _fit_on_two_processes(tiny_bert, tiny_data_dir, callbacks, max_steps=8, limit_val_batches=0) -> None:
+def _fit_on_two_processes(tiny_bert, tiny_data_dir, callbacks, max_steps=8, limit_val_batches=0, root=None) -> None:
     seed_everything(0)
     dm = TextClassificationDataModule(dataset=str(tiny_data_dir), tokenizer=tiny_bert, batch_size=4)
     agent = Agent(model=tiny_bert, labels=dm.label_names, learning_rate=1e-3)
@@ -42,7 +42,8 @@ def _fit_on_two_processes(tiny_bert, tiny_data_dir, callbacks, max_steps=8, limi
         limit_val_batches=limit_val_batches,
         num_sanity_val_steps=0,
         logger=False,
-        enable_checkpointing=False,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        default_root_dir=root,
         enable_progress_bar=False,
         enable_model_summary=False,
         callbacks=callbacks,
@@ -183,7 +184,6 @@ def test_sharded_strategies_are_refused_at_setup_by_name(make, owner, tiny_bert)
 
 @pytest.mark.slow
 def test_all_four_together_on_two_ranks_then_the_checkpoint_exports_in_one_process(tmp_path, tiny_bert, tiny_data_dir):
-    from lightning.pytorch.callbacks import ModelCheckpoint
     from transformers import BertForSequenceClassification
 
     from agent_lightning.export import export_agent
@@ -200,7 +200,7 @@ def test_all_four_together_on_two_ranks_then_the_checkpoint_exports_in_one_proce
         _WriteWeightDigest(str(tmp_path)),
         ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="last", monitor=None, save_on_train_epoch_end=True),
     ]
-    _fit_on_two_processes(tiny_bert, tiny_data_dir, callbacks, limit_val_batches=2)
+    _fit_on_two_processes(tiny_bert, tiny_data_dir, callbacks, limit_val_batches=2, root=tmp_path)
     assert (tmp_path / "kd0.txt").read_text() == (tmp_path / "kd1.txt").read_text()  # identical ranks
     checkpoint = tmp_path / "ckpt" / "last.ckpt"
     agent = Agent.load_from_checkpoint(checkpoint)  # in this single process

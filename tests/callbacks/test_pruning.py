@@ -11,7 +11,7 @@ from agent_lightning import Agent, TextClassificationDataModule
 from agent_lightning.callbacks import Pruning, RandomState
 from agent_lightning.structure import load_pretrained_pruned
 from agent_lightning.targets import select_modules
-from tests.conftest import quiet_trainer
+from tests.conftest import StopAt, quiet_trainer
 
 
 def _trainer(tmp_path, callbacks, **kwargs) -> Trainer:
@@ -145,23 +145,12 @@ def test_pruned_checkpoint_loads_into_a_plain_model(tmp_path, agent_and_data, ti
     assert type(loaded.model.bert.encoder.layer[0].intermediate.dense) is nn.Linear
 
 
-class _StopAt(Callback):
-    """Ends the run after ``step`` optimizer steps, as a killed job would."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step >= self.step:
-            trainer.should_stop = True
-
-
 def _run(tmp_path, tiny_bert, tiny_data_dir, max_steps, ckpt_path=None, save_every=False, stop_at=None):
     seed_everything(0)
     dm = TextClassificationDataModule(dataset=str(tiny_data_dir), tokenizer=tiny_bert, batch_size=4)
     agent = Agent(model=tiny_bert, labels=dm.label_names, learning_rate=1e-3)
     pruning = Pruning(sparsity=0.5, start=2, end=20, frequency=3)
-    callbacks = [pruning, RandomState()] + ([_StopAt(stop_at)] if stop_at else [])
+    callbacks = [pruning, RandomState()] + ([StopAt(stop_at)] if stop_at else [])
     if save_every:
         callbacks.append(ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_epochs=1, save_top_k=-1))
     trainer = _trainer(tmp_path, callbacks, max_steps=max_steps, limit_val_batches=1, enable_checkpointing=True)

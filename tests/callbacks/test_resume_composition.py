@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from agent_lightning import Agent, TextClassificationDataModule
 from agent_lightning.callbacks import (
@@ -18,6 +18,7 @@ from agent_lightning.callbacks import (
 )
 from agent_lightning.compact_embedding import CompactEmbedding
 from agent_lightning.quantization import fake_quantized_modules, frozen_scales
+from tests.conftest import StopAt
 
 # 36 training examples in batches of 4: 9 optimizer steps per epoch, 4 epochs.
 STEPS = 36
@@ -49,17 +50,6 @@ def _trainer(folder, callbacks, **kwargs) -> Trainer:
     return Trainer(callbacks=callbacks, **{**defaults, **kwargs})
 
 
-class _StopAt(Callback):
-    """Ends the run after ``step`` optimizer steps, as a killed job would."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step >= self.step:
-            trainer.should_stop = True
-
-
 def _run(folder, tiny_bert, data_dir, teacher, ckpt_path=None, stop_at=None, save_every_epoch=False):
     seed_everything(0)
     dm = TextClassificationDataModule(dataset=str(data_dir), tokenizer=tiny_bert, batch_size=4)
@@ -72,7 +62,7 @@ def _run(folder, tiny_bert, data_dir, teacher, ckpt_path=None, stop_at=None, sav
         RandomState(),
     ]
     if stop_at:
-        callbacks.append(_StopAt(stop_at))
+        callbacks.append(StopAt(stop_at))
     if save_every_epoch:
         callbacks.append(ModelCheckpoint(dirpath=folder / "ckpt", every_n_epochs=1, save_top_k=-1, monitor=None))
     # with a validation pass, the epoch-end checkpoint is written after the epoch is complete (see the README)
