@@ -30,7 +30,11 @@ class _WriteMaskDigest(Callback):
             handle.write(f"{digest.hexdigest()} {sparsity:.6f}")
 
 
-def _fit_on_two_processes(tiny_bert, tiny_data_dir, callbacks, max_steps=8, limit_val_batches=0, root=None) -> None:
+def _fit_on_two_processes(
+    tiny_bert, tiny_data_dir, callbacks, max_steps=8, limit_val_batches=0, root=None, log=False
+) -> None:
+    from lightning.pytorch.loggers import CSVLogger
+
     seed_everything(0)
     dm = TextClassificationDataModule(dataset=str(tiny_data_dir), tokenizer=tiny_bert, batch_size=4)
     agent = Agent(model=tiny_bert, labels=dm.label_names, learning_rate=1e-3)
@@ -41,7 +45,8 @@ def _fit_on_two_processes(tiny_bert, tiny_data_dir, callbacks, max_steps=8, limi
         max_steps=max_steps,
         limit_val_batches=limit_val_batches,
         num_sanity_val_steps=0,
-        logger=False,
+        logger=CSVLogger(root, name="logs") if log else False,
+        log_every_n_steps=1,
         enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
         default_root_dir=root,
         enable_progress_bar=False,
@@ -98,6 +103,14 @@ def test_pruning_and_qat_end_identical_on_both_ranks(tmp_path, tiny_bert, tiny_d
     assert rank0 == rank1  # same int8 grids and frozen scales; the accuracy is reduced over both ranks' shards
     assert int(rank0[1]) == 12
     assert 0.0 <= float(rank0[2]) <= 1.0
+
+
+@pytest.mark.slow
+def test_qat_alone_ends_identical_on_both_ranks(tmp_path, tiny_bert, tiny_data_dir):
+    callbacks = [QuantizationAwareTraining(start=2, freeze=6), _WriteQuantizedDigest(str(tmp_path))]
+    _fit_on_two_processes(tiny_bert, tiny_data_dir, callbacks, limit_val_batches=2)
+    rank0 = (tmp_path / "qat0.txt").read_text().split()
+    assert rank0 == (tmp_path / "qat1.txt").read_text().split() and int(rank0[1]) == 12
 
 
 class _WriteWeightDigest(Callback):
@@ -200,8 +213,14 @@ def test_all_four_together_on_two_ranks_then_the_checkpoint_exports_in_one_proce
         _WriteWeightDigest(str(tmp_path)),
         ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="last", monitor=None, save_on_train_epoch_end=True),
     ]
-    _fit_on_two_processes(tiny_bert, tiny_data_dir, callbacks, limit_val_batches=2, root=tmp_path)
+    _fit_on_two_processes(tiny_bert, tiny_data_dir, callbacks, limit_val_batches=2, root=tmp_path, log=True)
     assert (tmp_path / "kd0.txt").read_text() == (tmp_path / "kd1.txt").read_text()  # identical ranks
+    # the distillation terms are logged once per step (rank zero), not once per rank
+    import csv
+
+    with open(tmp_path / "logs" / "version_0" / "metrics.csv", encoding="utf-8") as handle:
+        steps = [row["step"] for row in csv.DictReader(handle) if row.get("distill/kd_loss")]
+    assert len(steps) == 8 and len(set(steps)) == 8
     checkpoint = tmp_path / "ckpt" / "last.ckpt"
     agent = Agent.load_from_checkpoint(checkpoint)  # in this single process
     weight = agent.model.bert.encoder.layer[0].intermediate.dense.weight
