@@ -12,7 +12,7 @@ What a foreign module must provide (callbacks raise :class:`TypeError` naming it
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -21,7 +21,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import Strategy
 from torch import Tensor, nn
 
-__all__ = ["accuracy", "count_correct", "device_of", "logits_of", "split_batch"]
+__all__ = ["accuracy", "action_accuracy", "count_correct", "device_of", "logits_of", "split_batch"]
 
 
 def split_batch(batch: Any) -> tuple[tuple[Any, ...], dict[str, Any], Tensor | None]:
@@ -105,6 +105,19 @@ def accuracy(strategy: Strategy, module: nn.Module, loaders: Any, max_batches: i
         correct, counted = correct + c, counted + n
     totals = strategy.reduce(torch.tensor([correct, counted], dtype=torch.float64), reduce_op="sum")
     return float(totals[0] / totals[1]) if totals[1] > 0 else None
+
+
+def action_accuracy(actor: Any, texts: Sequence[str], labels: Sequence[str]) -> float:
+    """Share of ``texts`` for which ``actor.act`` (an :class:`~agent_lightning.Agent` or an
+    :class:`~agent_lightning.exported_agent.ExportedAgent`) picks the action in ``labels``.
+
+    Raises:
+        ValueError: ``texts`` and ``labels`` differ in length or are empty.
+    """
+    if not texts or len(texts) != len(labels):
+        raise ValueError(f"action_accuracy needs as many labels as texts, got {len(texts)} and {len(labels)}.")
+    actions = [action for action, _ in actor.act(list(texts))]
+    return sum(action == label for action, label in zip(actions, labels)) / len(labels)
 
 
 def device_of(module: nn.Module) -> torch.device:

@@ -95,6 +95,7 @@ def compare_with_teacher(
     Raises:
         ValueError: ``texts`` and ``labels`` differ in length or are empty.
     """
+    from agent_lightning.evaluation import action_accuracy
     from agent_lightning.export import LogitsProgram
     from agent_lightning.exported_agent import PROGRAM, ExportedAgent
     from agent_lightning.measure import ModelInputs, compare_latency, file_bytes, saved_bytes
@@ -103,9 +104,6 @@ def compare_with_teacher(
         raise ValueError(f"compare_with_teacher needs as many labels as texts, got {len(texts)} and {len(labels)}.")
     exported = ExportedAgent(export_folder)
     teacher = teacher.cpu().eval()
-    teacher_pred = [action for action, _ in teacher.act(list(texts))]
-    student_pred = [action for action, _ in exported.act(list(texts))]
-    hits = lambda predicted: sum(p == y for p, y in zip(predicted, labels)) / len(labels)  # noqa: E731
     teacher_bytes, teacher_zipped = saved_bytes(teacher.model)
     student_bytes, student_zipped = file_bytes(Path(export_folder) / PROGRAM)
     latency: dict[str, float] = {}
@@ -118,8 +116,8 @@ def compare_with_teacher(
     return RecipeSummary(
         split=split,
         examples=len(texts),
-        teacher_acc=hits(teacher_pred),
-        student_acc=hits(student_pred),
+        teacher_acc=action_accuracy(teacher, texts, labels),
+        student_acc=action_accuracy(exported, texts, labels),
         teacher_bytes=teacher_bytes,
         teacher_zipped=teacher_zipped,
         student_bytes=student_bytes,

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 __all__ = ["SHORT_FLAGS", "expand_short_flags"]
 
-#: short flag -> (callback class path, argument its value sets)
+#: short flag -> (callback class path, argument its value sets), in the order the callbacks are appended
 SHORT_FLAGS = {
     "distill": ("agent_lightning.callbacks.Distillation", "teacher"),
     "prune": ("agent_lightning.callbacks.Pruning", "sparsity"),
@@ -118,7 +118,7 @@ def expand_short_flags(args: Sequence[str]) -> list[str]:
     expanded = list(rest)
     if student_layers is not None:
         expanded.append(f"--model.student_layers=[{','.join(str(i) for i in _layers(student_layers))}]")
-    for flag in ("distill", "prune", "qat", "embeddings"):
+    for flag in SHORT_FLAGS:  # distillation, pruning, QAT, embeddings: the documented order
         if flag not in main:
             continue
         class_path, argument = SHORT_FLAGS[flag]

@@ -30,8 +30,8 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 
 __all__ = [
     "COMPRESSION_LAYOUT",
-    "log_after_fit",
     "RUN_METRIC_TAGS",
+    "log_after_fit",
     "plain_settings",
     "run_hparams",
     "tensorboard_logger",

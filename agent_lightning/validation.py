@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["check_bool", "check_int"]
+__all__ = ["check_bool", "check_count", "check_int", "check_open_fraction"]
 
 
 def _named(owner: str | None, argument: str, value: Any) -> str:
@@ -43,3 +43,31 @@ def check_int(argument: str, value: Any, minimum: int, owner: str | None = None,
         raise TypeError(f"{_named(owner, argument, value)} must be an integer{allowed}, e.g. {argument}={minimum}.")
     if value < minimum:
         raise ValueError(f"{_named(owner, argument, value)} must be an integer >= {minimum}.")
+
+
+def check_count(argument: str, value: Any, minimum: int = 1, optional: bool = False) -> None:
+    """Raise ``ValueError`` unless ``value`` is an integer >= ``minimum`` (or ``None`` when ``optional``): sizes and
+    counts such as ``batch_size`` or ``num_workers``.
+
+    Example:
+        >>> check_count("batch_size", 0)
+        Traceback (most recent call last):
+        ValueError: batch_size=0 must be a positive integer.
+    """
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{argument}={value!r} must be {kind}.")
+
+
+def check_open_fraction(argument: str, value: Any) -> None:
+    """Raise ``ValueError`` unless ``value`` is a number in the open interval (0, 1), e.g. a held-out share.
+
+    Example:
+        >>> check_open_fraction("val_fraction", 1.5)
+        Traceback (most recent call last):
+        ValueError: val_fraction=1.5 must be a number in (0, 1), e.g. 0.1.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ValueError(f"{argument}={value!r} must be a number in (0, 1), e.g. 0.1.")

@@ -48,6 +48,7 @@ from agent_lightning.callbacks import (  # noqa: E402
     Pruning,
     QuantizationAwareTraining,
 )
+from agent_lightning.evaluation import action_accuracy  # noqa: E402
 from agent_lightning.export import LogitsProgram, export_agent  # noqa: E402
 from agent_lightning.exported_agent import PROGRAM, ExportedAgent  # noqa: E402
 from agent_lightning.measure import ModelInputs, compare_latency, file_bytes, parameter_counts, saved_bytes  # noqa: E402
@@ -158,7 +159,7 @@ def main() -> None:
                 size, zipped = file_bytes(export / PROGRAM)
                 params, nonzero = parameter_counts(student.model)
                 rows[name] = {
-                    "test_acc": _exported_accuracy(program, texts, labels),
+                    "test_acc": action_accuracy(program, texts, labels),
                     "in_memory_test_acc": accuracy_on_test(student.eval(), dm, args.limit_batches),
                     "bytes": size,
                     "zipped": zipped,
@@ -204,11 +205,6 @@ def _dense_step_seconds(args, dm, limit: dict) -> float:
     timer = StepTimer()
     quiet_trainer([timer], max_steps=40 if not limit else 6, limit_val_batches=0).fit(agent, dm)
     return statistics.median(timer.step_seconds)
-
-
-def _exported_accuracy(program: ExportedAgent, texts: list[str], labels: list[str]) -> float:
-    predicted = [action for action, _ in program.act(texts)]
-    return sum(p == y for p, y in zip(predicted, labels)) / len(labels)
 
 
 def _write(args, rows: dict[str, dict]) -> None:

@@ -96,7 +96,6 @@ class EmbeddingCompression(Callback):
         self.weights, self.vocabulary, self.unseen, self.fallback_token = weights, vocabulary, unseen, fallback_token
         # state (checkpointed)
         self._counts: Tensor | None = None
-        self._applied = False
         self._pending_state: dict[str, Any] | None = None
         # the float embeddings set aside while test/validate/predict loads a (float) checkpoint
         self._float_embedding: nn.Module | None = None
@@ -142,7 +141,6 @@ class EmbeddingCompression(Callback):
             return
         self._float_embedding = input_embeddings(pl_module)[1]
         compact = self._compact(pl_module, self._counts)
-        self._applied = True
         before = self._float_embedding.weight.numel() * self._float_embedding.weight.element_size()
         after = sum(b.numel() * b.element_size() for b in compact.buffers())
         metrics = {
@@ -201,7 +199,6 @@ class EmbeddingCompression(Callback):
             "vocab_size": int(counts.numel()),
             "seen_tokens": seen.to(torch.int32),
             "seen_counts": counts[seen],
-            "applied": self._applied,
         }
 
     @override
@@ -217,7 +214,7 @@ class EmbeddingCompression(Callback):
             state = checkpoint["state_dict"]
             for key in ("weight", "token_rows", "scale"):
                 state.pop(f"{name}.{key}", None)
-            state[f"{name}.weight"] = self._float_embedding.weight.detach().clone()
+            state[f"{name}.weight"] = self._float_embedding.weight.detach()
 
     def _restore(self, state: dict[str, Any]) -> None:
         if (state["weights"], state["vocabulary"]) != (self.weights, self.vocabulary):

@@ -13,7 +13,7 @@ from typing_extensions import override
 
 from agent_lightning.backbone import load_tokenizer, resolve_backbone
 from agent_lightning.datamodules.sources import builtin_dataset_dir, read_labelled_file
-from agent_lightning.validation import check_int
+from agent_lightning.validation import check_count, check_int, check_open_fraction
 
 __all__ = ["LanguageModelingDataModule"]
 
@@ -57,13 +57,10 @@ class LanguageModelingDataModule(LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        for name, value in (("max_length", max_length), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive integer.")
-        if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
-            raise ValueError(f"val_fraction={val_fraction!r} must be a number in (0, 1), e.g. 0.1.")
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"num_workers={num_workers!r} must be an integer >= 0.")
+        check_count("max_length", max_length)
+        check_count("batch_size", batch_size)
+        check_open_fraction("val_fraction", val_fraction)
+        check_count("num_workers", num_workers, minimum=0)
         check_int("split_seed", split_seed, 0)
         self.save_hyperparameters()
         self.tokenizer_source = resolve_backbone(tokenizer, argument="tokenizer")

@@ -25,7 +25,7 @@ from agent_lightning.datamodules.sources import (
     load_hub_dataset,
     read_labelled_file,
 )
-from agent_lightning.validation import check_bool, check_int
+from agent_lightning.validation import check_bool, check_count, check_int, check_open_fraction
 
 __all__ = ["EpochSeededSampler", "TextClassificationDataModule", "TokenizedTexts"]
 
@@ -174,19 +174,13 @@ class TextClassificationDataModule(LightningDataModule):
             raise ValueError(
                 f"dataset={dataset!r} and train_file={train_file!r} both name the training data; pass only one."
             )
-        if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
-            raise ValueError(f"val_fraction={val_fraction!r} must be a number in (0, 1), e.g. 0.1.")
-        for name, value in (
-            ("batch_size", batch_size),
-            ("max_length", max_length),
-            ("eval_batch_size", eval_batch_size),
-        ):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name}={value!r} must be a positive integer.")
+        check_open_fraction("val_fraction", val_fraction)
+        check_count("batch_size", batch_size)
+        check_count("max_length", max_length)
+        check_count("eval_batch_size", eval_batch_size, optional=True)
         if padding not in ("dynamic", "max_length"):
             raise ValueError(f"padding={padding!r} is not a choice; use 'dynamic' (default) or 'max_length'.")
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"num_workers={num_workers!r} must be an integer >= 0.")
+        check_count("num_workers", num_workers, minimum=0)
         check_bool("group_by_length", group_by_length)
         check_int("split_seed", split_seed, 0)
         check_int("shuffle_seed", shuffle_seed, 0, optional=True)
