@@ -104,11 +104,13 @@ class CompactEmbedding(nn.Module):
             token_rows[dropped] = int(token_rows[fallback])
         elif dropped.numel():
             token_rows[dropped] = _nearest_rows(table.float().cpu(), keep_ids, dropped)
-        rows = table[keep_ids.to(table.device)].float().cpu()
+        rows = table[keep_ids.to(table.device)].cpu()  # float rows keep the table's dtype (fp32, bf16, fp16)
         scale = None
         if weights == "int8":
+            rows = rows.float()
             scale = (rows.abs().amax(dim=1, keepdim=True) / 127).clamp(min=torch.finfo(torch.float32).tiny)
             rows = torch.round(rows / scale).clamp(-127, 127).to(torch.int8)
+            scale = scale.to(table.dtype)  # the lookup returns the table's dtype
         device = table.device
         return cls(rows.to(device), token_rows.to(device), None if scale is None else scale.to(device))
 
@@ -123,8 +125,9 @@ class CompactEmbedding(nn.Module):
 
     def forward(self, input_ids: Tensor) -> Tensor:
         rows = self.token_rows[input_ids].long()
-        vectors = F.embedding(rows, self.weight) if self.scale is None else self.weight[rows].float() * self.scale[rows]
-        return vectors
+        if self.scale is None:
+            return F.embedding(rows, self.weight)
+        return self.weight[rows].to(self.scale.dtype) * self.scale[rows]
 
     def extra_repr(self) -> str:
         kind = "float" if self.scale is None else "int8"

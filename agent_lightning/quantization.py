@@ -439,9 +439,11 @@ def convert(
         modules = fake_quantized_modules(model)
     for name, module in modules.items():
         if isinstance(module.activation_fake_quantizer, DynamicActivationFakeQuantizer):
-            model.set_submodule(name, _fbgemm_linear(name, module))
+            quantized = _fbgemm_linear(name, module)
         else:
-            model.set_submodule(name, _torchao_linear(module))
+            quantized = _torchao_linear(module)
+        quantized.from_conv1d = isinstance(module, FakeQuantizedConv1D)  # so that unprepare rebuilds a Conv1D
+        model.set_submodule(name, quantized)
     return model
 
 
@@ -512,7 +514,8 @@ def _torchao_linear(module: FakeQuantizedLinear) -> nn.Linear:
 
 
 def unprepare(model: nn.Module) -> dict[str, str]:
-    """Turn fake-quantized and converted layers back into plain float ``nn.Linear`` layers, in place.
+    """Turn fake-quantized and converted layers back into plain float ``nn.Linear`` (or GPT-2 ``Conv1D``) layers,
+    in place.
 
     Fake-quantized layers keep their float parameters; converted layers get their dequantized weights. Used to
     load a float checkpoint into a model that was quantized (e.g. ``Trainer.test(ckpt_path=...)`` after a fit that
@@ -527,12 +530,16 @@ def unprepare(model: nn.Module) -> dict[str, str]:
         changed[name] = "fake_quant"
     for name, module in list(converted_modules(model).items()):
         weight, bias = _dequantized(module)
-        linear = nn.Linear(module.in_features, module.out_features, bias is not None, device=weight.device)
+        if getattr(module, "from_conv1d", False):  # GPT-2 style: weight stored (in_features, out_features)
+            plain: nn.Module = Conv1D(module.out_features, module.in_features).to(weight.device)
+            weight = weight.t()
+        else:
+            plain = nn.Linear(module.in_features, module.out_features, bias is not None, device=weight.device)
         with torch.no_grad():
-            linear.weight.copy_(weight)
+            plain.weight.copy_(weight)
             if bias is not None:
-                linear.bias.copy_(bias)
-        model.set_submodule(name, linear)
+                plain.bias.copy_(bias)
+        model.set_submodule(name, plain)
         changed[name] = "converted"
     return changed
 

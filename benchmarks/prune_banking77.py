@@ -32,7 +32,7 @@ from lightning.pytorch import seed_everything  # noqa: E402
 from lightning.pytorch.callbacks import ModelPruning  # noqa: E402
 
 from agent_lightning import Agent  # noqa: E402
-from agent_lightning.callbacks import Pruning  # noqa: E402
+from agent_lightning.callbacks import Distillation, Pruning  # noqa: E402
 from agent_lightning.measure import compare_latency, token_inputs  # noqa: E402
 from agent_lightning.targets import select_modules  # noqa: E402
 from benchmarks.common import (  # noqa: E402
@@ -58,6 +58,14 @@ def lightning_model_pruning(agent: Agent, final: float, epochs: int) -> ModelPru
     per_epoch = 1 - (1 - final) ** (1 / epochs)
     targets = [(m, "weight") for m in select_modules(agent).values()]
     return ModelPruning("l1_unstructured", parameters_to_prune=targets, amount=per_epoch, verbose=0)
+
+
+def freeze_block_linears(agent: Agent) -> list:
+    """Control run: the block linears (the layers pruning targets) keep their fine-tuned weights; everything else
+    trains. What Lightning ``ModelPruning``'s lottery-ticket reset leaves in those layers, without a mask."""
+    for module in select_modules(agent).values():
+        module.weight.requires_grad_(False)
+    return []
 
 
 def _run(name: str, args, dm, callbacks_fn, seed: int) -> dict:
@@ -105,8 +113,15 @@ def main() -> None:
 
     runs = {
         "dense": lambda agent: [],
+        "dense, block linears frozen (control)": freeze_block_linears,
         "ours 50% (cubic, layer-wise)": lambda agent: [Pruning(sparsity=0.5)],
         "ours 50% (cubic, global)": lambda agent: [Pruning(sparsity=0.5, scope="global")],
+        "ours 50% (cubic, global, rewind)": lambda agent: [Pruning(sparsity=0.5, scope="global", rewind=True)],
+        "ours 80% (cubic, global, rewind)": lambda agent: [Pruning(sparsity=0.8, scope="global", rewind=True)],
+        "ours 50% (cubic, global) + self-distillation": lambda agent: [
+            Pruning(sparsity=0.5, scope="global"),
+            Distillation(str(args.teacher)),
+        ],
         "Lightning ModelPruning 50%": lightning_pruning(0.5),
         "ours 80% (cubic, layer-wise)": lambda agent: [Pruning(sparsity=0.8)],
         "Lightning ModelPruning 80%": lightning_pruning(0.8),

@@ -139,6 +139,7 @@ CASES = [
     Case("Pruning", "schedule", "choice", "exp", PRUNING("schedule")),
     Case("Pruning", "physically_remove", "type", "yes", PRUNING("physically_remove"), TypeError),
     Case("Pruning", "log_per_layer", "type", "no", PRUNING("log_per_layer"), TypeError),
+    Case("Pruning", "rewind", "type", "yes", PRUNING("rewind"), TypeError),
     # QuantizationAwareTraining
     Case("QuantizationAwareTraining", "weights", "choice", "int2", QAT("weights")),
     Case("QuantizationAwareTraining", "activations", "choice", "fp8", QAT("activations")),

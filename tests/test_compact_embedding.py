@@ -55,6 +55,23 @@ def test_int8_rows_are_within_half_a_step_of_the_float_rows():
     assert float(error.max()) > 0  # it really is quantized
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("weights", ["int8", "float"])
+def test_a_half_precision_table_gives_half_precision_vectors(dtype, weights):
+    torch.manual_seed(0)
+    table = nn.Embedding(30, 16).to(dtype)
+    compact = CompactEmbedding.from_embedding(table, keep=list(range(0, 30, 2)), weights=weights)
+    ids = torch.arange(0, 30, 2)
+    vectors = compact(ids)
+    assert vectors.dtype == dtype  # adds to the model's position embeddings without an upcast
+    step = table.weight.detach().float().abs().amax(1, keepdim=True)[ids] / 127
+    error = (vectors.float() - table(ids).float()).abs().detach()
+    if weights == "float":
+        assert float(error.max()) == 0.0
+    else:  # int8 rounding plus the half-precision rounding of the product
+        assert bool((error <= step / 2 + step * 127 * 2**-7).all())
+
+
 def test_bad_arguments_are_refused():
     table = nn.Embedding(10, 4)
     with pytest.raises(ValueError, match=r"weights='int4' is not a choice; use 'int8' or 'float'"):

@@ -69,6 +69,12 @@ class Pruning(Callback):
         schedule: ``"cubic"`` (prunes fast early, gently late), ``"linear"`` or ``"one_shot"`` (all at ``start``).
         physically_remove: structured only: cut pruned heads and neurons out of the layers at fit end.
         log_per_layer: also log ``pruning/layer/<name>`` sparsity for every targeted layer.
+        rewind: when the final masks are set (at ``end``), return the surviving weights of the targeted layers to
+            their values at fit start and train them under those masks for the rest of the run (weight rewinding:
+            Frankle & Carbin 2019, Renda et al. 2020; Lightning ``ModelPruning`` rewinds after every prune with its
+            default ``use_lottery_ticket_hypothesis=True``). Pays when fitting starts from a well-trained model
+            and the sparsity is moderate; keeps a CPU copy of the targeted weights until ``end`` (in checkpoints
+            too).
 
     Raises:
         ValueError: a bad argument (at construction), or targets that match nothing / a schedule that does not fit
@@ -95,6 +101,7 @@ class Pruning(Callback):
         schedule: Literal["cubic", "linear", "one_shot"] = "cubic",
         physically_remove: bool = True,
         log_per_layer: bool = True,
+        rewind: bool = False,
     ) -> None:
         self.settings = plain_settings(locals())  # the constructor arguments, for the HParams tab
         _choice("method", method, ("magnitude", "n:m", "structured"))
@@ -132,6 +139,8 @@ class Pruning(Callback):
         self.exclude = exclude
         check_bool("physically_remove", physically_remove, "Pruning")
         check_bool("log_per_layer", log_per_layer, "Pruning")
+        check_bool("rewind", rewind, "Pruning")
+        self.rewind = rewind
         self.physically_remove = physically_remove
         self.log_per_layer = log_per_layer
         # resolved at setup
@@ -144,6 +153,8 @@ class Pruning(Callback):
         self._kept_neurons: dict[int, Tensor] = {}
         self._kept_heads: dict[int, Tensor] = {}
         self._scores: dict[str, Tensor] = {}  # first-order importance accumulators
+        self._initial: dict[str, Tensor] = {}  # rewind=True: targeted weights at fit start, until the rewind
+        self._rewound = False
         self._fraction_applied = 0.0
         self._last_step = -1
         self._pending_state: dict[str, Any] | None = None
@@ -208,6 +219,14 @@ class Pruning(Callback):
         if self._pending_state is not None:
             self._restore(self._pending_state, pl_module)
             self._pending_state = None
+        if self.rewind and not self._rewound and not self._initial:
+            if self._last_step >= 0:
+                raise ValueError(
+                    "Pruning(rewind=True) resumes a checkpoint written without rewind, so the fit-start weights to "
+                    "rewind to are unknown. Resume with Pruning(rewind=False), or start a new run."
+                )
+            weights = self._weights(dict(pl_module.named_parameters()))
+            self._initial = {name: weight.detach().cpu().clone() for name, weight in weights.items()}
         self._apply_masks(pl_module)
 
     # -- every step --------------------------------------------------------------------------------------------------
@@ -230,6 +249,8 @@ class Pruning(Callback):
         fraction = self.schedule.fraction(step)
         if self.schedule.is_update_step(step) and fraction > self._fraction_applied:
             self._update_masks(trainer, pl_module, fraction)
+        if self.rewind and not self._rewound and self._fraction_applied >= 1.0:
+            self._rewind_weights(trainer, pl_module)
         self._apply_masks(pl_module)
         self._log(pl_module)
 
@@ -258,6 +279,14 @@ class Pruning(Callback):
             f"[Pruning] step {trainer.global_step}: {self.method} target {fraction * self.sparsity:.4f} "
             f"({zeros:,} weights masked)"
         )
+
+    def _rewind_weights(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        parameters = dict(pl_module.named_parameters())
+        with torch.no_grad():
+            for name, value in self._initial.items():
+                parameters[name].copy_(value.to(parameters[name].device))
+        self._initial, self._rewound = {}, True
+        rank_zero_info(f"[Pruning] step {trainer.global_step}: surviving weights rewound to their fit-start values")
 
     def _weights(self, parameters: dict[str, Tensor]) -> dict[str, Tensor]:
         return {f"{name}.weight": parameters[f"{name}.weight"] for name in self._targets}
@@ -437,6 +466,8 @@ class Pruning(Callback):
             "scores": {k: v.cpu() for k, v in self._scores.items()},
             "fraction_applied": self._fraction_applied,
             "last_step": self._last_step,
+            "initial": dict(self._initial),
+            "rewound": self._rewound,
             "schedule": self.schedule.state_dict(),
             "config": {"method": self.method, "sparsity": self.sparsity, "head_sparsity": self.head_sparsity},
         }
@@ -459,6 +490,8 @@ class Pruning(Callback):
         self._scores = {k: v.to(pl_module.device) for k, v in state["scores"].items()}
         self._fraction_applied = state["fraction_applied"]
         self._last_step = state["last_step"]
+        self._initial = dict(state.get("initial", {}))
+        self._rewound = bool(state.get("rewound", False))
         self.schedule.check_matches(state["schedule"])
 
 

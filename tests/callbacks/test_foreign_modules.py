@@ -113,7 +113,9 @@ def test_qat_fake_quantizes_then_converts_any_module_with_linear_layers(kind, tm
 def test_qat_on_gpt2_conv1d_keeps_the_checkpoint_layout_and_converts_exactly(tmp_path, causal_lm_folders, lm_texts):
     from transformers import GPT2LMHeadModel
 
-    from agent_lightning.quantization import FakeQuantizedConv1D, convert, fake_quantized_modules
+    from transformers.pytorch_utils import Conv1D
+
+    from agent_lightning.quantization import FakeQuantizedConv1D, convert, fake_quantized_modules, unprepare
 
     module = _make("gpt2", causal_lm_folders)
     qat = QuantizationAwareTraining(start=2, freeze=4, convert_on_fit_end=False, evaluate=False)
@@ -129,6 +131,10 @@ def test_qat_on_gpt2_conv1d_keeps_the_checkpoint_layout_and_converts_exactly(tmp
         convert(module)
         converted_logits = module.model(input_ids=ids).logits
     torch.testing.assert_close(converted_logits, fake_logits, rtol=0, atol=1e-4)
+    # Back to float (what Trainer.test(ckpt_path=...) does before loading a float checkpoint): Conv1D layers again
+    assert set(unprepare(module).values()) == {"converted"}
+    assert all(type(module.get_submodule(name)) is Conv1D for name in fake)
+    module.model.load_state_dict(plain.state_dict())  # strict: the float GPT-2 checkpoint fits again
 
 
 @pytest.mark.parametrize("kind", MODULES)

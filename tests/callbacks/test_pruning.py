@@ -145,11 +145,33 @@ def test_pruned_checkpoint_loads_into_a_plain_model(tmp_path, agent_and_data, ti
     assert type(loaded.model.bert.encoder.layer[0].intermediate.dense) is nn.Linear
 
 
-def _run(tmp_path, tiny_bert, tiny_data_dir, max_steps, ckpt_path=None, save_every=False, stop_at=None):
+def test_rewind_returns_surviving_weights_to_their_fit_start_values(tmp_path, agent_and_data):
+    agent, dm = agent_and_data
+    pruning = Pruning(sparsity=0.5, start=0, end=6, frequency=2, rewind=True)
+    initial = {f"{n}.weight": m.weight.detach().clone() for n, m in select_modules(agent).items()}
+    seen: dict[int, dict[str, torch.Tensor]] = {}
+
+    class Record(Callback):  # runs after Pruning's hook of the same step
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            parameters = dict(pl_module.named_parameters())
+            seen[trainer.global_step] = {name: parameters[name].detach().clone() for name in initial}
+
+    _trainer(tmp_path, [pruning, Record()], max_steps=10, limit_val_batches=0).fit(agent, datamodule=dm)
+    assert pruning._rewound and not pruning._initial  # the copy is dropped once used
+    for name, start in initial.items():
+        keep = pruning._keep[name]
+        assert float((~keep).float().mean()) == pytest.approx(0.5, abs=0.01)
+        assert not torch.equal(seen[5][name][keep], start[keep]), name  # trained before the rewind
+        torch.testing.assert_close(seen[6][name], start * keep, rtol=0, atol=0)  # rewound at end, under the mask
+        assert not torch.equal(seen[9][name][keep], start[keep]), name  # and trained again afterwards
+        assert torch.all(seen[9][name][~keep] == 0), name
+
+
+def _run(tmp_path, tiny_bert, tiny_data_dir, max_steps, ckpt_path=None, save_every=False, stop_at=None, rewind=False):
     seed_everything(0)
     dm = TextClassificationDataModule(dataset=str(tiny_data_dir), tokenizer=tiny_bert, batch_size=4)
     agent = Agent(model=tiny_bert, labels=dm.label_names, learning_rate=1e-3)
-    pruning = Pruning(sparsity=0.5, start=2, end=20, frequency=3)
+    pruning = Pruning(sparsity=0.5, start=2, end=20, frequency=3, rewind=rewind)
     callbacks = [pruning, RandomState()] + ([StopAt(stop_at)] if stop_at else [])
     if save_every:
         callbacks.append(ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_epochs=1, save_top_k=-1))
@@ -158,15 +180,23 @@ def _run(tmp_path, tiny_bert, tiny_data_dir, max_steps, ckpt_path=None, save_eve
     return agent, pruning
 
 
-def test_resume_mid_schedule_reproduces_the_masks(tmp_path, tiny_bert, tiny_data_dir):
-    full_agent, full = _run(tmp_path / "a", tiny_bert, tiny_data_dir, max_steps=24)
+@pytest.mark.parametrize("rewind", [False, True])
+def test_resume_mid_schedule_reproduces_the_masks(tmp_path, tiny_bert, tiny_data_dir, rewind):
+    full_agent, full = _run(tmp_path / "a", tiny_bert, tiny_data_dir, max_steps=24, rewind=rewind)
     # 36 training examples in batches of 4: 9 steps per epoch; the run "dies" after step 12
-    _run(tmp_path / "b", tiny_bert, tiny_data_dir, max_steps=24, save_every=True, stop_at=12)
+    _run(tmp_path / "b", tiny_bert, tiny_data_dir, max_steps=24, save_every=True, stop_at=12, rewind=rewind)
     checkpoint = tmp_path / "b" / "ckpt" / "epoch=0-step=9.ckpt"  # mid-schedule: pruning runs from step 2 to 20
     state = torch.load(checkpoint, weights_only=False)
     saved = next(v for k, v in state["callbacks"].items() if k.startswith("Pruning"))
     assert 0 < saved["fraction_applied"] < 1 and saved["keep"]
-    resumed_agent, resumed = _run(tmp_path / "c", tiny_bert, tiny_data_dir, max_steps=24, ckpt_path=checkpoint)
+    assert bool(saved["initial"]) is rewind and not saved["rewound"]  # the fit-start weights travel until the rewind
+    if not rewind:
+        with pytest.raises(ValueError, match=r"Pruning\(rewind=True\) resumes a checkpoint written without rewind"):
+            _run(tmp_path / "d", tiny_bert, tiny_data_dir, max_steps=24, ckpt_path=checkpoint, rewind=True)
+    resumed_agent, resumed = _run(
+        tmp_path / "c", tiny_bert, tiny_data_dir, max_steps=24, ckpt_path=checkpoint, rewind=rewind
+    )
+    assert resumed._rewound is full._rewound is rewind
     assert resumed._keep.keys() == full._keep.keys()
     for name in full._keep:
         assert torch.equal(resumed._keep[name], full._keep[name]), name
