@@ -112,7 +112,6 @@ def test_qat_fake_quantizes_then_converts_any_module_with_linear_layers(kind, tm
 
 def test_qat_on_gpt2_conv1d_keeps_the_checkpoint_layout_and_converts_exactly(tmp_path, causal_lm_folders, lm_texts):
     from transformers import GPT2LMHeadModel
-
     from transformers.pytorch_utils import Conv1D
 
     from agent_lightning.quantization import FakeQuantizedConv1D, convert, fake_quantized_modules, unprepare
