@@ -33,7 +33,7 @@ from lightning.pytorch.callbacks import Callback  # noqa: E402
 
 from agent_lightning import Agent  # noqa: E402
 from agent_lightning.callbacks import Distillation  # noqa: E402
-from agent_lightning.evaluation import count_correct  # noqa: E402
+from agent_lightning.evaluation import accuracy  # noqa: E402
 from agent_lightning.io import atomic_write_text  # noqa: E402
 from benchmarks.common import DEFAULT_DATA, RESULTS, banking77, command_line, quiet_trainer  # noqa: E402
 
@@ -44,17 +44,14 @@ class TestAccuracyEachEpoch(Callback):
     """Append the test accuracy after every training epoch to a JSON-lines file (and print it)."""
 
     def __init__(self, loader, log: Path, fields: dict) -> None:
-        self.loader, self.log, self.fields = loader, log, fields
+        self.loader, self.log_file, self.fields = loader, log, fields
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        was_training = pl_module.training
-        pl_module.eval()
-        with torch.no_grad():
-            correct, total = count_correct(pl_module, self.loader)
-        pl_module.train(was_training)
-        line = json.dumps({**self.fields, "epoch": trainer.current_epoch + 1, "test_acc": correct / total})
+        with torch.no_grad():  # accuracy() evaluates in eval mode and puts the module back in training mode
+            test_acc = accuracy(trainer.strategy, pl_module, self.loader)
+        line = json.dumps({**self.fields, "epoch": trainer.current_epoch + 1, "test_acc": test_acc})
         print(line, flush=True)
-        with self.log.open("a") as handle:
+        with self.log_file.open("a") as handle:
             handle.write(line + "\n")
 
 

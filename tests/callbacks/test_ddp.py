@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 
 import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 
 from agent_lightning import Agent, TextClassificationDataModule
 from agent_lightning.callbacks import Distillation, EmbeddingCompression, Pruning, QuantizationAwareTraining
@@ -33,8 +35,6 @@ class _WriteMaskDigest(Callback):
 def _fit_on_two_processes(
     tiny_bert, tiny_data_dir, callbacks, max_steps=8, limit_val_batches=0, root=None, log=False
 ) -> None:
-    from lightning.pytorch.loggers import CSVLogger
-
     seed_everything(0)
     dm = TextClassificationDataModule(dataset=str(tiny_data_dir), tokenizer=tiny_bert, batch_size=4)
     agent = Agent(model=tiny_bert, labels=dm.label_names, learning_rate=1e-3)
@@ -216,8 +216,6 @@ def test_all_four_together_on_two_ranks_then_the_checkpoint_exports_in_one_proce
     _fit_on_two_processes(tiny_bert, tiny_data_dir, callbacks, limit_val_batches=2, root=tmp_path, log=True)
     assert (tmp_path / "kd0.txt").read_text() == (tmp_path / "kd1.txt").read_text()  # identical ranks
     # the distillation terms are logged once per step (rank zero), not once per rank
-    import csv
-
     with open(tmp_path / "logs" / "version_0" / "metrics.csv", encoding="utf-8") as handle:
         steps = [row["step"] for row in csv.DictReader(handle) if row.get("distill/kd_loss")]
     assert len(steps) == 8 and len(set(steps)) == 8
