@@ -11,6 +11,10 @@ __all__ = ["silence_known_noise"]
 _KNOWN_NOISE = (
     ("torchao", "Failed to load"),  # CUDA-only extensions (_C_mxfp8, _C_cutlass_90a) on a CPU-only machine
     ("torch.utils._pytree", "is now natively supported by torch.compile as an opaque value type"),
+    # TorchScript tracing reads every property of an HF model, including `loss_function`, which then claims a
+    # `loss_type` "was set in the config"; with none set, classifiers compute their own loss and causal LMs use the
+    # default it names. An unrecognised loss_type that a user did set is still reported.
+    ("transformers.modeling_utils", "`loss_type=None` was set in the config but it is unrecognized"),
 )
 
 # warning message regexes (Python ``warnings``)

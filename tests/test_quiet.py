@@ -34,3 +34,21 @@ def test_known_warnings_are_ignored_and_others_are_not():
         warnings.warn("Int8Tensor does not implement _stable_hash_for_caching. For PT2 ...", UserWarning)
         warnings.warn("a real warning", UserWarning)
     assert [str(w.message) for w in caught] == ["a real warning"]
+
+
+def test_transformers_loss_type_note_is_dropped_only_when_none_was_set():
+    silence_known_noise()
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger = logging.getLogger("transformers.modeling_utils")  # transformers' loggers do not propagate to root
+    logger.addHandler(handler)
+    try:
+        for loss_type in ("None", "Foo"):
+            logger.warning(
+                f"`loss_type={loss_type}` was set in the config but it is unrecognized. Using the default loss: "
+                "`ForCausalLMLoss`."
+            )
+    finally:
+        logger.removeHandler(handler)
+    assert [m.split(" ")[0] for m in seen] == ["`loss_type=Foo`"]
