@@ -37,6 +37,7 @@ from agent_lightning.agent import Agent
 from agent_lightning.exported_agent import MANIFEST, PROGRAM, ExportedAgent
 from agent_lightning.io import atomic_directory, check_writable_directory
 from agent_lightning.quantization import convert, converted_modules
+from agent_lightning.quiet import messages_dropped
 
 __all__ = [
     "ExportFormat",
@@ -211,7 +212,9 @@ def trace(program: LogitsProgram, inputs: dict[str, Tensor]) -> torch.jit.Script
         warnings.filterwarnings("ignore", category=DeprecationWarning, message=r"`torch\.jit\.")
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", category=FutureWarning, message=r"`is_gradient_checkpointing`")  # HF
-        with torch.inference_mode():
+        # Tracing reads every property of the HF model, so a headless base model (BertModel, loss_type None)
+        # reports the "default loss" it would use, though nothing here computes a loss.
+        with torch.inference_mode(), messages_dropped("transformers.modeling_utils", "`loss_type=None` was set"):
             return torch.jit.trace(program, (inputs["input_ids"][:2], inputs["attention_mask"][:2]), check_trace=False)
 
 

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-__all__ = ["silence_known_noise"]
+__all__ = ["messages_dropped", "silence_known_noise"]
 
 # (logger name, text the message contains)
 _KNOWN_NOISE = (
     ("torchao", "Failed to load"),  # CUDA-only extensions (_C_mxfp8, _C_cutlass_90a) on a CPU-only machine
     ("torch.utils._pytree", "is now natively supported by torch.compile as an opaque value type"),
-    # TorchScript tracing reads every property of an HF model, including `loss_function`, which then claims a
-    # `loss_type` "was set in the config"; with none set, classifiers compute their own loss and causal LMs use the
-    # default it names. An unrecognised loss_type that a user did set is still reported.
-    ("transformers.modeling_utils", "`loss_type=None` was set in the config but it is unrecognized"),
 )
 
 # warning message regexes (Python ``warnings``)
@@ -42,3 +40,23 @@ def silence_known_noise() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropMessages) and f.fragment == fragment for f in logger.filters):
             logger.addFilter(_DropMessages(fragment))
+
+
+@contextmanager
+def messages_dropped(logger_name: str, fragment: str) -> Iterator[None]:
+    """Drop the messages of one logger that contain ``fragment`` inside the ``with`` block only.
+
+    For noise that one of our calls provokes but that means something elsewhere, e.g. TorchScript tracing, which
+    reads every property of an HF model, ``loss_function`` included.
+
+    Example:
+        >>> with messages_dropped("transformers.modeling_utils", "`loss_type=None`"):
+        ...     pass
+    """
+    logger = logging.getLogger(logger_name)
+    drop = _DropMessages(fragment)
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)

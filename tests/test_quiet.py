@@ -4,7 +4,7 @@ import logging
 import subprocess
 import sys
 
-from agent_lightning.quiet import silence_known_noise
+from agent_lightning.quiet import messages_dropped, silence_known_noise
 
 
 def test_known_noise_is_dropped_and_other_messages_pass(caplog):
@@ -36,19 +36,19 @@ def test_known_warnings_are_ignored_and_others_are_not():
     assert [str(w.message) for w in caught] == ["a real warning"]
 
 
-def test_transformers_loss_type_note_is_dropped_only_when_none_was_set():
-    silence_known_noise()
+def test_messages_are_dropped_only_inside_the_block():
     seen: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: seen.append(record.getMessage())
     logger = logging.getLogger("transformers.modeling_utils")  # transformers' loggers do not propagate to root
     logger.addHandler(handler)
+    note = "`loss_type={}` was set in the config but it is unrecognized. Using the default loss: `ForCausalLMLoss`."
     try:
-        for loss_type in ("None", "Foo"):
-            logger.warning(
-                f"`loss_type={loss_type}` was set in the config but it is unrecognized. Using the default loss: "
-                "`ForCausalLMLoss`."
-            )
+        with messages_dropped("transformers.modeling_utils", "`loss_type=None` was set"):
+            logger.warning(note.format("None"))
+            logger.warning(note.format("Foo"))
+        logger.warning(note.format("None"))
     finally:
         logger.removeHandler(handler)
-    assert [m.split(" ")[0] for m in seen] == ["`loss_type=Foo`"]
+    assert [m.split(" ")[0] for m in seen] == ["`loss_type=Foo`", "`loss_type=None`"]
+    assert not logger.filters
