@@ -1,4 +1,4 @@
-"""Train an agent: ``python train.py fit -c configs/default.yaml`` (see ``python train.py --help``)."""
+"""Train an agent: ``python train.py fit -c configs/default.yaml`` (``python train.py --help`` lists the commands)."""
 
 from agent_lightning.cli import main
 

@@ -27,12 +27,11 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from typing_extensions import override
 
 from agent_lightning.backbone import load_tokenizer, resolve_backbone
-from agent_lightning.exported_agent import as_texts
+from agent_lightning.distillation.students import keep_layers, narrow_ffn
 from agent_lightning.io import atomic_directory
-from agent_lightning.structure import STRUCTURE_KEY, build_from_config, load_pretrained_pruned
-from agent_lightning.students import keep_layers, narrow_ffn
+from agent_lightning.pruning.removal import STRUCTURE_KEY, build_from_config, load_pretrained_pruned
 from agent_lightning.tensorboard import write_run_hparams
-from agent_lightning.validation import check_int
+from agent_lightning.validation import as_texts, check_choice, check_fraction, check_int, check_number
 
 __all__ = ["Agent", "Task"]
 
@@ -70,12 +69,15 @@ class Agent(LightningModule):
         max_new_tokens: tokens ``act`` generates for ``task="causal-lm"``.
 
     Raises:
+        TypeError: an argument of the wrong type, with the argument, the value and the fix in the message.
         ValueError: a bad value, with the argument, the value and the fix in the message.
 
     Example:
-        >>> agent = Agent(labels=["play_music", "set_alarm"])  # doctest: +SKIP
-        >>> agent.act("wake me at 7")  # doctest: +SKIP
-        [('set_alarm', 0.52)]
+        >>> agent = Agent(labels=["play_music", "set_alarm"])  # the packaged MiniLM backbone, a new head
+        >>> [action for action, confidence in agent.act(["wake me at 7", "play jazz"])]  # untrained: any of the two
+        [...]
+        >>> all(action in agent.labels for action, _ in agent.act(["wake me at 7", "play jazz"]))
+        True
     """
 
     def __init__(
@@ -93,14 +95,12 @@ class Agent(LightningModule):
         max_new_tokens: int = 32,
     ) -> None:
         super().__init__()
-        if task not in ("classification", "causal-lm"):
-            raise ValueError(f"task={task!r} is not a choice; use 'classification' or 'causal-lm'.")
+        check_choice("task", task, ("classification", "causal-lm"))
         check_int("max_new_tokens", max_new_tokens, 1)
-        _check_positive("learning_rate", learning_rate)
-        _check_range("weight_decay", weight_decay, 0.0, None)
-        _check_range("warmup_fraction", warmup_fraction, 0.0, 1.0, high_open=True)
-        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
-            raise ValueError(f"max_length={max_length!r} must be an integer >= 2 (tokens per request), e.g. 64.")
+        check_number("learning_rate", learning_rate, minimum=0, strict_minimum=True, tail=", e.g. learning_rate=1e-4")
+        check_number("weight_decay", weight_decay, minimum=0, tail=", e.g. weight_decay=0.01")
+        check_fraction("warmup_fraction", warmup_fraction, allow_zero=True)
+        check_int("max_length", max_length, 2)  # tokens per request
         if student_layers is not None and (
             isinstance(student_layers, str) or not all(isinstance(i, int) for i in student_layers)
         ):
@@ -420,17 +420,3 @@ def _resolve_labels(labels: list[str] | None, num_labels: int | None, config) ->
 def _preview(names: Sequence[str], limit: int = 6) -> str:
     shown = ", ".join(map(str, list(names)[:limit]))
     return f"[{shown}{', ...' if len(names) > limit else ''}]"
-
-
-def _check_positive(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name}={value!r} must be a number > 0.")
-
-
-def _check_range(name: str, value: float, low: float, high: float | None, high_open: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}={value!r} must be a number.")
-    too_high = high is not None and (value >= high if high_open else value > high)
-    if value < low or too_high:
-        bound = "" if high is None else (f" and < {high}" if high_open else f" and <= {high}")
-        raise ValueError(f"{name}={value!r} is out of range: it must be >= {low}{bound}.")

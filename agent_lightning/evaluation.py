@@ -109,7 +109,7 @@ def accuracy(strategy: Strategy, module: nn.Module, loaders: Any, max_batches: i
 
 def action_accuracy(actor: Any, texts: Sequence[str], labels: Sequence[str]) -> float:
     """Share of ``texts`` for which ``actor.act`` (an :class:`~agent_lightning.Agent` or an
-    :class:`~agent_lightning.exported_agent.ExportedAgent`) picks the action in ``labels``.
+    :class:`~agent_lightning.deployment.runtime.ExportedAgent`) picks the action in ``labels``.
 
     Raises:
         ValueError: ``texts`` and ``labels`` differ in length or are empty.

@@ -9,6 +9,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import torch
+
 __all__ = ["atomic_directory", "atomic_torch_save", "atomic_write_text", "check_writable_directory"]
 
 
@@ -45,8 +47,11 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False, argumen
         FileExistsError: ``target`` exists, is not empty, and ``overwrite`` is false.
 
     Example:
-        >>> with atomic_directory("export/hf") as staging:  # doctest: +SKIP
-        ...     (staging / "config.json").write_text("{}")
+        >>> target = getfixture("tmp_path") / "export"
+        >>> with atomic_directory(target) as staging:
+        ...     _ = (staging / "config.json").write_text("{}")
+        >>> sorted(p.name for p in target.iterdir())
+        ['config.json']
     """
     target = Path(target)
     check_writable_directory(target, overwrite, argument)
@@ -88,7 +93,5 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
     """``torch.save(obj)`` to ``path`` through a temporary file and a rename."""
-    import torch
-
     with _atomic_file(path, "wb") as handle:
         torch.save(obj, handle)

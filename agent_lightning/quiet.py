@@ -13,6 +13,8 @@ __all__ = ["messages_dropped", "silence_known_noise"]
 _KNOWN_NOISE = (
     ("torchao", "Failed to load"),  # CUDA-only extensions (_C_mxfp8, _C_cutlass_90a) on a CPU-only machine
     ("torch.utils._pytree", "is now natively supported by torch.compile as an opaque value type"),
+    # Lightning >= 2.6 advertises a cloud logging service at every fit when the ``litlogger`` package is missing
+    ("lightning.pytorch.utilities.rank_zero", "try installing [litlogger]"),
 )
 
 # warning message regexes (Python ``warnings``)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 __all__ = [
     "LINEAR_TYPES",
@@ -31,15 +32,7 @@ __all__ = [
 _BLOCK_LIST = re.compile(r"(^|\.)(layer|layers|h|blocks|block)$")
 
 
-def _conv1d_type() -> type | None:
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        return None
-    return Conv1D
-
-
-LINEAR_TYPES: tuple[type, ...] = tuple(t for t in (nn.Linear, _conv1d_type()) if t is not None)
+LINEAR_TYPES: tuple[type, ...] = (nn.Linear, Conv1D)
 
 
 def is_linear(module: nn.Module) -> bool:
@@ -103,8 +96,10 @@ def select_modules(
         ValueError: nothing matches; the message lists the linear modules that exist.
 
     Example:
-        >>> select_modules(agent, include=["*.intermediate.dense"])  # doctest: +SKIP
-        {'model.bert.encoder.layer.0.intermediate.dense': Linear(...), ...}
+        >>> from transformers import BertConfig, BertForSequenceClassification
+        >>> config = BertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+        >>> list(select_modules(BertForSequenceClassification(config), include=["*.intermediate.dense"]))
+        ['bert.encoder.layer.0.intermediate.dense', 'bert.encoder.layer.1.intermediate.dense']
     """
     linears = {name: module for name, module in model.named_modules() if name and is_linear(module)}
     if include is None:

@@ -25,8 +25,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from torch.utils.tensorboard.summary import custom_scalars, hparams
 
 __all__ = [
     "COMPRESSION_LAYOUT",
@@ -84,8 +86,6 @@ def write_custom_scalars(logger: Logger | None, layout: Mapping[str, Mapping[str
     """
     if not isinstance(logger, TensorBoardLogger) or getattr(logger.experiment, "_agent_lightning_layout", False):
         return False
-    from torch.utils.tensorboard.summary import custom_scalars
-
     charts = {
         category: {title: ["Multiline", list(tags)] for title, tags in charts.items()}
         for category, charts in layout.items()
@@ -131,8 +131,6 @@ def write_hparams_session(logger: Logger | None, params: Mapping[str, Any], metr
     """
     if not isinstance(logger, TensorBoardLogger) or getattr(logger.experiment, "_agent_lightning_hparams", False):
         return False
-    from torch.utils.tensorboard.summary import hparams
-
     experiment, start, end = hparams(_flatten(params), {tag: 0.0 for tag in metric_tags})
     writer = logger.experiment._get_file_writer()
     for summary in (experiment, start, end):
@@ -179,8 +177,6 @@ def write_run_hparams(trainer: Trainer, pl_module: LightningModule) -> bool:
 def log_after_fit(trainer: Trainer, metrics: Mapping[str, float]) -> None:
     """Record fit-end metrics where ``pl_module.log`` cannot (``on_fit_end``, ``teardown``): in
     ``trainer.callback_metrics`` on every rank, and in every logger (rank zero) at the final step."""
-    import torch
-
     trainer.callback_metrics.update({key: torch.tensor(value) for key, value in metrics.items()})
     if trainer.is_global_zero:
         for logger in trainer.loggers:

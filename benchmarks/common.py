@@ -17,10 +17,9 @@ from lightning.pytorch import Trainer  # noqa: E402
 from agent_lightning import Agent, TextClassificationDataModule  # noqa: E402
 from agent_lightning.io import atomic_write_text  # noqa: E402
 
-__all__ = ["DEFAULT_DATA", "RESULTS", "banking77", "quiet_trainer", "accuracy_on_test"]
+__all__ = ["DEFAULT_DATA", "accuracy_on_test", "banking77", "command_line", "quiet_trainer", "write_results"]
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "banking77"
 
 
@@ -52,8 +51,14 @@ def accuracy_on_test(agent: Agent, dm: TextClassificationDataModule, limit_batch
 
 
 def command_line() -> str:
-    """The command that runs this script with the arguments it was given, for the results file."""
-    return "python " + shlex.join([os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+    """The command that runs this script (``python -m benchmarks.FOLDER.SCRIPT``, from the repository root) with
+    the arguments it was given, for the results file."""
+    script = Path(sys.argv[0]).resolve()
+    try:
+        module = ".".join(script.relative_to(HERE.parent).with_suffix("").parts)
+    except ValueError:  # run from elsewhere: name the file
+        return "python " + shlex.join([os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+    return "python -m " + shlex.join([module, *sys.argv[1:]])
 
 
 def write_results(output: Path, lines: list[str], data: Any) -> None:

@@ -29,7 +29,7 @@ class Case:
 
     component: str
     argument: str
-    kind: str  # "type", "range", "choice", "missing file", "corrupt"
+    kind: str  # "type", "range", "choice", "format", "missing file", "corrupt"
     value: Any
     build: Callable[[Any, dict], Any]
     error: type[Exception] = ValueError
@@ -94,7 +94,7 @@ def _cli(*args: str) -> Callable[[Any, dict], Any]:
     """Rows for the short flags of ``train.py fit``, checked before LightningCLI parses anything."""
 
     def build(value: Any, env: dict) -> Any:
-        from agent_lightning.short_flags import expand_short_flags
+        from agent_lightning.cli.short_flags import expand_short_flags
 
         return expand_short_flags(["fit", *[a.format(value=value) for a in args]])
 
@@ -103,7 +103,7 @@ def _cli(*args: str) -> Callable[[Any, dict], Any]:
 
 def _export(argument: str) -> Callable[[Any, dict], Any]:
     def build(value: Any, env: dict) -> Any:
-        from agent_lightning.export import export_agent
+        from agent_lightning.deployment.export import export_agent
 
         kwargs = {"checkpoint": env["agent_ckpt"], "output": "export-out", argument: value}
         return export_agent(**kwargs)
@@ -126,16 +126,16 @@ CASES = [
     Case("Pruning", "method", "choice", "l2", PRUNING("method")),
     Case("Pruning", "scope", "choice", "all", PRUNING("scope")),
     Case("Pruning", "pattern", "range", "4:4", _callback("Pruning", method="n:m")("pattern")),
-    Case("Pruning", "pattern", "type", 24, _callback("Pruning", method="n:m")("pattern")),
+    Case("Pruning", "pattern", "type", 24, _callback("Pruning", method="n:m")("pattern"), TypeError),
     Case("Pruning", "head_sparsity", "range", 1.0, _callback("Pruning", method="structured")("head_sparsity")),
     Case("Pruning", "importance", "choice", "taylor", PRUNING("importance")),
     Case("Pruning", "include", "type", "*.dense", PRUNING("include"), TypeError),
     Case("Pruning", "exclude", "type", [3], PRUNING("exclude"), TypeError),
     Case("Pruning", "start", "range", -1, PRUNING("start")),
-    Case("Pruning", "start", "type", "0.1", PRUNING("start")),
+    Case("Pruning", "start", "type", "0.1", PRUNING("start"), TypeError),
     Case("Pruning", "end", "range", 0.2, _callback("Pruning", start=0.5)("end")),
     Case("Pruning", "frequency", "range", 0, PRUNING("frequency")),
-    Case("Pruning", "frequency", "type", 2.5, PRUNING("frequency")),
+    Case("Pruning", "frequency", "type", 2.5, PRUNING("frequency"), TypeError),
     Case("Pruning", "schedule", "choice", "exp", PRUNING("schedule")),
     Case("Pruning", "physically_remove", "type", "yes", PRUNING("physically_remove"), TypeError),
     Case("Pruning", "log_per_layer", "type", "no", PRUNING("log_per_layer"), TypeError),
@@ -156,6 +156,7 @@ CASES = [
         "type",
         "32",
         _callback("QuantizationAwareTraining", weights="int4")("group_size"),
+        TypeError,
     ),
     Case("QuantizationAwareTraining", "kernel", "choice", "cuda", QAT("kernel")),
     Case("QuantizationAwareTraining", "include", "type", "*.query", QAT("include"), TypeError),
@@ -177,12 +178,12 @@ CASES = [
         FileNotFoundError,
     ),
     Case("Distillation", "temperature", "range", 0, DISTILLATION("temperature")),
-    Case("Distillation", "temperature", "type", "2", DISTILLATION("temperature")),
+    Case("Distillation", "temperature", "type", "2", DISTILLATION("temperature"), TypeError),
     Case("Distillation", "alpha", "range", 1.5, DISTILLATION("alpha")),
     Case("Distillation", "temperature_end", "range", -1.0, DISTILLATION("temperature_end")),
     Case("Distillation", "alpha_end", "range", -0.1, DISTILLATION("alpha_end")),
     Case("Distillation", "hidden_weight", "range", -1.0, DISTILLATION("hidden_weight")),
-    Case("Distillation", "attention_weight", "type", "x", DISTILLATION("attention_weight")),
+    Case("Distillation", "attention_weight", "type", "x", DISTILLATION("attention_weight"), TypeError),
     Case("Distillation", "layer_map", "type", "0,1", DISTILLATION("layer_map"), TypeError),
     Case("Distillation", "cache", "choice", "gpu", DISTILLATION("cache")),
     Case(
@@ -205,7 +206,7 @@ CASES = [
     Case("CompressionReport", "max_eval_batches", "range", 0, REPORT("max_eval_batches")),
     Case("CompressionReport", "latency", "type", "yes", REPORT("latency"), TypeError),
     Case("CompressionReport", "batch_sizes", "range", [0], REPORT("batch_sizes")),
-    Case("CompressionReport", "batch_sizes", "type", "32", REPORT("batch_sizes")),
+    Case("CompressionReport", "batch_sizes", "type", "32", REPORT("batch_sizes"), TypeError),
     Case("CompressionReport", "latency_budget_s", "range", 0, REPORT("latency_budget_s")),
     Case("CompressionReport", "zipped_size", "type", "no", REPORT("zipped_size"), TypeError),
     Case("CompressionDashboard", "histogram_every_n_steps", "range", -1, DASHBOARD("histogram_every_n_steps")),
@@ -216,11 +217,11 @@ CASES = [
     Case("Agent", "labels", "range", ["only"], _agent("labels")),
     Case("Agent", "num_labels", "range", 3, _agent("num_labels")),
     Case("Agent", "learning_rate", "range", 0, _agent("learning_rate")),
-    Case("Agent", "learning_rate", "type", "1e-4", _agent("learning_rate")),
+    Case("Agent", "learning_rate", "type", "1e-4", _agent("learning_rate"), TypeError),
     Case("Agent", "weight_decay", "range", -0.1, _agent("weight_decay")),
     Case("Agent", "warmup_fraction", "range", 1.0, _agent("warmup_fraction")),
     Case("Agent", "max_length", "range", 1, _agent("max_length")),
-    Case("Agent", "max_length", "type", "64", _agent("max_length")),
+    Case("Agent", "max_length", "type", "64", _agent("max_length"), TypeError),
     Case("Agent", "student_layers", "range", [0, 9], _agent("student_layers")),
     Case("Agent", "student_layers", "type", "0,1", _agent("student_layers"), TypeError),
     Case("Agent", "student_intermediate_size", "range", 0, _agent("student_intermediate_size")),
@@ -253,7 +254,7 @@ CASES = [
         _classification_data("tokenizer"),
     ),
     Case("TextClassificationDataModule", "max_length", "range", 0, _classification_data("max_length")),
-    Case("TextClassificationDataModule", "batch_size", "type", "32", _classification_data("batch_size")),
+    Case("TextClassificationDataModule", "batch_size", "type", "32", _classification_data("batch_size"), TypeError),
     Case("TextClassificationDataModule", "eval_batch_size", "range", 0, _classification_data("eval_batch_size")),
     Case("TextClassificationDataModule", "padding", "choice", "left", _classification_data("padding")),
     Case(
@@ -272,14 +273,14 @@ CASES = [
     Case("LanguageModelingDataModule", "val_file", "missing file", "missing.jsonl", _lm_data("val_file")),
     Case("LanguageModelingDataModule", "text_column", "range", "body", _lm_data("text_column")),
     Case("LanguageModelingDataModule", "max_length", "range", 0, _lm_data("max_length")),
-    Case("LanguageModelingDataModule", "batch_size", "type", "8", _lm_data("batch_size")),
+    Case("LanguageModelingDataModule", "batch_size", "type", "8", _lm_data("batch_size"), TypeError),
     Case("LanguageModelingDataModule", "val_fraction", "range", 0.0, _lm_data("val_fraction")),
     Case("LanguageModelingDataModule", "num_workers", "range", -1, _lm_data("num_workers")),
     # command line
     Case("train.py fit", "--prune", "range", "1.5", _cli("--prune", "{value}"), shown="1.5"),
     Case("train.py fit", "--qat", "choice", "int3", _cli("--qat", "{value}")),
     Case("train.py fit", "--embeddings", "choice", "int4", _cli("--embeddings", "{value}")),
-    Case("train.py fit", "--student-layers", "type", "a,b", _cli("--student-layers", "{value}")),
+    Case("train.py fit", "--student-layers", "format", "a,b", _cli("--student-layers", "{value}")),
     Case("agent-lightning export", "format", "choice", "onnx", _export("format")),
     Case(
         "agent-lightning export", "checkpoint", "missing file", "missing.ckpt", _export("checkpoint"), FileNotFoundError

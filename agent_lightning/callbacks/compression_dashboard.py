@@ -9,7 +9,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from typing_extensions import override
 
-from agent_lightning.quantization import dequantized_weight
+from agent_lightning.quantization.convert import dequantized_weight
 from agent_lightning.targets import check_patterns, select_modules, short_name
 from agent_lightning.tensorboard import (
     COMPRESSION_LAYOUT,
@@ -49,7 +49,10 @@ class CompressionDashboard(Callback):
         ValueError: a negative interval (at construction); patterns that match no layer (at ``setup``).
 
     Example:
-        >>> Trainer(callbacks=[Pruning(0.5), CompressionDashboard(histogram_every_n_steps=100)])  # doctest: +SKIP
+        >>> from lightning.pytorch import Trainer
+        >>> from agent_lightning.callbacks import Pruning
+        >>> callbacks = [Pruning(0.5), CompressionDashboard(histogram_every_n_steps=100)]
+        >>> trainer = Trainer(callbacks=callbacks, enable_progress_bar=False, default_root_dir=getfixture("tmp_path"))
     """
 
     def __init__(

@@ -12,15 +12,18 @@ from typing import Any, Literal
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
+from rich.console import Console
+from rich.table import Table
 from torch import nn
 from typing_extensions import override
 
+from agent_lightning.callbacks.distillation import Distillation
+from agent_lightning.deployment.measure import ModelInputs, compare_latency, parameter_counts, saved_bytes
 from agent_lightning.evaluation import accuracy, device_of
 from agent_lightning.io import atomic_write_text
-from agent_lightning.measure import ModelInputs, compare_latency, parameter_counts, saved_bytes
-from agent_lightning.quantization import unprepare
+from agent_lightning.quantization.convert import unprepare
 from agent_lightning.tensorboard import log_after_fit, plain_settings, tensorboard_logger
-from agent_lightning.validation import check_bool
+from agent_lightning.validation import check_bool, is_number
 
 __all__ = ["CompressionReport", "ModelMeasurement"]
 
@@ -90,7 +93,10 @@ class CompressionReport(Callback):
             ``setup``).
 
     Example:
-        >>> Trainer(callbacks=[Pruning(0.5), QuantizationAwareTraining(0.7), CompressionReport()])  # doctest: +SKIP
+        >>> from lightning.pytorch import Trainer
+        >>> from agent_lightning.callbacks import Pruning, QuantizationAwareTraining
+        >>> callbacks = [Pruning(0.5), QuantizationAwareTraining(start=0.7), CompressionReport()]
+        >>> trainer = Trainer(callbacks=callbacks, enable_progress_bar=False, default_root_dir=getfixture("tmp_path"))
     """
 
     def __init__(
@@ -111,14 +117,23 @@ class CompressionReport(Callback):
                 "'none', e.g. CompressionReport(reference='auto')."
             )
         if max_eval_batches is not None and not _positive_int(max_eval_batches):
-            raise ValueError(f"CompressionReport(max_eval_batches={max_eval_batches!r}) must be None or an int >= 1.")
+            error = (
+                ValueError
+                if isinstance(max_eval_batches, int) and not isinstance(max_eval_batches, bool)
+                else TypeError
+            )
+            raise error(f"CompressionReport(max_eval_batches={max_eval_batches!r}) must be None or an int >= 1.")
         sizes = [1, 32] if batch_sizes is None else batch_sizes
-        if isinstance(sizes, (str, int)) or not all(_positive_int(b) for b in sizes):
+        if isinstance(sizes, (str, int)) or not all(isinstance(b, int) and not isinstance(b, bool) for b in sizes):
+            raise TypeError(
+                f"CompressionReport(batch_sizes={batch_sizes!r}) must be a list of positive integers, e.g. [1, 32]."
+            )
+        if not all(_positive_int(b) for b in sizes):
             raise ValueError(
                 f"CompressionReport(batch_sizes={batch_sizes!r}) must be a list of positive integers, e.g. [1, 32]."
             )
         if not _positive_number(latency_budget_s):
-            raise ValueError(
+            raise (ValueError if is_number(latency_budget_s) else TypeError)(
                 f"CompressionReport(latency_budget_s={latency_budget_s!r}) must be a number of seconds > 0; turn "
                 "timing off with latency=False."
             )
@@ -139,8 +154,6 @@ class CompressionReport(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        from agent_lightning.callbacks.distillation import Distillation
-
         self._distillation = next((c for c in trainer.callbacks if isinstance(c, Distillation)), None)
         if self.reference == "teacher" and self._distillation is None:
             raise ValueError(
@@ -311,9 +324,6 @@ def _metrics(rows: list[ModelMeasurement]) -> dict[str, float]:
 
 
 def _print(rows: list[ModelMeasurement], folder: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     header, cells = _table(rows)
     table = Table(title="Compression report (final vs reference)")
     for column in header:

@@ -8,24 +8,26 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
+from agent_lightning.callbacks.base import CompressionCallback
 from agent_lightning.callbacks.strategy_support import refuse_sharded_strategies
+from agent_lightning.distillation.augmentation import replace_tokens
+from agent_lightning.distillation.cache import TeacherLogitCache
+from agent_lightning.distillation.layers import even_map, hidden_width, keep_output
+from agent_lightning.distillation.losses import AttentionDistillationLoss, HiddenStateLoss, LogitDistillationLoss
+from agent_lightning.distillation.teachers import check_compatible, fingerprint, freeze, load_teacher
 from agent_lightning.evaluation import logits_of, split_batch
-from agent_lightning.losses import AttentionDistillationLoss, HiddenStateLoss, LogitDistillationLoss
 from agent_lightning.targets import block_list, find_blocks
-from agent_lightning.teacher_cache import TeacherLogitCache
-from agent_lightning.teachers import check_compatible, fingerprint, freeze, load_teacher
 from agent_lightning.tensorboard import plain_settings
-from agent_lightning.token_augmentation import replace_tokens
+from agent_lightning.validation import check_choice, check_number
 
 __all__ = ["Distillation"]
 
 
-class Distillation(Callback):
+class Distillation(CompressionCallback):
     """Distil a frozen teacher into the module being fitted, without changing the module's code.
 
     The callback wraps the module's own ``training_step`` for the duration of ``fit``: it records the inputs and
@@ -63,19 +65,29 @@ class Distillation(Callback):
         cache_dir: folder for ``cache="disk"`` (one file per teacher fingerprint and rank).
         projection_lr: learning rate (AdamW) of the width projections, trained alongside the student.
         augment: with a value ``p`` > 0, each step also builds a copy of the batch in which about ``p`` of the inner
-            tokens are replaced by other tokens of the batch (:func:`~agent_lightning.token_augmentation.
+            tokens are replaced by other tokens of the batch (:func:`~agent_lightning.distillation.augmentation.
             replace_tokens`), runs teacher and student on it, and adds ``(1 - alpha) * T^2 * KL`` on that copy
             (logged as ``distill/augmented_kd_loss``): the student learns the teacher's outputs on text the teacher
             never fitted, TinyBERT-style. Costs one more student and teacher forward per step; needs ``input_ids``
             in the batch. 0 turns it off.
 
+    The losses, teacher loading, cache and augmentation are :mod:`agent_lightning.distillation`; this callback
+    wraps the step, runs the teacher, logs and checkpoints.
+
     Raises:
-        ValueError: a bad argument (at construction); a missing or unreadable teacher, a teacher whose labels or
-            vocabulary differ from the student's, or a layer map naming blocks that do not exist (at ``setup``).
+        TypeError: an argument of the wrong type (at construction).
+        FileNotFoundError: ``teacher`` names a ``.ckpt`` file that does not exist (at construction).
+        ValueError: a bad value (at construction); an unreadable teacher, a teacher whose labels or vocabulary
+            differ from the student's, or a layer map naming blocks that do not exist (at ``setup``).
 
     Example:
-        >>> Trainer(callbacks=[Distillation(teacher="runs/teacher/best.ckpt", temperature=2.0)])  # doctest: +SKIP
-        >>> Distillation(teacher="teacher_folder", hidden_weight=1.0, layer_map=[1, 3, 5])  # doctest: +SKIP
+        >>> from lightning.pytorch import Trainer
+        >>> from torch import nn
+        >>> teacher = nn.Linear(4, 3)  # any module taking the student's inputs; usually a checkpoint path
+        >>> callbacks = [Distillation(teacher, temperature=2.0)]
+        >>> trainer = Trainer(callbacks=callbacks, logger=False, enable_progress_bar=False)
+        >>> Distillation(teacher, hidden_weight=1.0, layer_map=[1, 3, 5]).layer_map
+        [1, 3, 5]
     """
 
     def __init__(
@@ -93,6 +105,7 @@ class Distillation(Callback):
         projection_lr: float = 1e-3,
         augment: float = 0.0,
     ) -> None:
+        super().__init__()
         self.settings = plain_settings(locals())  # the constructor arguments, for the HParams tab
         if not isinstance(teacher, (str, nn.Module)) or (isinstance(teacher, str) and not teacher.strip()):
             raise TypeError(
@@ -103,36 +116,30 @@ class Distillation(Callback):
                 f"Distillation(teacher={teacher!r}): no such checkpoint file. Give the .ckpt of a trained run (e.g. "
                 "runs/teacher/version_0/checkpoints/last.ckpt), an HF model folder or a hub name."
             )
+        owner = "Distillation"
         for name, value in (("temperature", temperature), ("temperature_end", temperature_end)):
-            if value is not None and (_not_number(value) or value <= 0):
-                raise ValueError(f"Distillation({name}={value!r}) must be a number > 0, e.g. {name}=2.0.")
+            tail = f", e.g. {name}=2.0"
+            check_number(name, value, owner, minimum=0, strict_minimum=True, optional=name.endswith("_end"), tail=tail)
         for name, value in (("alpha", alpha), ("alpha_end", alpha_end)):
-            if value is not None and (_not_number(value) or not 0.0 <= value <= 1.0):
-                raise ValueError(
-                    f"Distillation({name}={value!r}) must be in [0, 1]: the weight of the task loss "
-                    f"(1 - {name} weighs the KD term), e.g. {name}=0.5."
-                )
+            tail = f": the weight of the task loss (1 - {name} weighs the KD term), e.g. {name}=0.5"
+            check_number(name, value, owner, minimum=0, maximum=1, optional=name.endswith("_end"), tail=tail)
         for name, value in (("hidden_weight", hidden_weight), ("attention_weight", attention_weight)):
-            if _not_number(value) or value < 0:
-                raise ValueError(f"Distillation({name}={value!r}) must be a number >= 0 (0 turns it off).")
+            check_number(name, value, owner, minimum=0, tail=" (0 turns it off)")
         if layer_map is not None and (
             isinstance(layer_map, str) or not all(isinstance(i, int) and not isinstance(i, bool) for i in layer_map)
         ):
             raise TypeError(f"Distillation(layer_map={layer_map!r}) must be a list of teacher block indices.")
-        if cache not in ("memory", "disk", "none"):
-            raise ValueError(f"Distillation(cache={cache!r}) is not a choice; use 'memory', 'disk' or 'none'.")
+        check_choice("cache", cache, ("memory", "disk", "none"), owner)
         if cache == "disk" and not cache_dir:
             raise ValueError(
                 f"Distillation(cache='disk', cache_dir={cache_dir!r}): the disk cache needs a folder: pass one, e.g. "
                 "cache_dir='runs/teacher_cache'."
             )
-        if _not_number(projection_lr) or projection_lr <= 0:
-            raise ValueError(f"Distillation(projection_lr={projection_lr!r}) must be a number > 0.")
-        if _not_number(augment) or not 0.0 <= augment < 1.0:
-            raise ValueError(
-                f"Distillation(augment={augment!r}) must be in [0, 1): the fraction of tokens replaced in the "
-                "augmented copy of each batch (0 turns it off), e.g. augment=0.2."
-            )
+        check_number("projection_lr", projection_lr, owner, minimum=0, strict_minimum=True, tail=", e.g. 1e-3")
+        tail = (
+            ": the fraction of tokens replaced in the augmented copy of each batch (0 turns it off), e.g. augment=0.2"
+        )
+        check_number("augment", augment, owner, minimum=0, maximum=1, strict_maximum=True, tail=tail)
         self.teacher_source = teacher
         self.temperature, self.temperature_end = float(temperature), temperature_end
         self.alpha, self.alpha_end = float(alpha), alpha_end
@@ -157,7 +164,6 @@ class Distillation(Callback):
         self._layer_pairs: list[tuple[int, int]] = []
         self._heads: tuple[int, int] = (0, 0)
         self._total_steps = 1
-        self._pending_state: dict[str, Any] | None = None
         self._agree = self._seen = self._teacher_correct = self._labelled = 0
         self._teacher_acc_logged = False
 
@@ -193,12 +199,12 @@ class Distillation(Callback):
     def _setup_layers(self, pl_module: LightningModule) -> None:
         _, student_blocks = block_list(pl_module)
         _, teacher_blocks = block_list(self.teacher)
-        mapping = self.layer_map or _even_map(len(student_blocks), len(teacher_blocks))
+        mapping = self.layer_map or even_map(len(student_blocks), len(teacher_blocks))
         if len(mapping) != len(student_blocks) or not all(0 <= j < len(teacher_blocks) for j in mapping):
             raise ValueError(
                 f"Distillation(layer_map={self.layer_map!r}): give one teacher block per student block "
                 f"({len(student_blocks)} entries), each in [0, {len(teacher_blocks) - 1}] (the teacher has "
-                f"{len(teacher_blocks)} blocks), e.g. layer_map={_even_map(len(student_blocks), len(teacher_blocks))}."
+                f"{len(teacher_blocks)} blocks), e.g. layer_map={even_map(len(student_blocks), len(teacher_blocks))}."
             )
         self._layer_pairs = list(enumerate(mapping))
         if self.hidden_weight:
@@ -208,7 +214,7 @@ class Distillation(Callback):
 
     def _hook_hidden_states(self, pl_module: LightningModule, student_blocks, teacher_blocks) -> None:
         if self.hidden_loss is None:
-            widths = [_hidden_width(m) for m in (pl_module, self.teacher)]
+            widths = [hidden_width(m) for m in (pl_module, self.teacher)]
             if None in widths:
                 raise ValueError(
                     "Distillation(hidden_weight>0) needs the hidden size of both models (an HF config with "
@@ -216,8 +222,8 @@ class Distillation(Callback):
                 )
             self.hidden_loss = HiddenStateLoss(widths[0], widths[1], len(self._layer_pairs))
         for i, j in self._layer_pairs:
-            self._handles.append(student_blocks[i].register_forward_hook(_keep_output(self._student_hidden, i)))
-            self._handles.append(teacher_blocks[j].register_forward_hook(_keep_output(self._teacher_hidden, i)))
+            self._handles.append(student_blocks[i].register_forward_hook(keep_output(self._student_hidden, i)))
+            self._handles.append(teacher_blocks[j].register_forward_hook(keep_output(self._teacher_hidden, i)))
 
     def _hook_attention(self, pl_module: LightningModule) -> None:
         student_blocks = {b.index: b for b in find_blocks(pl_module) if b.attention_in and b.num_heads}
@@ -233,7 +239,7 @@ class Distillation(Callback):
             pairs = ((self._student_hidden, pl_module, student), (self._teacher_hidden, self.teacher, teacher))
             for store, root, block in pairs:
                 for role, name in zip(("q", "k"), block.attention_in[:2]):
-                    self._projection_hooks.append([root, name, _keep_output(store, (i, role)), None, None])
+                    self._projection_hooks.append([root, name, keep_output(store, (i, role)), None, None])
         self._refresh_projection_hooks()
 
     def _refresh_projection_hooks(self) -> None:
@@ -289,9 +295,7 @@ class Distillation(Callback):
             self.hidden_loss.to(pl_module.device)
             if any(p.requires_grad for p in self.hidden_loss.parameters()) and self._projection_optimizer is None:
                 self._projection_optimizer = torch.optim.AdamW(self.hidden_loss.parameters(), lr=self.projection_lr)
-        if self._pending_state is not None:
-            self._restore(self._pending_state)
-            self._pending_state = None
+        self.restore_pending(pl_module)
         rank_zero_info(
             f"[Distillation] teacher {self._source_name()} (fingerprint {self.teacher_fingerprint[:12]}), "
             f"T={self.temperature}, alpha={self.alpha}, hidden_weight={self.hidden_weight}, "
@@ -463,10 +467,7 @@ class Distillation(Callback):
         return state
 
     @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._pending_state = state_dict
-
-    def _restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: dict[str, Any], pl_module: LightningModule) -> None:
         if state.get("fingerprint") != self.teacher_fingerprint:
             raise ValueError(
                 f"Distillation: the checkpoint was distilled from teacher {state.get('teacher')!r} (fingerprint "
@@ -479,31 +480,8 @@ class Distillation(Callback):
             self._projection_optimizer.load_state_dict(state["projection_optimizer"])
 
 
-def _not_number(value: Any) -> bool:
-    return isinstance(value, bool) or not isinstance(value, (int, float))
-
-
 def _ramp(start: float, end: float | None, progress: float) -> float:
     return start if end is None else start + (end - start) * min(1.0, max(0.0, progress))
-
-
-def _even_map(student_blocks: int, teacher_blocks: int) -> list[int]:
-    return [round((i + 1) * teacher_blocks / student_blocks) - 1 for i in range(student_blocks)]
-
-
-def _hidden_width(module: nn.Module) -> int | None:
-    for candidate in module.modules():
-        width = getattr(getattr(candidate, "config", None), "hidden_size", None)
-        if isinstance(width, int):
-            return width
-    return None
-
-
-def _keep_output(store: dict[Any, Tensor], index: Any):
-    def hook(module, args, output):
-        store[index] = output[0] if isinstance(output, (tuple, list)) else output
-
-    return hook
 
 
 def _token_mask(kwargs: dict, logits: Tensor) -> Tensor | None:

@@ -4,41 +4,34 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchao.quantization.qat import FakeQuantizedLinear
 from typing_extensions import override
 
-from agent_lightning.callbacks.schedule import StepSchedule
+from agent_lightning.callbacks.base import CompressionCallback
 from agent_lightning.callbacks.strategy_support import refuse_sharded_strategies
 from agent_lightning.evaluation import accuracy
-from agent_lightning.quantization import (
-    Activations,
-    Kernel,
-    QuantizationRecipe,
-    Weights,
-    convert,
-    converted_modules,
-    fake_quantized_modules,
+from agent_lightning.pruning.schedule import StepSchedule
+from agent_lightning.quantization.convert import convert, converted_modules, unprepare
+from agent_lightning.quantization.fake_quantizers import fake_quantized_modules
+from agent_lightning.quantization.qat import (
     freeze_ranges,
     load_frozen_scales,
     prepare,
     quantization_targets,
-    unprepare,
     weight_error,
 )
+from agent_lightning.quantization.recipe import Activations, Kernel, QuantizationRecipe, Weights
 from agent_lightning.targets import check_patterns, short_name
 from agent_lightning.tensorboard import log_after_fit, plain_settings
 from agent_lightning.validation import check_bool
 
-__all__ = ["QuantizationAwareTraining", "prepare_from_checkpoint"]
+__all__ = ["QuantizationAwareTraining"]
 
 
-class QuantizationAwareTraining(Callback):
+class QuantizationAwareTraining(CompressionCallback):
     """Train with fake-quantized linear layers, then convert them to a real int8 model and measure the gap.
 
     Built on torchao's QAT (``QATConfig`` prepare, ``IntxFakeQuantizeConfig``): the targeted ``nn.Linear`` layers
@@ -79,13 +72,18 @@ class QuantizationAwareTraining(Callback):
         log_per_layer: also log ``qat/layer/<name>/weight_error`` for every quantized layer.
 
     Raises:
-        ValueError: a bad argument (at construction); targets that are not linear layers or match nothing, a group
+        TypeError: an argument of the wrong type (at construction).
+        ValueError: a bad value (at construction); targets that are not linear layers or match nothing, a group
             size that does not divide a layer, or a start past the end of training (at ``setup``/fit start, before
             any weight changes).
 
     Example:
-        >>> trainer = Trainer(callbacks=[Pruning(0.5, end=0.6), QuantizationAwareTraining(start=0.7)])  # doctest: +SKIP
-        >>> QuantizationAwareTraining(weights="int4", group_size=32, activations="none")  # doctest: +SKIP
+        >>> from lightning.pytorch import Trainer
+        >>> from agent_lightning.callbacks import Pruning
+        >>> callbacks = [Pruning(0.5, end=0.6), QuantizationAwareTraining(start=0.7)]
+        >>> trainer = Trainer(callbacks=callbacks, logger=False, enable_progress_bar=False)
+        >>> QuantizationAwareTraining(weights="int4", group_size=32, activations="none").recipe.backend
+        'torchao'
     """
 
     def __init__(
@@ -102,6 +100,7 @@ class QuantizationAwareTraining(Callback):
         evaluate: bool = True,
         log_per_layer: bool = True,
     ) -> None:
+        super().__init__()
         self.settings = plain_settings(locals())  # the constructor arguments, for the HParams tab
         self.recipe = QuantizationRecipe(weights=weights, activations=activations, group_size=group_size, kernel=kernel)
         check_patterns("include", include)
@@ -127,9 +126,6 @@ class QuantizationAwareTraining(Callback):
         self._prepared = False
         self._frozen = False
         self._frozen_scales = {}
-        self._pending_state: dict[str, Any] | None = None
-        # quantized layers set aside while test/validate/predict loads a float checkpoint
-        self._quantized_before_loading: dict[str, nn.Module] = {}
 
     @property
     def state_key(self) -> str:
@@ -154,9 +150,7 @@ class QuantizationAwareTraining(Callback):
                 f"optimizer steps, so QAT would never start. Use start<{total} or a fraction such as start=0.7."
             )
         self.schedule.resolve(total)
-        if self._pending_state is not None:
-            self._restore(self._pending_state, pl_module)
-            self._pending_state = None
+        self.restore_pending(pl_module)
         if not self._prepared and trainer.global_step >= self.schedule.start_step:
             self._prepare(trainer, pl_module)
 
@@ -171,7 +165,8 @@ class QuantizationAwareTraining(Callback):
         step = trainer.global_step
         if self._prepared and not self._frozen and self.freeze is not None and step >= self.schedule.end_step:
             self._freeze(trainer, pl_module)
-        self._log(trainer, pl_module)
+        if self.logging_step(trainer):
+            self._log(pl_module)
 
     def _prepare(self, trainer: Trainer, pl_module: LightningModule) -> None:
         names = prepare(pl_module, self.recipe, self.include, self.exclude)
@@ -190,9 +185,7 @@ class QuantizationAwareTraining(Callback):
         rank_zero_info(f"[QAT] step {trainer.global_step}: weight ranges frozen for {len(scales)} layers")
 
     # -- logging -----------------------------------------------------------------------------------------------------
-    def _log(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not trainer.loggers or trainer.global_step % trainer.log_every_n_steps:
-            return
+    def _log(self, pl_module: LightningModule) -> None:
         metrics = {"qat/enabled": float(self._prepared), "qat/frozen": float(self._frozen)}
         modules = fake_quantized_modules(pl_module)
         if modules:
@@ -218,7 +211,7 @@ class QuantizationAwareTraining(Callback):
         self._convert(pl_module)
         converted = accuracy(trainer.strategy, pl_module, batches)
         metrics = {"qat/converted": 1.0}
-        if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
+        if self.spawned(trainer):
             # Spawned workers hand their weights back as a state dict that the main process's float model must
             # accept: return the trained fake-quantized layers (float parameters) instead of the int8 ones.
             for name, module in fake_quantized.items():
@@ -260,37 +253,21 @@ class QuantizationAwareTraining(Callback):
         # model cannot receive it. Hand Lightning float layers now and put the quantization back at stage start.
         quantized = {**fake_quantized_modules(pl_module), **converted_modules(pl_module)}
         if quantized:
-            self._quantized_before_loading = quantized
+            self.set_aside(quantized)
             unprepare(pl_module)
 
-    def _requantize(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        quantized, self._quantized_before_loading = self._quantized_before_loading, {}
-        if not quantized:
-            return
-        if not trainer.ckpt_path:  # nothing was loaded: the original layers go back unchanged
-            for name, module in quantized.items():
-                pl_module.set_submodule(name, module)
-            return
-        state = trainer.strategy.load_checkpoint(trainer.ckpt_path).get("callbacks", {}).get(self.state_key)
+    @override
+    def reapply(
+        self, trainer: Trainer, pl_module: LightningModule, state: dict[str, Any] | None, aside: dict[str, nn.Module]
+    ) -> None:
         if state is None or not state["prepared"]:
             rank_zero_info(f"[QAT] {trainer.ckpt_path} was written before QAT started: evaluating it in float.")
             return
+        converted = not all(isinstance(m, FakeQuantizedLinear) for m in aside.values())
         prepare(pl_module, self.recipe, self.include, self.exclude)
         load_frozen_scales(pl_module, state["frozen_scales"])
-        if not all(isinstance(m, FakeQuantizedLinear) for m in quantized.values()):  # it was converted
+        if converted:
             self._convert(pl_module)
-
-    @override
-    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._requantize(trainer, pl_module)
-
-    @override
-    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._requantize(trainer, pl_module)  # a no-op inside fit: only non-fit setups set layers aside
-
-    @override
-    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._requantize(trainer, pl_module)
 
     # -- checkpointing -----------------------------------------------------------------------------------------------
     @override
@@ -306,10 +283,7 @@ class QuantizationAwareTraining(Callback):
         }
 
     @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._pending_state = state_dict
-
-    def _restore(self, state: dict[str, Any], pl_module: LightningModule) -> None:
+    def restore(self, state: dict[str, Any], pl_module: LightningModule) -> None:
         if state["recipe"] != self._recipe_state():
             asked = ", ".join(f"{k}={v!r}" for k, v in self._recipe_state().items())
             raise ValueError(
@@ -323,41 +297,6 @@ class QuantizationAwareTraining(Callback):
         if self._prepared:
             prepare(pl_module, self.recipe, self.include, self.exclude)
             load_frozen_scales(pl_module, self._frozen_scales)
-
-
-def prepare_from_checkpoint(module: nn.Module, checkpoint: str | dict[str, Any]) -> list[str]:
-    """Put a model loaded from a QAT checkpoint back in its trained fake-quantized state (frozen ranges included).
-
-    ``load_from_checkpoint`` gives a float model (QAT does not change ``state_dict`` keys); this re-applies the
-    callback's recipe and frozen weight ranges stored in the checkpoint, so
-    :func:`~agent_lightning.quantization.convert` then produces exactly the int8 model that training simulated.
-
-    Args:
-        module: the model loaded from the checkpoint (e.g. ``Agent.load_from_checkpoint(path)``).
-        checkpoint: the checkpoint path or the loaded checkpoint dict.
-
-    Returns:
-        The names of the fake-quantized layers.
-
-    Raises:
-        ValueError: the checkpoint holds no QAT state, or QAT had not started when it was written.
-
-    Example:
-        >>> agent = Agent.load_from_checkpoint("last.ckpt")  # doctest: +SKIP
-        >>> prepare_from_checkpoint(agent, "last.ckpt"); convert(agent)  # doctest: +SKIP
-    """
-    if not isinstance(checkpoint, dict):
-        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    states = [v for k, v in checkpoint.get("callbacks", {}).items() if k.startswith("QuantizationAwareTraining")]
-    if not states or not states[0]["prepared"]:
-        raise ValueError(
-            "This checkpoint has no started QuantizationAwareTraining state (QAT was not attached, or had not reached "
-            "its start step). Quantize it post-training instead: convert(module, QuantizationRecipe())."
-        )
-    state = states[0]
-    prepare(module, QuantizationRecipe(**state["recipe"]), state["include"], state["exclude"])
-    load_frozen_scales(module, state["frozen_scales"])
-    return list(fake_quantized_modules(module))
 
 
 def _mean_scale(quantizer: nn.Module | None) -> float | None:

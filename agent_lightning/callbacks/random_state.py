@@ -30,7 +30,10 @@ class RandomState(Callback):
             checkpoint's seed.
 
     Example:
-        >>> Trainer(callbacks=[RandomState()]).fit(model, ckpt_path="last.ckpt")  # doctest: +SKIP
+        >>> from lightning.pytorch import Trainer
+        >>> trainer = Trainer(callbacks=[RandomState(seed=7)], logger=False, enable_progress_bar=False)
+        >>> RandomState(seed=7).state_dict()["seed"]
+        7
     """
 
     def __init__(self, seed: int | None = None) -> None:

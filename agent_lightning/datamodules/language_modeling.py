@@ -37,11 +37,14 @@ class LanguageModelingDataModule(LightningDataModule):
         num_workers: data loader worker processes.
 
     Raises:
-        ValueError: a bad argument, a missing or unreadable file, a missing column or an empty text.
+        TypeError: an argument of the wrong type.
+        ValueError: a bad value, a missing or unreadable file, a missing column or an empty text.
 
     Example:
-        >>> dm = LanguageModelingDataModule(train_file="notes.jsonl", tokenizer="runs/gpt")  # doctest: +SKIP
-        >>> Trainer(max_epochs=1).fit(Agent(model="runs/gpt", task="causal-lm"), dm)  # doctest: +SKIP
+        >>> dm = LanguageModelingDataModule(batch_size=4)  # the built-in requests, the packaged tokenizer
+        >>> dm.setup("fit")
+        >>> sorted(next(iter(dm.train_dataloader())))
+        ['attention_mask', 'input_ids', 'labels']
     """
 
     def __init__(

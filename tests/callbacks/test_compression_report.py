@@ -13,8 +13,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
 from agent_lightning.callbacks import CompressionReport, Distillation, Pruning, QuantizationAwareTraining
+from agent_lightning.deployment.measure import parameter_counts
 from agent_lightning.evaluation import count_correct
-from agent_lightning.measure import parameter_counts
 from tests.conftest import quiet_trainer
 
 QUERY = "model.bert.encoder.layer.0.attention.self.query"
@@ -101,17 +101,17 @@ def test_reference_is_the_teacher_when_distilling(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("kwargs", "error", "message"),
     [
-        ({"reference": "best"}, r"reference='best'\) is not a choice; use 'auto', 'fit_start', 'teacher'"),
-        ({"batch_sizes": [1, 0]}, r"batch_sizes=\[1, 0\]\) must be a list of positive integers"),
-        ({"batch_sizes": 32}, r"batch_sizes=32\) must be a list"),
-        ({"latency_budget_s": 0}, r"latency_budget_s=0\) must be a number of seconds > 0; turn timing off"),
-        ({"max_eval_batches": 0}, r"max_eval_batches=0\) must be None or an int >= 1"),
+        ({"reference": "best"}, ValueError, r"reference='best'\) is not a choice; use 'auto', 'fit_start', 'teacher'"),
+        ({"batch_sizes": [1, 0]}, ValueError, r"batch_sizes=\[1, 0\]\) must be a list of positive integers"),
+        ({"batch_sizes": 32}, TypeError, r"batch_sizes=32\) must be a list"),
+        ({"latency_budget_s": 0}, ValueError, r"latency_budget_s=0\) must be a number of seconds > 0; turn timing off"),
+        ({"max_eval_batches": 0}, ValueError, r"max_eval_batches=0\) must be None or an int >= 1"),
     ],
 )
-def test_bad_arguments(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_arguments(kwargs, error, message):
+    with pytest.raises(error, match=message):
         CompressionReport(**kwargs)
 
 

@@ -24,9 +24,9 @@ class _WriteMaskDigest(Callback):
 
     def on_train_end(self, trainer, pl_module):
         digest = hashlib.sha256()
-        for name in sorted(self.pruning._keep):
+        for name in sorted(self.pruning.pruner.masks):
             digest.update(name.encode())
-            digest.update(self.pruning._keep[name].cpu().numpy().tobytes())
+            digest.update(self.pruning.pruner.masks[name].cpu().numpy().tobytes())
         sparsity = self.pruning.sparsity_now(pl_module)[0]
         with open(f"{self.folder}/rank{trainer.global_rank}.txt", "w") as handle:
             handle.write(f"{digest.hexdigest()} {sparsity:.6f}")
@@ -199,8 +199,8 @@ def test_sharded_strategies_are_refused_at_setup_by_name(make, owner, tiny_bert)
 def test_all_four_together_on_two_ranks_then_the_checkpoint_exports_in_one_process(tmp_path, tiny_bert, tiny_data_dir):
     from transformers import BertForSequenceClassification
 
-    from agent_lightning.export import export_agent
-    from agent_lightning.exported_agent import ExportedAgent
+    from agent_lightning.deployment.export import export_agent
+    from agent_lightning.deployment.runtime import ExportedAgent
 
     labels = TextClassificationDataModule(dataset=str(tiny_data_dir), tokenizer=tiny_bert).label_names
     torch.manual_seed(0)

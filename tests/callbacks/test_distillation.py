@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from agent_lightning import Agent, TextClassificationDataModule
 from agent_lightning.callbacks import Distillation
-from agent_lightning.teacher_cache import TeacherLogitCache
+from agent_lightning.distillation.cache import TeacherLogitCache
 from tests.conftest import quiet_trainer, tiny_bert_config
 
 
@@ -182,7 +182,7 @@ def test_composes_with_pruning_and_qat(tmp_path, tiny_bert, shared_tiny_data_dir
     rows = [r for r in _rows(tmp_path / "all" / "version_0" / "metrics.csv") if r.get("distill/attention_loss")]
     assert len(rows) == 9  # the attention hooks follow the projections QAT swaps at step 5
     assert len({r["distill/attention_loss"] for r in rows[5:]}) == 4  # fresh values every step, not stale ones
-    for name, keep in pruning._keep.items():  # masks exact through KD + fake-quant + convert
+    for name, keep in pruning.pruner.masks.items():  # masks exact through KD + fake-quant + convert
         weight = dequantized_weight(student.get_submodule(name.removesuffix(".weight")))
         assert torch.all(weight[~keep] == 0), name
     assert len(converted_modules(student)) == 6
@@ -224,7 +224,7 @@ def test_augmented_copy_adds_a_kd_term_on_changed_tokens(tmp_path, tiny_bert, sh
         assert float(row["distill/loss"]) == pytest.approx(expected, rel=1e-5)
         assert augmented > 0 and augmented != kd  # another input: another KL
     # the augmented copy is that of replace_tokens, seeded by the step
-    from agent_lightning.token_augmentation import replace_tokens
+    from agent_lightning.distillation.augmentation import replace_tokens
 
     batch = next(iter(dm.train_dataloader()))
     copy_a = replace_tokens(batch["input_ids"], batch["attention_mask"], 0.3, torch.Generator().manual_seed(3))

@@ -9,9 +9,9 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 
 from agent_lightning import Agent
 from agent_lightning.callbacks import EmbeddingCompression, compact_from_checkpoint
-from agent_lightning.compact_embedding import CompactEmbedding
-from agent_lightning.export import export_agent
-from agent_lightning.exported_agent import ExportedAgent
+from agent_lightning.deployment.export import export_agent
+from agent_lightning.deployment.runtime import ExportedAgent
+from agent_lightning.quantization.embedding import CompactEmbedding
 from tests.conftest import quiet_trainer
 
 

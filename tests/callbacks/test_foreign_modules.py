@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from agent_lightning import Agent, LanguageModelingDataModule
 from agent_lightning.callbacks import Distillation, EmbeddingCompression, Pruning, QuantizationAwareTraining
-from agent_lightning.compact_embedding import CompactEmbedding
 from agent_lightning.quantization import converted_modules
+from agent_lightning.quantization.embedding import CompactEmbedding
 from agent_lightning.targets import select_modules
 
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from agent_lightning import Agent, TextClassificationDataModule
 from agent_lightning.callbacks import Pruning, RandomState
-from agent_lightning.structure import load_pretrained_pruned
+from agent_lightning.pruning.removal import load_pretrained_pruned
 from agent_lightning.targets import select_modules
 from tests.conftest import StopAt, quiet_trainer
 
@@ -27,9 +27,9 @@ class _CheckZerosEveryStep(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         parameters = dict(pl_module.named_parameters())
-        for name, keep in self.pruning._keep.items():
+        for name, keep in self.pruning.pruner.masks.items():
             assert torch.all(parameters[name][~keep] == 0), name
-        self.checked += bool(self.pruning._keep)
+        self.checked += bool(self.pruning.pruner.masks)
 
 
 def test_default_targets_are_the_block_linears(agent_and_data):
@@ -46,7 +46,7 @@ def test_magnitude_reaches_the_exact_target_and_keeps_zeros(tmp_path, agent_and_
     check = _CheckZerosEveryStep(pruning)
     _trainer(tmp_path, [pruning, check], max_epochs=3, limit_val_batches=0).fit(agent, datamodule=dm)
     assert check.checked > 5
-    layers = pruning._targets
+    layers = pruning.pruner.targets
     if scope == "layer":
         for name, module in layers.items():
             zeros = int((module.weight == 0).sum())
@@ -79,7 +79,7 @@ def test_n_m_pattern_holds_in_every_group(tmp_path, agent_and_data):
     agent, dm = agent_and_data
     pruning = Pruning(sparsity=0.5, method="n:m", pattern="2:4", start=0, end=6, frequency=3)
     _trainer(tmp_path, [pruning], max_steps=8, limit_val_batches=0).fit(agent, datamodule=dm)
-    for name, module in pruning._targets.items():
+    for name, module in pruning.pruner.targets.items():
         groups = (module.weight != 0).reshape(module.weight.shape[0], -1, 4).sum(-1)
         assert torch.all(groups <= 2), name
         assert float((module.weight == 0).float().mean()) == pytest.approx(0.5, abs=1e-6)
@@ -95,9 +95,9 @@ def test_structured_masking_then_physical_removal_gives_equal_logits(tmp_path, a
     with torch.no_grad():
         masked = agent(**batch).logits
     before = sum(p.numel() for p in agent.parameters())
-    from agent_lightning.structure import remove_structure
+    from agent_lightning.pruning.removal import remove_structure
 
-    record = remove_structure(agent, pruning._kept_neurons, pruning._kept_heads)
+    record = remove_structure(agent, pruning.pruner.kept_neurons, pruning.pruner.kept_heads)
     after = sum(p.numel() for p in agent.parameters())
     with torch.no_grad():
         torch.testing.assert_close(agent(**batch).logits, masked, rtol=0, atol=1e-5)
@@ -159,7 +159,7 @@ def test_rewind_returns_surviving_weights_to_their_fit_start_values(tmp_path, ag
     _trainer(tmp_path, [pruning, Record()], max_steps=10, limit_val_batches=0).fit(agent, datamodule=dm)
     assert pruning._rewound and not pruning._initial  # the copy is dropped once used
     for name, start in initial.items():
-        keep = pruning._keep[name]
+        keep = pruning.pruner.masks[name]
         assert float((~keep).float().mean()) == pytest.approx(0.5, abs=0.01)
         assert not torch.equal(seen[5][name][keep], start[keep]), name  # trained before the rewind
         torch.testing.assert_close(seen[6][name], start * keep, rtol=0, atol=0)  # rewound at end, under the mask
@@ -197,9 +197,9 @@ def test_resume_mid_schedule_reproduces_the_masks(tmp_path, tiny_bert, tiny_data
         tmp_path / "c", tiny_bert, tiny_data_dir, max_steps=24, ckpt_path=checkpoint, rewind=rewind
     )
     assert resumed._rewound is full._rewound is rewind
-    assert resumed._keep.keys() == full._keep.keys()
-    for name in full._keep:
-        assert torch.equal(resumed._keep[name], full._keep[name]), name
+    assert resumed.pruner.masks.keys() == full.pruner.masks.keys()
+    for name in full.pruner.masks:
+        assert torch.equal(resumed.pruner.masks[name], full.pruner.masks[name]), name
     for (name, a), b in zip(full_agent.state_dict().items(), resumed_agent.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
 

@@ -90,12 +90,12 @@ def test_pruning_and_qat_compose_and_sparsity_survives_convert(tmp_path, agent_a
     class CheckZeros(Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             parameters = dict(pl_module.named_parameters())
-            zero_every_step.append(all(torch.all(parameters[n][~k] == 0) for n, k in pruning._keep.items()))
+            zero_every_step.append(all(torch.all(parameters[n][~k] == 0) for n, k in pruning.pruner.masks.items()))
 
     # QAT listed first on purpose: pruning still finishes (on_train_end) before QAT converts (on_fit_end)
     _trainer(tmp_path, [qat, pruning, CheckZeros()], max_steps=10, limit_val_batches=2).fit(agent, datamodule=dm)
     assert all(zero_every_step) and len(zero_every_step) == 10
-    for name, keep in pruning._keep.items():
+    for name, keep in pruning.pruner.masks.items():
         module = agent.get_submodule(name.removesuffix(".weight"))
         weight = dequantized_weight(module)
         assert torch.all(weight[~keep] == 0), name

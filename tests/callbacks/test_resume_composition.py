@@ -16,8 +16,8 @@ from agent_lightning.callbacks import (
     QuantizationAwareTraining,
     RandomState,
 )
-from agent_lightning.compact_embedding import CompactEmbedding
 from agent_lightning.quantization import fake_quantized_modules, frozen_scales
+from agent_lightning.quantization.embedding import CompactEmbedding
 from tests.conftest import StopAt
 
 # 36 training examples in batches of 4: 9 optimizer steps per epoch, 4 epochs.
@@ -76,7 +76,7 @@ def _final_state(agent, callbacks) -> dict[str, torch.Tensor]:
     compacted embedding's rows and token table."""
     pruning = callbacks[1]
     state = {f"weight/{k}": v for k, v in agent.state_dict().items()}
-    state.update({f"mask/{k}": v for k, v in pruning._keep.items()})
+    state.update({f"mask/{k}": v for k, v in pruning.pruner.masks.items()})
     for name, (scale, zero_point) in frozen_scales(agent).items():
         state[f"scale/{name}"], state[f"zero_point/{name}"] = scale, zero_point
     return state

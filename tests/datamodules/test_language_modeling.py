@@ -29,16 +29,16 @@ def test_default_corpus_is_the_builtin_requests(tiny_bert):
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("kwargs", "error", "message"),
     [
-        ({"batch_size": 0}, r"batch_size=0 must be a positive integer"),
-        ({"max_length": "64"}, r"max_length='64' must be a positive integer"),
-        ({"val_fraction": 1.5}, r"val_fraction=1.5 must be a number in \(0, 1\)"),
-        ({"num_workers": -1}, r"num_workers=-1 must be an integer >= 0"),
+        ({"batch_size": 0}, ValueError, r"batch_size=0 must be a positive integer"),
+        ({"max_length": "64"}, TypeError, r"max_length='64' must be a positive integer"),
+        ({"val_fraction": 1.5}, ValueError, r"val_fraction=1.5 must be a number in \(0, 1\)"),
+        ({"num_workers": -1}, ValueError, r"num_workers=-1 must be an integer >= 0"),
     ],
 )
-def test_bad_arguments(kwargs, message, tiny_bert):
-    with pytest.raises(ValueError, match=message):
+def test_bad_arguments(kwargs, error, message, tiny_bert):
+    with pytest.raises(error, match=message):
         LanguageModelingDataModule(tokenizer=tiny_bert, **kwargs)
 
 

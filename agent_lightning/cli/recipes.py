@@ -1,0 +1,118 @@
+"""The two-stage compression recipe: fine-tune a teacher, train a compressed student from it, export, measure.
+
+``agent-lightning compress`` (``python train.py compress``) runs, in one command:
+
+1. **Teacher**: ``fit`` with the given config (skipped when ``--teacher CKPT`` names a fine-tuned agent checkpoint);
+   its best checkpoint by ``val/acc`` is the teacher.
+2. **Student**: ``fit`` again with the same config, the student made of some of the teacher's blocks
+   (``--student-layers``, initialised from the fine-tuned teacher's weights) and the compression short flags:
+   ``--distill TEACHER`` (every step), ``--prune`` (ramps to its target by 60 % of training, then holds), ``--qat``
+   (from 80 % of training, on the pruned weights, converted at fit end) and ``--embeddings`` (the vocabulary
+   training used, int8 rows). Its ``config.yaml`` spells all of it out.
+3. **Export**: the student's last checkpoint becomes the int8 TorchScript program (``agent-lightning export``),
+   verified by reloading.
+4. **Measure**: the exported program and the fp32 teacher side by side on the test split (the validation split
+   if there is none): accuracy, bytes on disk (zipped), CPU latency at batch 1 and 32 on real requests
+   (round-robin). Written as ``summary.md``/``summary.json`` beside the student's logs and printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from rich.console import Console
+
+from agent_lightning.agent import Agent
+from agent_lightning.cli.lightning_cli import AgentLightningCLI
+from agent_lightning.cli.short_flags import expand_short_flags
+from agent_lightning.deployment.compare import RecipeSummary, compare_with_teacher
+from agent_lightning.deployment.export import describe, export_agent
+from agent_lightning.io import atomic_write_text, check_writable_directory
+
+__all__ = ["compress_parser", "run_recipe"]
+
+
+def compress_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agent-lightning compress",
+        description="Fine-tune a teacher (or reuse --teacher), train a distilled, pruned, int8 student from it, "
+        "export the int8 program and measure it against the teacher. Other arguments (-c CONFIG, --data.*, "
+        "--trainer.*, --model.*) go to both fits.",
+    )
+    parser.add_argument("--teacher", help="a fine-tuned agent checkpoint to use as the teacher (skips stage 1)")
+    parser.add_argument("--student-layers", default="0,2,4", help="teacher blocks the student keeps (default 0,2,4)")
+    parser.add_argument("--prune", default="0.5", help="unstructured sparsity of the student's block linears")
+    parser.add_argument("--qat", default="int8", choices=["int8", "int4", "none"], help="default int8")
+    parser.add_argument("--embeddings", default="int8", choices=["int8", "float", "none"], help="default int8")
+    parser.add_argument("--student-epochs", type=int, help="epochs of stage 2 (default: the config's max_epochs)")
+    parser.add_argument("--output", help="export folder (default: export-int8 beside the student's logs)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+    return parser
+
+
+def run_recipe(args: Sequence[str]) -> RecipeSummary:
+    """``agent-lightning compress [OPTIONS] [LightningCLI arguments]``: the four stages above.
+
+    Returns:
+        The measured :class:`RecipeSummary` (also written to ``summary.md``/``summary.json``).
+
+    Raises:
+        ValueError: bad options (the short flags' own checks), before anything trains.
+        FileExistsError: ``--output`` exists and is not empty, without ``--overwrite`` (checked first).
+
+    Example:
+        >>> run_recipe(["-c", "configs/default.yaml", "--prune", "1.5"])  # checked before anything trains
+        Traceback (most recent call last):
+        ValueError: --prune '1.5' must be a sparsity in [0, 1) (the fraction of weights set to zero), e.g. --prune 0.5.
+    """
+    options, common = compress_parser().parse_known_args(list(args))
+    compression = ["--student-layers", options.student_layers, "--prune", options.prune, "--prune.end", "0.6"]
+    compression += ["--qat", options.qat, "--embeddings", options.embeddings]
+    expand_short_flags(["fit", *compression])  # bad values fail now, not after the teacher has trained
+    if options.output:
+        check_writable_directory(Path(options.output), options.overwrite, argument="--output")
+    console = Console(soft_wrap=True)
+    teacher_ckpt = options.teacher
+    if teacher_ckpt is None:
+        console.rule("[bold]Stage 1: fine-tune the teacher")
+        teacher_cli = AgentLightningCLI.create(["fit", *common, "--trainer.logger.init_args.name=teacher"])
+        teacher_ckpt = teacher_cli.trainer.checkpoint_callback.best_model_path
+    teacher = Agent.load_from_checkpoint(teacher_ckpt, map_location="cpu").eval()
+    teacher_folder = Path(teacher_ckpt).parent.parent / "teacher-hf"
+    teacher.save_pretrained(teacher_folder, overwrite=True)
+
+    console.rule("[bold]Stage 2: distil, prune and quantize the student")
+    student_args = ["fit", *common, "--trainer.logger.init_args.name=student", f"--model.model={teacher_folder}"]
+    student_args += ["--distill", str(teacher_ckpt), *compression]
+    if options.student_epochs is not None:
+        student_args += [f"--trainer.max_epochs={options.student_epochs}"]
+    student_cli = AgentLightningCLI.create(student_args)
+    run_dir = Path(student_cli.trainer.logger.log_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+
+    console.rule("[bold]Stage 3: export the int8 program")
+    output = Path(options.output) if options.output else run_dir / "export-int8"
+    console.print(describe(export_agent(last, output, "int8", overwrite=options.overwrite)))
+
+    console.rule("[bold]Stage 4: measure the export against the teacher")
+    datamodule = student_cli.datamodule
+    split = "test" if "test" in datamodule.splits else "val"
+    data = datamodule.splits[split]
+    summary = compare_with_teacher(teacher, output, data.texts, data.labels, split)
+    lines = [
+        "# Compressed agent vs its teacher",
+        "",
+        f"Teacher: `{teacher_ckpt}`. Student run: `{run_dir}`. Export: `{output}`.",
+        "",
+        *summary.markdown(),
+    ]
+    atomic_write_text(run_dir / "summary.md", "\n".join(lines) + "\n")
+    atomic_write_text(run_dir / "summary.json", json.dumps(asdict(summary), indent=2))
+    console.print("\n".join(summary.markdown()))
+    console.print(f"[bold]Summary:[/bold] {os.path.relpath(run_dir / 'summary.md')}")
+    return summary

@@ -1,0 +1,267 @@
+"""Export a trained agent checkpoint as a deployable folder, verified by reloading it and comparing predictions.
+
+Two formats:
+
+- ``"hf"``: a Hugging Face folder (``save_pretrained``: float weights with the pruned zeros in them, physically
+  smaller layers after structured pruning, tokenizer, ``labels.json``). Loads with
+  ``AutoModelForSequenceClassification.from_pretrained`` (``agent_lightning.pruning.removal.load_pretrained_pruned`` for
+  per-layer pruned shapes).
+- ``"int8"``: the int8 CPU model as a **TorchScript program** (``model.pt``: ``(input_ids, attention_mask) ->
+  logits``) with its tokenizer and labels; :class:`~agent_lightning.deployment.runtime.ExportedAgent` runs it. A QAT
+  checkpoint is converted with the ranges it trained with (``prepare_from_checkpoint`` + ``convert``); a float one is
+  quantized post-training with the same recipe. The input embeddings are compacted as an
+  :class:`~agent_lightning.callbacks.EmbeddingCompression` run recorded (the task's tokens, int8 rows). Why
+  TorchScript: the fast CPU int8 layers are fbgemm's dynamic quantized linears, whose packed weights ``torch.export``
+  cannot serialize in torch 2.13 (``LinearPackedParamsBase`` has no ``__obj_flatten__``), while a traced TorchScript
+  program keeps them and runs as fast as the eager model. torch marks TorchScript deprecated; those warnings are
+  silenced here and the choice is revisited when torch.export carries these weights.
+
+Each export is written into a staging folder, reloaded from there and compared with the in-memory model on sample
+requests (largest logit difference, top-1 agreement); only then does the staging folder replace the target, so a
+failure leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from agent_lightning.agent import Agent
+from agent_lightning.deployment.runtime import MANIFEST, PROGRAM, ExportedAgent
+from agent_lightning.io import atomic_directory, check_writable_directory
+from agent_lightning.pruning.removal import load_pretrained_pruned
+from agent_lightning.quantization.checkpoint import compact_from_checkpoint, prepare_from_checkpoint
+from agent_lightning.quantization.convert import convert, converted_modules
+from agent_lightning.quiet import messages_dropped
+
+__all__ = [
+    "ExportFormat",
+    "ExportResult",
+    "LogitsProgram",
+    "describe",
+    "export_agent",
+    "load_agent_checkpoint",
+    "trace",
+]
+
+ExportFormat = Literal["hf", "int8"]
+
+#: Requests the parity check runs (plus random token ids), whatever the agent's task.
+SAMPLE_TEXTS = (
+    "wake me up at 6 tomorrow",
+    "how much is in my savings account",
+    "my card was declined at the store",
+    "what's the weather like in Oslo this weekend",
+    "send an email to Sam saying I'm running late",
+    "I want to transfer 200 dollars to my brother",
+    "turn the heating up to 21 degrees",
+    "why was I charged twice for the same purchase",
+)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What was written and how faithfully.
+
+    Attributes:
+        folder: the export folder.
+        format: ``"hf"`` or ``"int8"``.
+        max_abs_logit_diff: largest absolute logit difference between the reloaded export and the in-memory model.
+        top1_agreement: fraction of sample requests on which both pick the same label.
+        samples: number of sample inputs compared.
+        quantized_layers: int8 layers in the exported model (0 for ``"hf"``).
+    """
+
+    folder: str
+    format: str
+    max_abs_logit_diff: float
+    top1_agreement: float
+    samples: int
+    quantized_layers: int
+
+
+def load_agent_checkpoint(path: str | os.PathLike) -> tuple[Agent, dict]:
+    """Load an :class:`Agent` and its raw checkpoint dict from ``path`` (on the CPU).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file cannot be read as a checkpoint (e.g. truncated), or is not an Agent's checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint={str(path)!r} does not exist; give the .ckpt file of an agent run.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # a truncated zip, a text file, ...: say which file and why
+        raise ValueError(
+            f"checkpoint={str(path)!r} cannot be read as a PyTorch checkpoint ({type(error).__name__}: {error}); "
+            "it may be truncated. Use another checkpoint (e.g. last.ckpt of the run)."
+        ) from error
+    hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
+    state = checkpoint.get("state_dict", {}) if isinstance(checkpoint, dict) else {}
+    if "model" not in hparams or not any(key.startswith("model.") for key in state):
+        raise ValueError(
+            f"checkpoint={str(path)!r} is not an agent_lightning Agent checkpoint (its hyper_parameters have no "
+            "'model' backbone). Export the checkpoints that `train.py fit` writes under runs/.../checkpoints/."
+        )
+    agent = Agent.load_from_checkpoint(path, map_location="cpu")
+    return agent.eval(), checkpoint
+
+
+def export_agent(
+    checkpoint: str | os.PathLike,
+    output: str | os.PathLike,
+    format: ExportFormat = "int8",
+    overwrite: bool = False,
+) -> ExportResult:
+    """Export an agent checkpoint to ``output`` and verify it by reloading.
+
+    Args:
+        checkpoint: the agent's ``.ckpt`` (a QAT run's checkpoint keeps its trained quantization ranges).
+        output: the folder to write; refused if it exists and is not empty, unless ``overwrite``.
+        format: ``"int8"`` (TorchScript int8 program, the fast CPU artefact) or ``"hf"`` (Hugging Face folder).
+        overwrite: replace an existing ``output``.
+
+    Returns:
+        The :class:`ExportResult`, parity numbers included (also written to ``export.json`` for ``"int8"``).
+
+    Raises:
+        ValueError: an unknown format, a checkpoint that is not an agent's, or a reloaded export that disagrees with
+            the in-memory model (nothing is written then).
+        FileExistsError: ``output`` exists and is not empty, and ``overwrite`` is false.
+
+    Example:
+        >>> from lightning.pytorch import Trainer
+        >>> folder = getfixture("tmp_path")
+        >>> trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+        >>> trainer.strategy.connect(Agent(labels=["play_music", "set_alarm"]))
+        >>> trainer.save_checkpoint(folder / "agent.ckpt")
+        >>> result = export_agent(folder / "agent.ckpt", folder / "int8")
+        >>> result.format, result.top1_agreement, result.quantized_layers
+        ('int8', 1.0, 36)
+        >>> ExportedAgent(folder / "int8").act("wake me at 7")[0][0] in ("play_music", "set_alarm")
+        True
+    """
+    if format not in ("hf", "int8"):
+        raise ValueError(f"format={format!r} is not supported; use 'int8' (TorchScript int8 CPU model) or 'hf'.")
+    target = Path(output)
+    check_writable_directory(target, overwrite, argument="output")  # before the (slow) loading
+    agent, raw = load_agent_checkpoint(checkpoint)
+    inputs = _sample_inputs(agent)
+    with atomic_directory(target, overwrite=overwrite, argument="output") as staging:
+        if format == "hf":
+            result = _export_hf(agent, staging, inputs)
+        else:
+            result = _export_int8(agent, raw, staging, inputs, str(checkpoint))
+        if result["top1_agreement"] < 1.0:
+            raise ValueError(
+                f"The reloaded {format} export disagrees with the model on {1 - result['top1_agreement']:.1%} of the "
+                f"sample requests (largest logit difference {result['max_abs_logit_diff']:.3g}); nothing was written."
+            )
+    return ExportResult(folder=str(target), format=format, **result)
+
+
+def _sample_inputs(agent: Agent) -> dict[str, Tensor]:
+    """The sample requests plus random token sequences, tokenized as the agent reads them."""
+    encoded = agent.tokenizer(
+        list(SAMPLE_TEXTS), padding="max_length", truncation=True, max_length=24, return_tensors="pt"
+    )
+    generator = torch.Generator().manual_seed(0)
+    vocab = agent.model.config.vocab_size
+    random_ids = torch.randint(min(1000, vocab - 1), vocab, (8, 24), generator=generator)
+    mask = torch.ones_like(random_ids)
+    mask[::2, 16:] = 0  # some padded rows
+    return {
+        "input_ids": torch.cat([encoded["input_ids"], random_ids]),
+        "attention_mask": torch.cat([encoded["attention_mask"], mask]),
+    }
+
+
+def _compare(reference: Tensor, exported: Tensor) -> dict[str, float | int]:
+    return {
+        "max_abs_logit_diff": float((reference.float() - exported.float()).abs().max()),
+        "top1_agreement": float((reference.argmax(-1) == exported.argmax(-1)).float().mean()),
+        "samples": int(reference.shape[0]),
+    }
+
+
+@torch.inference_mode()
+def _export_hf(agent: Agent, staging: Path, inputs: dict[str, Tensor]) -> dict:
+    agent.save_pretrained(staging, overwrite=True)
+    reloaded = load_pretrained_pruned(staging).eval()
+    parity = _compare(agent.model(**inputs).logits, reloaded(**inputs).logits)
+    return {**parity, "quantized_layers": 0}
+
+
+class LogitsProgram(nn.Module):
+    """``(input_ids, attention_mask) -> logits`` of a sequence classifier: the exported program's signature."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def trace(program: LogitsProgram, inputs: dict[str, Tensor]) -> torch.jit.ScriptModule:
+    """TorchScript-trace ``program`` on two rows of ``inputs`` (any batch size and length run afterwards)."""
+    with warnings.catch_warnings():
+        # TorchScript is deprecated in torch 2.13, but torch.export cannot carry fbgemm's packed int8 weights (see the
+        # module docstring); the tracer's notes on Python-constant branches concern shapes HF handles either way,
+        # which the reload comparison of the export checks on padded and unpadded rows.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r"`torch\.jit\.")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r"`is_gradient_checkpointing`")  # HF
+        # Tracing reads every property of the HF model, so a headless base model (BertModel, loss_type None)
+        # reports the "default loss" it would use, though nothing here computes a loss.
+        with torch.inference_mode(), messages_dropped("transformers.modeling_utils", "`loss_type=None` was set"):
+            return torch.jit.trace(program, (inputs["input_ids"][:2], inputs["attention_mask"][:2]), check_trace=False)
+
+
+@torch.inference_mode()
+def _export_int8(agent: Agent, raw: dict, staging: Path, inputs: dict[str, Tensor], source: str) -> dict:
+    compact = compact_from_checkpoint(agent, raw)
+    if not converted_modules(agent):
+        try:
+            prepare_from_checkpoint(agent, raw)  # the QAT run's trained ranges
+            how = "QAT ranges from the checkpoint"
+        except ValueError:
+            how = "post-training quantization (no QAT state in the checkpoint)"
+        convert(agent)
+    else:
+        how = "already converted"
+    program = LogitsProgram(agent.model).eval()
+    expected = program(inputs["input_ids"], inputs["attention_mask"])
+    traced = trace(program, inputs)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r"`torch\.jit\.")
+        torch.jit.save(traced, str(staging / PROGRAM))
+    agent.tokenizer.save_pretrained(staging)
+    (staging / "labels.json").write_text(json.dumps(agent.labels, indent=1), encoding="utf-8")
+    manifest = {"format": "int8", "source": source, "quantization": how, "max_length": agent.hparams.max_length}
+    if compact is not None:
+        manifest["embeddings"] = {"kept_tokens": compact.kept_tokens, "vocab_size": compact.num_embeddings}
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    reloaded = ExportedAgent(staging)
+    parity = _compare(expected, reloaded.program(inputs["input_ids"], inputs["attention_mask"]))
+    parity["quantized_layers"] = len(converted_modules(agent))
+    (staging / MANIFEST).write_text(json.dumps({**manifest, "parity": parity}, indent=1), encoding="utf-8")
+    return parity
+
+
+def describe(result: ExportResult) -> str:
+    """One line for the console."""
+    fields = asdict(result)
+    return (
+        f"exported {fields['format']} to {fields['folder']}: reloaded and compared on {fields['samples']} samples, "
+        f"top-1 agreement {fields['top1_agreement']:.3f}, largest logit difference {fields['max_abs_logit_diff']:.2e}"
+        + (f", {fields['quantized_layers']} int8 layers" if fields["quantized_layers"] else "")
+    )

@@ -1,0 +1,37 @@
+"""Knowledge distillation, usable without a Trainer: the losses, loading and freezing a teacher, the teacher-output
+cache, token-replacement augmentation, and students made of a teacher's own blocks.
+
+- :mod:`~agent_lightning.distillation.losses`: :class:`LogitDistillationLoss`, :class:`HiddenStateLoss`,
+  :class:`AttentionDistillationLoss` (``nn.Module`` losses, shapes in their docstrings).
+- :mod:`~agent_lightning.distillation.teachers`: :func:`load_teacher`, :func:`freeze`, :func:`fingerprint`,
+  :func:`check_compatible`.
+- :mod:`~agent_lightning.distillation.cache`: :class:`TeacherLogitCache` (per-example teacher logits, in memory or
+  on disk).
+- :mod:`~agent_lightning.distillation.augmentation`: :func:`replace_tokens`.
+- :mod:`~agent_lightning.distillation.students`: :func:`keep_layers`, :func:`narrow_ffn`.
+- :mod:`~agent_lightning.distillation.layers`: the student-to-teacher block map and output capture.
+
+:class:`agent_lightning.callbacks.Distillation` drives these during ``fit``.
+"""
+
+from agent_lightning.distillation.augmentation import replace_tokens
+from agent_lightning.distillation.cache import TeacherLogitCache
+from agent_lightning.distillation.layers import even_map
+from agent_lightning.distillation.losses import AttentionDistillationLoss, HiddenStateLoss, LogitDistillationLoss
+from agent_lightning.distillation.students import keep_layers, narrow_ffn
+from agent_lightning.distillation.teachers import check_compatible, fingerprint, freeze, load_teacher
+
+__all__ = [
+    "AttentionDistillationLoss",
+    "HiddenStateLoss",
+    "LogitDistillationLoss",
+    "TeacherLogitCache",
+    "check_compatible",
+    "even_map",
+    "fingerprint",
+    "freeze",
+    "keep_layers",
+    "load_teacher",
+    "narrow_ffn",
+    "replace_tokens",
+]

@@ -1,0 +1,179 @@
+"""Physically removing attention heads and feed-forward neurons, and rebuilding such a model when it is loaded.
+
+Structured pruning first *masks* heads and neurons (zeros, same shapes) while training; at the end the zeroed rows
+and columns are cut out of the ``nn.Linear`` layers so the model is really smaller and faster. What was kept is
+recorded in the Hugging Face config, so that a saved folder or checkpoint can be rebuilt:
+
+- ``config.intermediate_size`` is updated when every block keeps the same number of neurons (then the folder loads
+  with plain ``from_pretrained``);
+- ``config.agent_lightning_structure`` records, per block, the number of heads and neurons kept (needed whenever
+  heads were removed, since HF configs cannot express fewer heads of the same width). :func:`load_pretrained_pruned`
+  and :class:`~agent_lightning.Agent` read it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig
+from transformers.pytorch_utils import prune_linear_layer
+
+from agent_lightning.targets import TransformerBlock, find_blocks
+
+__all__ = ["STRUCTURE_KEY", "build_from_config", "load_pretrained_pruned", "remove_structure", "shrink_to_structure"]
+
+STRUCTURE_KEY = "agent_lightning_structure"
+
+
+def _set(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
+
+
+def _head_rows(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
+    return (heads[:, None] * head_dim + torch.arange(head_dim, device=heads.device)).reshape(-1)
+
+
+def remove_structure(
+    model: nn.Module,
+    kept_neurons: Mapping[int, torch.Tensor],
+    kept_heads: Mapping[int, torch.Tensor],
+) -> dict[str, dict[str, int]]:
+    """Cut pruned neurons and heads out of ``model``'s transformer blocks, in place.
+
+    Args:
+        model: the module whose blocks :func:`find_blocks` finds (the same root used while masking).
+        kept_neurons: block index -> sorted indices of the FFN neurons to keep.
+        kept_heads: block index -> sorted indices of the attention heads to keep.
+
+    Returns:
+        The structure record ``{block index: {"heads": n, "intermediate_size": m}}`` (as strings for JSON).
+    """
+    blocks = {block.index: block for block in find_blocks(model)}
+    record: dict[str, dict[str, int]] = {}
+    for index, block in blocks.items():
+        entry: dict[str, int] = {}
+        if index in kept_neurons and block.ffn_out is not None:
+            keep = kept_neurons[index].to(torch.long)
+            for name in block.ffn_in:
+                _set(model, name, prune_linear_layer(model.get_submodule(name), keep.to(_device(model, name)), dim=0))
+            _set(model, block.ffn_out, prune_linear_layer(model.get_submodule(block.ffn_out), keep, dim=1))
+            entry["intermediate_size"] = int(keep.numel())
+        if index in kept_heads and block.attention_out is not None:
+            keep = kept_heads[index].to(torch.long)
+            rows = _head_rows(keep, block.head_dim)
+            for name in block.attention_in:
+                _set(model, name, prune_linear_layer(model.get_submodule(name), rows, dim=0))
+            _set(model, block.attention_out, prune_linear_layer(model.get_submodule(block.attention_out), rows, dim=1))
+            _set_head_count(model.get_submodule(block.attention_module), int(keep.numel()), block.head_dim)
+            entry["heads"] = int(keep.numel())
+        if entry:
+            record[str(index)] = entry
+    _record_in_config(model, record)
+    return record
+
+
+def _device(model: nn.Module, name: str) -> torch.device:
+    return model.get_submodule(name).weight.device
+
+
+def _set_head_count(attention: nn.Module, heads: int, head_dim: int) -> None:
+    # BERT-like modules keep these as attributes; Llama-like ones reshape with -1 and need nothing.
+    if hasattr(attention, "num_attention_heads"):
+        attention.num_attention_heads = heads
+    if hasattr(attention, "all_head_size"):
+        attention.all_head_size = heads * head_dim
+
+
+def _configs(model: nn.Module):
+    seen = set()
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if isinstance(config, PretrainedConfig) and id(config) not in seen:
+            seen.add(id(config))
+            yield config
+
+
+def _record_in_config(model: nn.Module, record: dict[str, dict[str, int]]) -> None:
+    for config in _configs(model):
+        merged = {**getattr(config, STRUCTURE_KEY, {}), **record}
+        setattr(config, STRUCTURE_KEY, merged)
+        sizes = {entry.get("intermediate_size") for entry in merged.values()}
+        blocks = getattr(config, "num_hidden_layers", None)
+        if len(sizes) == 1 and None not in sizes and len(merged) == blocks and hasattr(config, "intermediate_size"):
+            config.intermediate_size = sizes.pop()
+
+
+def shrink_to_structure(model: nn.Module, record: Mapping[str, Mapping[str, int]]) -> None:
+    """Give a freshly built (full-size) model the shapes of a pruned one, so that its weights load.
+
+    The kept rows are the first ones; the weights are overwritten by the load that follows.
+    """
+    kept_neurons, kept_heads = {}, {}
+    for key, entry in record.items():
+        if "intermediate_size" in entry:
+            kept_neurons[int(key)] = torch.arange(entry["intermediate_size"])
+        if "heads" in entry:
+            kept_heads[int(key)] = torch.arange(entry["heads"])
+    blocks = {b.index: b for b in find_blocks(model)}
+    # Only shrink what differs from the built size (intermediate_size may already be the pruned one).
+    kept_neurons = {i: k for i, k in kept_neurons.items() if _ffn_width(model, blocks[i]) != len(k)}
+    remove_structure(model, kept_neurons, kept_heads)
+
+
+def _ffn_width(model: nn.Module, block: TransformerBlock) -> int | None:
+    if block.ffn_out is None:
+        return None
+    return model.get_submodule(block.ffn_in[0]).weight.shape[0]
+
+
+def load_pretrained_pruned(folder: str | os.PathLike, model_class=None, config=None) -> nn.Module:
+    """Load an HF folder written after structured pruning (heads and/or neurons removed).
+
+    Args:
+        folder: the folder (``config.json`` + weights).
+        model_class: the ``AutoModel...`` class to build (default ``AutoModelForSequenceClassification``).
+        config: an already-loaded config of that folder, to skip reading it again.
+
+    Example:
+        >>> from transformers import BertConfig
+        >>> config = BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
+        >>> model = AutoModelForSequenceClassification.from_config(config)
+        >>> remove_structure(model.bert, {0: torch.arange(4)}, {0: torch.tensor([1])})
+        {'0': {'intermediate_size': 4, 'heads': 1}}
+        >>> folder = getfixture("tmp_path")
+        >>> model.save_pretrained(folder)
+        >>> load_pretrained_pruned(folder).bert.encoder.layer[0].intermediate.dense.out_features
+        4
+    """
+    model_class = model_class or AutoModelForSequenceClassification
+    config = config or AutoConfig.from_pretrained(folder)
+    if not getattr(config, STRUCTURE_KEY, None):
+        return model_class.from_pretrained(folder, config=config)
+    model = build_from_config(config, model_class)
+    model.load_state_dict(_read_weights(folder), strict=True)
+    return model
+
+
+def build_from_config(config, model_class=None) -> nn.Module:
+    """A randomly initialised model of ``config``'s architecture, pruned shapes included."""
+    model = (model_class or AutoModelForSequenceClassification).from_config(config)
+    record = getattr(config, STRUCTURE_KEY, None)
+    if record:
+        shrink_to_structure(model, record)
+    return model
+
+
+def _read_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"{str(folder)!r} holds no .safetensors weights; write it with save_pretrained.")
+    weights: dict[str, torch.Tensor] = {}
+    for path in files:
+        weights.update(load_file(path))
+    return weights

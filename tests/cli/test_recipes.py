@@ -1,0 +1,102 @@
+"""`agent-lightning compress`: teacher, compressed student, export, measured summary — end to end on a tiny BERT."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent_lightning import Agent
+from agent_lightning.cli import main
+from agent_lightning.cli.recipes import run_recipe
+from agent_lightning.deployment.compare import RecipeSummary, compare_with_teacher
+from agent_lightning.deployment.measure import file_bytes, saved_bytes
+from agent_lightning.deployment.runtime import PROGRAM, ExportedAgent
+from tests.conftest import REPO
+
+
+def _common(tmp_path: Path, tiny_bert: str, data_dir: Path) -> list[str]:
+    return [
+        "-c",
+        str(REPO / "configs" / "default.yaml"),
+        f"--model.model={tiny_bert}",
+        f"--data.dataset={data_dir}",
+        "--data.batch_size=4",
+        "--model.learning_rate=1e-3",
+        "--trainer.max_epochs=2",
+        "--trainer.log_every_n_steps=1",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+    ]
+
+
+def test_compress_trains_teacher_then_student_exports_and_measures(tmp_path, tiny_bert, tiny_data_dir):
+    summary = run_recipe([*_common(tmp_path, tiny_bert, tiny_data_dir), "--student-layers", "1"])
+    teacher_run = tmp_path / "runs" / "teacher" / "version_0"
+    student_run = tmp_path / "runs" / "student" / "version_0"
+    # stage 2's saved config spells out the whole composition, initialised from the fine-tuned teacher
+    config = yaml.safe_load((student_run / "config.yaml").read_text())
+    assert config["model"]["model"] == str(teacher_run / "teacher-hf")
+    assert config["model"]["student_layers"] == [1]
+    callbacks = {c["class_path"].rsplit(".", 1)[1]: c["init_args"] for c in config["trainer"]["callbacks"]}
+    assert {"Distillation", "Pruning", "QuantizationAwareTraining", "EmbeddingCompression"} <= set(callbacks)
+    teacher_ckpt = callbacks["Distillation"]["teacher"]
+    assert Path(teacher_ckpt).parent == teacher_run / "checkpoints" and "val_acc" in Path(teacher_ckpt).name
+    assert callbacks["Pruning"]["sparsity"] == 0.5 and callbacks["QuantizationAwareTraining"]["start"] == 0.8
+    # the export is the int8, compacted one-block student
+    export = student_run / "export-int8"
+    exported = ExportedAgent(export)
+    assert exported.manifest["parity"]["quantized_layers"] == 6 and exported.manifest["parity"]["top1_agreement"] == 1
+    assert exported.manifest["embeddings"]["kept_tokens"] < 200
+    # the summary's numbers are the measured ones
+    written = json.loads((student_run / "summary.json").read_text())
+    assert RecipeSummary(**written) == summary
+    texts = [line.split(",")[0] for line in (tiny_data_dir / "test.csv").read_text().splitlines()[1:]]
+    labels = [line.split(",")[1] for line in (tiny_data_dir / "test.csv").read_text().splitlines()[1:]]
+    assert summary.examples == len(texts) == 20 and summary.split == "test"
+    predicted = [action for action, _ in exported.act(texts)]
+    assert summary.student_acc == sum(p == y for p, y in zip(predicted, labels)) / 20
+    teacher = Agent.load_from_checkpoint(teacher_ckpt)
+    assert summary.teacher_acc == sum(a == y for (a, _), y in zip(teacher.act(texts), labels)) / 20
+    assert (summary.student_bytes, summary.student_zipped) == file_bytes(export / PROGRAM)
+    assert (summary.teacher_bytes, summary.teacher_zipped) == saved_bytes(teacher.model)
+    assert summary.student_zipped * 10 < summary.teacher_zipped
+    assert set(summary.latency_ms) == {"teacher_b1", "student_b1", "teacher_b32", "student_b32"}
+    assert all(ms > 0 for ms in summary.latency_ms.values())
+    assert "| bytes zipped |" in (student_run / "summary.md").read_text()
+
+
+def test_compress_with_a_given_teacher_skips_stage_one(tmp_path, tiny_bert, tiny_data_dir, capsys):
+    common = _common(tmp_path, tiny_bert, tiny_data_dir)
+    main(["fit", *common, "--trainer.max_epochs=1", "--trainer.logger.init_args.name=mine"])
+    teacher_ckpt = next((tmp_path / "runs" / "mine" / "version_0" / "checkpoints").glob("epoch*.ckpt"))
+    main(["compress", *common, "--teacher", str(teacher_ckpt), "--student-layers", "0", "--qat", "none"])
+    assert not (tmp_path / "runs" / "teacher").exists()
+    printed = capsys.readouterr().out
+    assert "Stage 1" not in printed and "Stage 4" in printed and "| bytes zipped |" in printed
+    exported = ExportedAgent(tmp_path / "runs" / "student" / "version_0" / "export-int8")
+    assert exported.manifest["quantization"].startswith("post-training")  # no QAT: quantized after training
+
+
+def test_compare_with_teacher_refuses_mismatched_labels(tmp_path):
+    with pytest.raises(ValueError, match=r"needs as many labels as texts, got 2 and 1"):
+        compare_with_teacher(None, tmp_path, ["a", "b"], ["x"])
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        (["--prune", "2"], ValueError, r"--prune '2' must be a sparsity in \[0, 1\)"),
+        (["--student-layers", "first"], ValueError, r"--student-layers 'first' must be comma-separated"),
+        (["--output", "{taken}"], FileExistsError, r"exists and is not empty"),
+    ],
+)
+def test_bad_options_fail_before_anything_trains(options, error, message, tmp_path, tiny_bert, tiny_data_dir):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("x")
+    options = [o.format(taken=tmp_path / "taken") for o in options]
+    with pytest.raises(error, match=message):
+        run_recipe([*_common(tmp_path, tiny_bert, tiny_data_dir), *options])
+    assert not (tmp_path / "runs").exists()
