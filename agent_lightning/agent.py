@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from torchmetrics.text import Perplexity
 from transformers import (
@@ -30,6 +31,7 @@ from agent_lightning.backbone import load_tokenizer, resolve_backbone
 from agent_lightning.distillation.students import keep_layers, narrow_ffn
 from agent_lightning.io import atomic_directory
 from agent_lightning.pruning.removal import STRUCTURE_KEY, build_from_config, load_pretrained_pruned
+from agent_lightning.quiet import messages_dropped
 from agent_lightning.tensorboard import write_run_hparams
 from agent_lightning.validation import as_texts, check_choice, check_fraction, check_int, check_number
 
@@ -140,9 +142,7 @@ class Agent(LightningModule):
         elif task == "causal-lm":
             self.model = AutoModelForCausalLM.from_pretrained(source, config=config)
         else:
-            self.model = AutoModelForSequenceClassification.from_pretrained(
-                source, config=config, ignore_mismatched_sizes=True
-            )
+            self.model = _load_classifier(source, config)
         if student_layers is not None:  # a student made of some of the backbone's (teacher's) blocks
             keep_layers(self.model, student_layers)
         if student_intermediate_size is not None:
@@ -375,6 +375,30 @@ class Agent(LightningModule):
             if self.hparams.task == "classification":
                 (staging / "labels.json").write_text(json.dumps(self.labels, indent=1), encoding="utf-8")
         return Path(directory)
+
+
+def _load_classifier(source: str, config: Any) -> nn.Module:
+    """``AutoModelForSequenceClassification.from_pretrained`` without transformers' load report for the head this
+    agent is about to train (new, or resized to the labels); any other missing, unexpected or resized weight is a
+    real problem and is warned about."""
+    with messages_dropped("transformers.modeling_utils", "LOAD REPORT"):
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            source, config=config, ignore_mismatched_sizes=True, output_loading_info=True
+        )
+    backbone = f"{model.base_model_prefix}."
+    missing = sorted(k for k in info["missing_keys"] if k.startswith(backbone))
+    resized = sorted(k[0] if isinstance(k, tuple) else k for k in info["mismatched_keys"])
+    resized = [k for k in resized if k.startswith(backbone)]
+    unexpected = sorted(k for k in info["unexpected_keys"] if not k.endswith("position_ids"))
+    if missing or resized or unexpected:
+        warnings.warn(
+            f"Agent(model={source!r}): the backbone's weights do not fit its architecture: missing "
+            f"{_preview(missing)}, resized {_preview(resized)}, unexpected {_preview(unexpected)} (these start "
+            "from random values). Check that model names a checkpoint of this architecture.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return model
 
 
 def _load_config(source: str):

@@ -7,7 +7,9 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["messages_dropped", "silence_known_noise"]
+import transformers
+
+__all__ = ["messages_dropped", "silence_command_line_noise", "silence_known_noise"]
 
 # (logger name, text the message contains)
 _KNOWN_NOISE = (
@@ -17,11 +19,17 @@ _KNOWN_NOISE = (
     ("lightning.pytorch.utilities.rank_zero", "try installing [litlogger]"),
 )
 
-# warning message regexes (Python ``warnings``)
-_KNOWN_WARNINGS = (
+# (warning message regex, category) of Python ``warnings``
+_KNOWN_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     # torch.compile of torchao's int8 tensors: a note to torchao's developers about AOT-autograd cache keys
-    r".*does not implement _stable_hash_for_caching.*",
+    (r".*does not implement _stable_hash_for_caching.*", UserWarning),
+    # Lightning 2.6 on torch 2.13 (lightning/pytorch/utilities/_pytree.py), at every fit and test
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", DeprecationWarning),
 )
+
+# What the command line drops on top: notes that say how Lightning works rather than what this run does.
+_COMMAND_LINE_NOISE = (("lightning.pytorch.utilities.rank_zero", "to estimate number of stepping batches"),)
 
 
 class _DropMessages(logging.Filter):
@@ -36,9 +44,21 @@ class _DropMessages(logging.Filter):
 def silence_known_noise() -> None:
     """Install filters (once) on the loggers in ``_KNOWN_NOISE`` and for the warnings in ``_KNOWN_WARNINGS``; every
     other message still gets through."""
-    for pattern in _KNOWN_WARNINGS:
-        warnings.filterwarnings("ignore", message=pattern, category=UserWarning)
-    for name, fragment in _KNOWN_NOISE:
+    for pattern, category in _KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern, category=category)
+    _drop(_KNOWN_NOISE)
+
+
+def silence_command_line_noise() -> None:
+    """For the command line (an application, not a library): also drop Lightning's notes on how it works and
+    transformers' per-file progress bars (loading and writing weights), which only repeat what the stages say."""
+    silence_known_noise()
+    _drop(_COMMAND_LINE_NOISE)
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _drop(noise: tuple[tuple[str, str], ...]) -> None:
+    for name, fragment in noise:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropMessages) and f.fragment == fragment for f in logger.filters):
             logger.addFilter(_DropMessages(fragment))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from agent_lightning.cli.export import export_command
 from agent_lightning.cli.lightning_cli import AgentLightningCLI
 from agent_lightning.cli.recipes import run_recipe
+from agent_lightning.quiet import silence_command_line_noise
 
 __all__ = ["COMMANDS", "Command", "help_text", "main"]
 
@@ -76,6 +77,7 @@ def main(args: Sequence[str] | None = None) -> None:
             command.
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    silence_command_line_noise()
     args = list(sys.argv[1:] if args is None else args)
     if not args or args[0] in ("-h", "--help"):
         print(help_text())

@@ -11,7 +11,8 @@ and seed:
 Also measured: training-step time of each run (KD's first epoch fills the cache, later epochs reuse it) and CPU
 inference latency of student versus teacher (round-robin, batch 1 and 32).
 
-    python -m benchmarks.distillation.distill_banking77 --teacher runs/finetune_banking77/version_0/checkpoints/best.ckpt
+    python -m benchmarks.distillation.distill_banking77 \\
+        --teacher runs/finetune_banking77/version_0/checkpoints/best.ckpt
 
 Writes benchmarks/distillation/results/distill_banking77.{md,json}.
 """

@@ -11,8 +11,8 @@ each appends one JSON line per epoch to ``--log`` and the markdown table is rebu
 - ``--layers 0 3`` (or ``--layers 0``): a smaller student, further below its teacher, where KD has room to help.
 
     OMP_NUM_THREADS=1 python -m benchmarks.distillation.distill_curves_banking77 --teacher CKPT --run "no KD" --epochs 6
-    OMP_NUM_THREADS=1 python -m benchmarks.distillation.distill_curves_banking77 --teacher CKPT --run "logit KD" --epochs 6 \\
-        --temperature 4 --alpha 0.1
+    OMP_NUM_THREADS=1 python -m benchmarks.distillation.distill_curves_banking77 --teacher CKPT --run "logit KD" \\
+        --epochs 6 --temperature 4 --alpha 0.1
 
 Writes benchmarks/distillation/results/distill_curves_banking77.{md,jsonl}.
 """

@@ -48,10 +48,10 @@ from agent_lightning.callbacks import (  # noqa: E402
     Pruning,
     QuantizationAwareTraining,
 )
-from agent_lightning.evaluation import action_accuracy  # noqa: E402
 from agent_lightning.deployment.export import LogitsProgram, export_agent  # noqa: E402
-from agent_lightning.deployment.runtime import PROGRAM, ExportedAgent  # noqa: E402
 from agent_lightning.deployment.measure import ModelInputs, compare_latency, file_bytes, parameter_counts, saved_bytes  # noqa: E402
+from agent_lightning.deployment.runtime import PROGRAM, ExportedAgent  # noqa: E402
+from agent_lightning.evaluation import action_accuracy  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     DEFAULT_DATA,
     accuracy_on_test,

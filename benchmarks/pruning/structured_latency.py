@@ -23,8 +23,8 @@ from transformers import AutoModelForSequenceClassification  # noqa: E402
 
 import agent_lightning  # noqa: E402, F401  (quiet third-party import noise)
 from agent_lightning.backbone import default_backbone_path  # noqa: E402
-from agent_lightning.io import atomic_write_text  # noqa: E402
 from agent_lightning.deployment.measure import compare_latency, token_inputs  # noqa: E402
+from agent_lightning.io import atomic_write_text  # noqa: E402
 from agent_lightning.pruning.removal import remove_structure  # noqa: E402
 from agent_lightning.targets import find_blocks  # noqa: E402
 

@@ -5,8 +5,8 @@ checkpoint converted with the same recipe QAT uses (``convert``: fbgemm dynamic 
 called as ``(input_ids, attention_mask) -> logits``: fp32 eager, fp32 TorchScript (traced the same way as the
 export, so the int8 program is not compared with a handicapped baseline), int8 eager, and the int8 TorchScript
 program that ``agent-lightning export --format int8`` writes (the artefact users deploy). Each repeat is an
-independent round-robin measurement (``agent_lightning.deployment.measure.compare_latency``) at sequence length 64; the table
-gives every repeat's ratio and their median, because single measurements on a shared 2-core machine vary by
+independent round-robin measurement (``agent_lightning.deployment.measure.compare_latency``) at sequence length 64;
+the table gives every repeat's ratio and their median, because single measurements on a shared 2-core machine vary by
 +-15 %. Also measured: one pass over the BANKING77 test set with its real, dynamically padded batches.
 
     python -m benchmarks.quantization.int8_latency --teacher runs/finetune_banking77/version_0/checkpoints/best.ckpt

@@ -1,12 +1,14 @@
 """What compacting the input embeddings costs: the fine-tuned agent with its vocabulary cut to the training tokens.
 
 No retraining: the agent of ``finetune_banking77.py`` is evaluated on the test split as it is, then with its input
-embeddings replaced by a :class:`~agent_lightning.quantization.embedding.CompactEmbedding` holding the rows of the tokens
+embeddings replaced by a :class:`~agent_lightning.quantization.CompactEmbedding` holding the rows of the tokens
 of the training batches (and the special tokens), float or int8, with unseen tokens sent to their nearest kept row or
 to ``[UNK]``. The same rows ``EmbeddingCompression`` would keep after one epoch.
 
-    python -m benchmarks.quantization.vocabulary_banking77 --teacher runs/finetune_banking77/version_0/checkpoints/best.ckpt
-    python -m benchmarks.quantization.vocabulary_banking77 --teacher runs/teacher/version_0/checkpoints/<best>.ckpt --builtin
+    python -m benchmarks.quantization.vocabulary_banking77 \\
+        --teacher runs/finetune_banking77/version_0/checkpoints/best.ckpt
+    python -m benchmarks.quantization.vocabulary_banking77 \\
+        --teacher runs/teacher/version_0/checkpoints/<best>.ckpt --builtin
 
 Writes benchmarks/quantization/results/vocabulary_banking77.{md,json} (or vocabulary_builtin.{md,json}).
 """
@@ -23,8 +25,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from agent_lightning import Agent, TextClassificationDataModule  # noqa: E402
-from agent_lightning.quantization.embedding import compact_input_embeddings, input_embeddings  # noqa: E402
 from agent_lightning.deployment.measure import saved_bytes  # noqa: E402
+from agent_lightning.quantization.embedding import compact_input_embeddings, input_embeddings  # noqa: E402
 from benchmarks.common import DEFAULT_DATA, accuracy_on_test, banking77, command_line, write_results  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
