@@ -21,7 +21,20 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import Strategy
 from torch import Tensor, nn
 
-__all__ = ["accuracy", "action_accuracy", "count_correct", "device_of", "logits_of", "split_batch"]
+__all__ = [
+    "UNLABELED",
+    "accuracy",
+    "action_accuracy",
+    "count_correct",
+    "device_of",
+    "labelled_rows",
+    "logits_of",
+    "split_batch",
+]
+
+#: The label of a training row without one (PyTorch's cross-entropy ``ignore_index``): task losses skip it,
+#: distillation learns from it.
+UNLABELED = -100
 
 
 def split_batch(batch: Any) -> tuple[tuple[Any, ...], dict[str, Any], Tensor | None]:
@@ -41,6 +54,19 @@ def split_batch(batch: Any) -> tuple[tuple[Any, ...], dict[str, Any], Tensor | N
         f"Cannot read a batch of type {type(batch).__name__}: agent_lightning callbacks that run the model need a "
         "dict of tensors (called as module(**batch) without 'labels'), an (inputs, labels) pair or a tensor."
     )
+
+
+def labelled_rows(labels: Any, rows: int) -> Tensor | None:
+    """Boolean ``(rows,)`` mask of the rows whose label is not :data:`UNLABELED`, or ``None`` when ``labels`` is not a
+    per-row label tensor (then every row counts as labelled).
+
+    Example:
+        >>> labelled_rows(torch.tensor([3, -100, 0]), 3).tolist()
+        [True, False, True]
+    """
+    if not isinstance(labels, Tensor) or labels.ndim != 1 or labels.shape[0] != rows or labels.is_floating_point():
+        return None
+    return labels != UNLABELED
 
 
 def logits_of(output: Any) -> Tensor:

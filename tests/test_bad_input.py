@@ -268,6 +268,23 @@ CASES = [
     Case("TextClassificationDataModule", "shuffle_seed", "type", "7", _classification_data("shuffle_seed"), TypeError),
     Case("TextClassificationDataModule", "split_seed", "type", "0", _classification_data("split_seed"), TypeError),
     Case("TextClassificationDataModule", "num_workers", "range", -1, _classification_data("num_workers")),
+    Case("TextClassificationDataModule", "labels_per_class", "range", 0, _classification_data("labels_per_class")),
+    Case(
+        "TextClassificationDataModule",
+        "labels_per_class",
+        "type",
+        "10",
+        _classification_data("labels_per_class"),
+        TypeError,
+    ),
+    Case(
+        "TextClassificationDataModule",
+        "unlabeled_file",
+        "missing file",
+        "missing.csv",
+        _classification_data("unlabeled_file"),
+    ),
+    Case("TextClassificationDataModule", "unlabeled_file", "range", "rest", _classification_data("unlabeled_file")),
     # LanguageModelingDataModule
     Case("LanguageModelingDataModule", "train_file", "missing file", "missing.jsonl", _lm_data("train_file")),
     Case("LanguageModelingDataModule", "val_file", "missing file", "missing.jsonl", _lm_data("val_file")),
@@ -281,6 +298,7 @@ CASES = [
     Case("train.py fit", "--qat", "choice", "int3", _cli("--qat", "{value}")),
     Case("train.py fit", "--embeddings", "choice", "int4", _cli("--embeddings", "{value}")),
     Case("train.py fit", "--student-layers", "format", "a,b", _cli("--student-layers", "{value}")),
+    Case("train.py fit", "--labels-per-class", "format", "ten", _cli("--labels-per-class", "{value}")),
     Case("agent-lightning export", "format", "choice", "onnx", _export("format")),
     Case(
         "agent-lightning export", "checkpoint", "missing file", "missing.ckpt", _export("checkpoint"), FileNotFoundError

@@ -19,7 +19,7 @@ from agent_lightning.distillation.cache import TeacherLogitCache
 from agent_lightning.distillation.layers import even_map, hidden_width, keep_output
 from agent_lightning.distillation.losses import AttentionDistillationLoss, HiddenStateLoss, LogitDistillationLoss
 from agent_lightning.distillation.teachers import check_compatible, fingerprint, freeze, load_teacher
-from agent_lightning.evaluation import logits_of, split_batch
+from agent_lightning.evaluation import labelled_rows, logits_of, split_batch
 from agent_lightning.targets import block_list, find_blocks
 from agent_lightning.tensorboard import plain_settings
 from agent_lightning.validation import check_choice, check_number
@@ -42,6 +42,13 @@ class Distillation(CompressionCallback):
     ``forward``) on the batch (the first call in the step is the one distilled) and returns the loss (a tensor, or a
     dict with ``"loss"``); ``forward`` returns logits (a tensor, an HF output with ``logits``, or a dict with
     ``"logits"``); the teacher accepts the same ``forward`` inputs (``labels`` are not passed to it).
+
+    Unlabelled rows: a training row whose label is :data:`~agent_lightning.evaluation.UNLABELED` (-100, PyTorch's
+    cross-entropy ``ignore_index``; ``TextClassificationDataModule(unlabeled_file=...)`` marks them so) gets the KD
+    terms only: the module's task loss must skip it (``nn.CrossEntropyLoss`` and Hugging Face heads do), the KD term
+    covers every row, and a batch of only unlabelled rows trains on ``(1 - alpha)`` times KD alone.
+    ``distill/kd_loss_unlabeled`` is KD on those rows. Labels are read from the ``labels`` the forward was called
+    with, else from the batch (a dict's ``labels``, or the second item of an ``(inputs, labels)`` pair).
 
     Teacher-output cache: with logit-only KD, the teacher's logits for each example are computed once and reused in
     later epochs (keyed by the example's content, so reshuffling and re-padding still hit; changed inputs miss). In
@@ -159,6 +166,7 @@ class Distillation(CompressionCallback):
         self._handles: list[Any] = []
         self._projection_hooks: list[list[Any]] = []  # [root, name, hook, hooked module, handle]
         self._student_call: tuple[tuple, dict, Any] | None = None
+        self._step_labels: Tensor | None = None
         self._student_hidden: dict[Any, Tensor] = {}
         self._teacher_hidden: dict[Any, Tensor] = {}
         self._layer_pairs: list[tuple[int, int]] = []
@@ -263,6 +271,7 @@ class Distillation(CompressionCallback):
         original = pl_module.training_step
 
         def training_step(*args: Any, **kwargs: Any):
+            self._step_labels = _labels_of(args[0] if args else kwargs.get("batch"))
             self._student_call = None
             self._student_hidden.clear()
             self._teacher_hidden.clear()
@@ -324,9 +333,20 @@ class Distillation(CompressionCallback):
         teacher_logits = self._teacher_logits(args, kwargs, student_logits.device)
         temperature, alpha = self.current_temperature(pl_module), self.current_alpha(pl_module)
         mask = _token_mask(kwargs, student_logits)
-        kd = self.kd_loss(student_logits, teacher_logits.to(student_logits.dtype), temperature, mask)
-        loss = alpha * task + (1.0 - alpha) * kd
-        metrics = {"distill/kd_loss": kd, "distill/task_loss": task, "distill/temperature": temperature}
+        teacher_logits = teacher_logits.to(student_logits.dtype)
+        kd = self.kd_loss(student_logits, teacher_logits, temperature, mask)  # every row, labelled or not
+        metrics = {"distill/kd_loss": kd, "distill/temperature": temperature}
+        labelled = labelled_rows(kwargs.get("labels", self._step_labels), student_logits.shape[0])
+        if labelled is not None and not bool(labelled.all()):  # rows marked UNLABELED (-100) learn from KD only
+            unlabeled = ~labelled
+            rows = None if mask is None else mask[unlabeled]
+            kd_unlabeled = self.kd_loss(student_logits[unlabeled], teacher_logits[unlabeled], temperature, rows)
+            metrics["distill/kd_loss_unlabeled"] = kd_unlabeled
+        if labelled is not None and not bool(labelled.any()):
+            loss = (1.0 - alpha) * kd  # no labelled row: the task loss is undefined (or NaN), KD alone trains
+        else:
+            loss = alpha * task + (1.0 - alpha) * kd
+            metrics["distill/task_loss"] = task
         if self.hidden_loss is not None:
             hidden_mask = kwargs.get("attention_mask")
             hidden = self.hidden_loss(
@@ -482,6 +502,14 @@ class Distillation(CompressionCallback):
 
 def _ramp(start: float, end: float | None, progress: float) -> float:
     return start if end is None else start + (end - start) * min(1.0, max(0.0, progress))
+
+
+def _labels_of(batch: Any) -> Tensor | None:
+    """The labels of a training batch (``labels`` of a dict batch, the second item of a pair), else ``None``."""
+    try:
+        return split_batch(batch)[2]
+    except TypeError:
+        return None
 
 
 def _token_mask(kwargs: dict, logits: Tensor) -> Tensor | None:

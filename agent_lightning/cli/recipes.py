@@ -8,7 +8,9 @@
    (``--student-layers``, initialised from the fine-tuned teacher's weights) and the compression short flags:
    ``--distill TEACHER`` (every step), ``--prune`` (ramps to its target by 60 % of training, then holds), ``--qat``
    (from 80 % of training, on the pruned weights, converted at fit end) and ``--embeddings`` (the vocabulary
-   training used, int8 rows). Its ``config.yaml`` spells all of it out.
+   training used, int8 rows). Its ``config.yaml`` spells all of it out. With ``--labels-per-class N`` both stages
+   train on N labelled examples per label, and ``--unlabeled FILE|rest`` gives the student (only) texts without
+   labels to distil on.
 3. **Export**: the student's last checkpoint becomes the int8 TorchScript program (``agent-lightning export``),
    verified by reloading.
 4. **Measure**: the exported program and the fp32 teacher side by side on the test split (the validation split
@@ -49,6 +51,14 @@ def compress_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prune", default="0.5", help="unstructured sparsity of the student's block linears")
     parser.add_argument("--qat", default="int8", choices=["int8", "int4", "none"], help="default int8")
     parser.add_argument("--embeddings", default="int8", choices=["int8", "float", "none"], help="default int8")
+    parser.add_argument(
+        "--labels-per-class", help="few labels: keep this many labelled training examples per label (both stages)"
+    )
+    parser.add_argument(
+        "--unlabeled",
+        help="texts without labels the student learns from through distillation (stage 2): a file, or 'rest' (the "
+        "training texts --labels-per-class left out)",
+    )
     parser.add_argument("--student-epochs", type=int, help="epochs of stage 2 (default: the config's max_epochs)")
     parser.add_argument("--output", help="export folder (default: export-int8 beside the student's logs)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
@@ -73,7 +83,10 @@ def run_recipe(args: Sequence[str]) -> RecipeSummary:
     options, common = compress_parser().parse_known_args(list(args))
     compression = ["--student-layers", options.student_layers, "--prune", options.prune, "--prune.end", "0.6"]
     compression += ["--qat", options.qat, "--embeddings", options.embeddings]
-    expand_short_flags(["fit", *compression])  # bad values fail now, not after the teacher has trained
+    few_labels = [] if options.labels_per_class is None else ["--labels-per-class", options.labels_per_class]
+    unlabeled = [] if options.unlabeled is None else ["--unlabeled", options.unlabeled]
+    common = expand_short_flags(["fit", *few_labels, *common])[1:]  # bad values fail now, before the teacher trains
+    expand_short_flags(["fit", *compression, *unlabeled])
     if options.output:
         check_writable_directory(Path(options.output), options.overwrite, argument="--output")
     console = Console(soft_wrap=True)
@@ -88,7 +101,7 @@ def run_recipe(args: Sequence[str]) -> RecipeSummary:
 
     console.rule("[bold]Stage 2: distil, prune and quantize the student")
     student_args = ["fit", *common, "--trainer.logger.init_args.name=student", f"--model.model={teacher_folder}"]
-    student_args += ["--distill", str(teacher_ckpt), *compression]
+    student_args += ["--distill", str(teacher_ckpt), *compression, *unlabeled]
     if options.student_epochs is not None:
         student_args += [f"--trainer.max_epochs={options.student_epochs}"]
     student_cli = AgentLightningCLI.create(student_args)

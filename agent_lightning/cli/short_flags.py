@@ -10,6 +10,9 @@
   --trainer.callbacks.weights=int8`` (the input embeddings cut to the tokens training saw, int8 rows, at fit end);
   ``--embeddings.vocabulary full`` etc.
 - ``--student-layers 0,2,4`` becomes ``--model.student_layers=[0,2,4]``.
+- ``--labels-per-class 10`` becomes ``--data.labels_per_class=10`` (the few-label setting) and ``--unlabeled FILE``
+  ``--data.unlabeled_file=FILE`` (texts without labels, learnt from through distillation; ``rest``: the training
+  texts ``--labels-per-class`` left out).
 
 Because the result is ordinary LightningCLI arguments, the run's saved ``config.yaml`` lists the callbacks with
 all their arguments and reproduces the run without the short flags.
@@ -37,6 +40,8 @@ SHORT_FLAGS = {
 #: short flags whose value is a choice, ``none`` meaning "not attached"
 CHOICES = {"qat": ("int8", "int4", "none"), "embeddings": ("int8", "float", "none")}
 QAT_START_AFTER_PRUNING = 0.8
+#: short flags that set a datamodule argument
+DATA_FLAGS = {"labels-per-class": "labels_per_class", "unlabeled": "unlabeled_file"}
 
 
 def expand_short_flags(args: Sequence[str]) -> list[str]:
@@ -63,11 +68,15 @@ def expand_short_flags(args: Sequence[str]) -> list[str]:
     main: dict[str, str] = {}
     details: dict[str, list[tuple[str, str]]] = {name: [] for name in SHORT_FLAGS}
     student_layers: str | None = None
+    data: dict[str, str] = {}  # --labels-per-class, --unlabeled
     items = list(args)
     index = 0
     while index < len(items):
         item = items[index]
-        match = re.fullmatch(r"--(prune|qat|distill|embeddings|student-layers)(?:\.([A-Za-z_][\w.]*))?(?:=(.*))?", item)
+        match = re.fullmatch(
+            r"--(prune|qat|distill|embeddings|student-layers|labels-per-class|unlabeled)(?:\.([A-Za-z_][\w.]*))?(?:=(.*))?",
+            item,
+        )
         if match is None:
             rest.append(item)
             index += 1
@@ -81,16 +90,18 @@ def expand_short_flags(args: Sequence[str]) -> list[str]:
         index += 1
         if flag == "student-layers":
             student_layers = value
+        elif flag in DATA_FLAGS:
+            data[flag] = value
         elif detail:
             details[flag].append((detail, value))
         else:
             main[flag] = value
-    if not main and not any(details.values()) and student_layers is None:
+    if not main and not any(details.values()) and student_layers is None and not data:
         return rest
     if not rest or rest[0] != "fit":
         raise ValueError(
-            "--prune, --qat, --distill, --embeddings and --student-layers are options of `train.py fit`; put them "
-            "after `fit`."
+            "--prune, --qat, --distill, --embeddings, --student-layers, --labels-per-class and --unlabeled are options "
+            "of `train.py fit`; put them after `fit`."
         )
     for flag, given in details.items():
         if given and flag not in main:
@@ -115,7 +126,13 @@ def expand_short_flags(args: Sequence[str]) -> list[str]:
             del main[flag]
     if "qat" in main and "prune" in main and not any(name == "start" for name, _ in details["qat"]):
         details["qat"].append(("start", str(QAT_START_AFTER_PRUNING)))
+    if "labels-per-class" in data and not re.fullmatch(r"[1-9]\d*", data["labels-per-class"]):
+        raise ValueError(
+            f"--labels-per-class {data['labels-per-class']!r} must be a positive integer (labelled examples kept per "
+            "label), e.g. --labels-per-class 10."
+        )
     expanded = list(rest)
+    expanded += [f"--data.{DATA_FLAGS[flag]}={value}" for flag, value in data.items()]
     if student_layers is not None:
         expanded.append(f"--model.student_layers=[{','.join(str(i) for i in _layers(student_layers))}]")
     for flag in SHORT_FLAGS:  # distillation, pruning, QAT, embeddings: the documented order
@@ -151,4 +168,6 @@ def _example(flag: str) -> str:
         "distill": "--distill runs/teacher/checkpoints/last.ckpt",
         "embeddings": "--embeddings int8",
         "student-layers": "--student-layers 0,2,4",
+        "labels-per-class": "--labels-per-class 10",
+        "unlabeled": "--unlabeled requests.csv",
     }[flag]

@@ -25,11 +25,14 @@ from agent_lightning.datamodules.sources import (
     load_hub_dataset,
     read_labelled_file,
 )
+from agent_lightning.evaluation import UNLABELED
 from agent_lightning.validation import check_bool, check_count, check_int, check_open_fraction
 
-__all__ = ["EpochSeededSampler", "TextClassificationDataModule", "TokenizedTexts"]
+__all__ = ["REST", "UNLABELED", "EpochSeededSampler", "TextClassificationDataModule", "TokenizedTexts"]
 
 DEFAULT_DATASET = "assistant-actions"
+#: ``unlabeled_file=REST``: the training texts that ``labels_per_class`` left out
+REST = "rest"
 
 
 class TokenizedTexts(Dataset):
@@ -138,6 +141,12 @@ class TextClassificationDataModule(LightningDataModule):
         shuffle_seed: seed of the training order (epoch ``e`` uses ``shuffle_seed + e``); ``None`` follows
             ``seed_everything`` (``PL_GLOBAL_SEED``), else 0.
         num_workers: data loader worker processes.
+        labels_per_class: keep only this many labelled training examples of each label (a stratified subsample
+            drawn with ``split_seed``, after the validation split is carved off): the few-label setting.
+        unlabeled_file: texts without labels added to the training batches, marked with the label
+            :data:`UNLABELED` (-100) so that the task loss skips them while distillation learns from them: a file
+            (CSV, TSV, JSON or JSONL with ``text_column``; a label column is ignored), or ``"rest"``: the training
+            texts that ``labels_per_class`` left out.
 
     Raises:
         TypeError: an argument of the wrong type, naming the argument, the value and the fix.
@@ -169,6 +178,8 @@ class TextClassificationDataModule(LightningDataModule):
         group_by_length: bool = True,
         shuffle_seed: int | None = None,
         num_workers: int = 0,
+        labels_per_class: int | None = None,
+        unlabeled_file: str | None = None,
     ) -> None:
         super().__init__()
         if dataset is not None and train_file is not None:
@@ -185,10 +196,20 @@ class TextClassificationDataModule(LightningDataModule):
         check_bool("group_by_length", group_by_length)
         check_int("split_seed", split_seed, 0)
         check_int("shuffle_seed", shuffle_seed, 0, optional=True)
+        check_count("labels_per_class", labels_per_class, optional=True)
+        if unlabeled_file is not None and not isinstance(unlabeled_file, str):
+            raise TypeError(f"unlabeled_file={unlabeled_file!r} must be a file path or 'rest'.")
+        if unlabeled_file == REST and labels_per_class is None:
+            raise ValueError(
+                "unlabeled_file='rest' means the training texts that labels_per_class leaves out, but "
+                "labels_per_class is not set; pass labels_per_class=N too, or give a file of unlabelled texts."
+            )
         self.save_hyperparameters()
         self.tokenizer_source = resolve_backbone(tokenizer, argument="tokenizer")
         self._check_sources_exist()
         self._splits: dict[str, LabelledTexts] | None = None
+        self._rest_texts: list[str] = []
+        self._unlabeled: list[str] | None = None
         self._label_names: list[str] | None = None
         self._tokenizer = None
         self._datasets: dict[str, TokenizedTexts] = {}
@@ -203,9 +224,9 @@ class TextClassificationDataModule(LightningDataModule):
                     f"dataset={dataset!r} is neither a built-in data set ({sorted(BUILTIN_DATASETS)}), a folder, "
                     "nor 'hub:NAME'. Pass one of those, or train_file=PATH for a single file."
                 )
-        for name in ("train_file", "val_file", "test_file", "predict_file"):
+        for name in ("train_file", "val_file", "test_file", "predict_file", "unlabeled_file"):
             value = hp[name]
-            if value is not None and not Path(value).is_file():
+            if value is not None and not (name == "unlabeled_file" and value == REST) and not Path(value).is_file():
                 raise ValueError(f"{name}={value!r} does not exist. Check the path (relative to {Path.cwd()}).")
         if hp.train_file is None and any(hp[name] for name in ("val_file", "test_file")) and dataset is None:
             raise ValueError("val_file/test_file were given without train_file; pass train_file=PATH as well.")
@@ -232,7 +253,24 @@ class TextClassificationDataModule(LightningDataModule):
                 splits[split] = read_labelled_file(hp[argument], *columns, argument=argument)
         if "val" not in splits:
             splits["train"], splits["val"] = _stratified_split(splits["train"], hp.val_fraction, hp.split_seed)
+        if hp.labels_per_class is not None:
+            splits["train"], rest = _per_class_subsample(splits["train"], hp.labels_per_class, hp.split_seed)
+            self._rest_texts = rest.texts
         return splits
+
+    @property
+    def unlabeled_texts(self) -> list[str]:
+        """The unlabelled training texts (``unlabeled_file``), read once; empty without one."""
+        source = self.hparams.unlabeled_file
+        if source is None:
+            return []
+        if source == REST:
+            self.splits  # noqa: B018 - the subsample decides the rest
+            return list(self._rest_texts)
+        if self._unlabeled is None:
+            column = self.hparams.text_column
+            self._unlabeled = read_labelled_file(source, column, None, argument="unlabeled_file").texts
+        return list(self._unlabeled)
 
     @property
     def splits(self) -> dict[str, LabelledTexts]:
@@ -295,7 +333,11 @@ class TextClassificationDataModule(LightningDataModule):
             )
         data = self.splits[source]
         index = {name: i for i, name in enumerate(self.label_names)}
-        return TokenizedTexts(self._encode(data.texts), [index[label] for label in data.labels], data.texts)
+        texts, label_ids = list(data.texts), [index[label] for label in data.labels]
+        if split == "train":  # unlabelled rows train only through distillation
+            unlabeled = self.unlabeled_texts
+            texts, label_ids = texts + unlabeled, label_ids + [UNLABELED] * len(unlabeled)
+        return TokenizedTexts(self._encode(texts), label_ids, texts)
 
     def _encode(self, texts: Sequence[str]) -> dict[str, list[list[int]]]:
         encoded = self.tokenizer(list(texts), truncation=True, max_length=self.hparams.max_length)
@@ -365,6 +407,24 @@ class TextClassificationDataModule(LightningDataModule):
                 f"The checkpoint was trained on {len(saved)} labels {saved[:4]}..., but this data has "
                 f"{self.num_labels} {self.label_names[:4]}.... Resume with the same data, or start a new run."
             )
+
+
+def _per_class_subsample(data: LabelledTexts, per_class: int, seed: int) -> tuple[LabelledTexts, LabelledTexts]:
+    """``(kept, rest)``: ``per_class`` examples of every label (all of a label that has fewer), drawn with ``seed``;
+    both keep the file order."""
+    by_label: dict[str, list[int]] = defaultdict(list)
+    for i, label in enumerate(data.labels):
+        by_label[label].append(i)
+    rng = random.Random(seed)
+    kept: set[int] = set()
+    for label in sorted(by_label):
+        indices = list(by_label[label])
+        rng.shuffle(indices)
+        kept.update(indices[:per_class])
+    pick = lambda idx: ([data.texts[i] for i in idx], [data.labels[i] for i in idx])  # noqa: E731
+    rest = [i for i in range(len(data)) if i not in kept]
+    origin = f"{data.origin} (labels_per_class={per_class}, seed={seed})"
+    return LabelledTexts(*pick(sorted(kept)), origin=origin), LabelledTexts(*pick(rest), origin=data.origin)
 
 
 def _stratified_split(data: LabelledTexts, fraction: float, seed: int) -> tuple[LabelledTexts, LabelledTexts]:

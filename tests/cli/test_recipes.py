@@ -100,3 +100,13 @@ def test_bad_options_fail_before_anything_trains(options, error, message, tmp_pa
     with pytest.raises(error, match=message):
         run_recipe([*_common(tmp_path, tiny_bert, tiny_data_dir), *options])
     assert not (tmp_path / "runs").exists()
+
+
+def test_compress_with_few_labels_gives_the_unlabelled_rest_to_the_student_only(tmp_path, tiny_bert, tiny_data_dir):
+    args = [*_common(tmp_path, tiny_bert, tiny_data_dir), "--student-layers", "1", "--labels-per-class", "2"]
+    run_recipe([*args, "--unlabeled", "rest", "--trainer.max_epochs=1"])
+    teacher = yaml.safe_load((tmp_path / "runs" / "teacher" / "version_0" / "config.yaml").read_text())
+    student = yaml.safe_load((tmp_path / "runs" / "student" / "version_0" / "config.yaml").read_text())
+    assert teacher["data"]["labels_per_class"] == student["data"]["labels_per_class"] == 2
+    assert teacher["data"]["unlabeled_file"] is None  # the teacher learns from the labels only
+    assert student["data"]["unlabeled_file"] == "rest"
