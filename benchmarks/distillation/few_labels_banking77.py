@@ -66,7 +66,8 @@ def run(args: argparse.Namespace, per_class: int, seed: int) -> None:
     """One setting: the teacher and the student arms, each tested on the test split and recorded."""
     labelled = banking77(args.data_dir, labels_per_class=per_class, split_seed=seed)
     with_unlabeled = banking77(args.data_dir, labels_per_class=per_class, split_seed=seed, unlabeled_file="rest")
-    setting = {"labels_per_class": per_class, "seed": seed}
+    setting = {"labels_per_class": per_class, "seed": seed, "temperature": args.temperature, "alpha": args.alpha}
+    setting["epochs"] = {"teacher": args.teacher_epochs, "labelled": args.epochs, "unlabelled": args.unlabeled_epochs}
     seed_everything(seed)
     teacher = Agent(labels=labelled.label_names, learning_rate=args.teacher_lr)
     fit = _fit(teacher, labelled, args.teacher_epochs)
@@ -96,30 +97,45 @@ def run(args: argparse.Namespace, per_class: int, seed: int) -> None:
             _record(args, {**setting, "arm": name, **fit, "test_acc": accuracy_on_test(student, labelled)})
 
 
+def _label(row: dict) -> str:
+    """The table row a result belongs to: its arm, with the KD settings and epochs where not the defaults."""
+    arm = row["arm"]
+    if arm in ("teacher", "no KD"):
+        return arm
+    notes = []
+    kd = (row.get("temperature", 2.0), row.get("alpha", 0.5))
+    if kd != (2.0, 0.5):
+        notes.append(f"T={kd[0]:g}, alpha={kd[1]:g}")
+    epochs = row.get("epochs", {}).get("unlabelled", 3)
+    if "unlabelled" in arm and epochs != 3:
+        notes.append(f"{epochs} epochs")
+    return f"{arm} ({', '.join(notes)})" if notes else arm
+
+
 def table(rows: list[dict]) -> list[str]:
-    """Rows: arms; columns: each N: mean ± sd over seeds, and each seed's value."""
+    """Rows: arms (and KD settings); columns: each N: mean ± sd over seeds, and each seed's value."""
+    latest = {(_label(r), r["labels_per_class"], r["seed"]): r for r in rows}  # a rerun replaces its row
+    rows = list(latest.values())
     settings = sorted({row["labels_per_class"] for row in rows})
+    labels = sorted({_label(row) for row in rows}, key=lambda label: (ARMS.index(label.split(" (")[0]), label))
     lines = ["| arm | " + " | ".join(f"N = {n} per intent" for n in settings) + " |"]
     lines.append("|---|" + "---|" * len(settings))
-    for arm in ARMS:
+    for label in labels:
         cells = []
         for n in settings:
-            found = sorted(
-                (r["seed"], 100 * r["test_acc"]) for r in rows if r["arm"] == arm and r["labels_per_class"] == n
-            )
+            chosen = [r for r in rows if _label(r) == label and r["labels_per_class"] == n]
+            found = sorted((r["seed"], 100 * r["test_acc"]) for r in chosen)
             values = [v for _, v in found]
-            each = ", ".join(f"{v:.2f}" for v in values)
             if not values:
                 cells.append("")
             elif len(values) == 1:
                 cells.append(f"{values[0]:.2f} % (seed {found[0][0]})")
             else:
-                seeds = ", ".join(str(s) for s, _ in found)
-                cells.append(
-                    f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} % (seeds {seeds}: {each})"
-                )
-        if any(cells):
-            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+                seeds = ", ".join(str(seed) for seed, _ in found)
+                each = ", ".join(f"{v:.2f}" for v in values)
+                spread = f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} %"
+                cells.append(f"{spread} (seeds {seeds}: {each})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -139,22 +155,23 @@ def main() -> None:
     parser.add_argument("--composition", action="store_true", help="also train the full compression composition")
     parser.add_argument("--arms", nargs="+", choices=ARMS[1:], default=list(ARMS[1:4]), help="student arms to train")
     parser.add_argument("--log", type=Path, default=RESULTS / "few_labels_banking77.jsonl")
+    parser.add_argument("--render", action="store_true", help="train nothing: rebuild the table from --log")
     args = parser.parse_args()
     if args.composition and ARMS[4] not in args.arms:
         args.arms.append(ARMS[4])
-    for n in args.labels_per_class:
+    for n in [] if args.render else args.labels_per_class:
         for seed in args.seeds:
             run(args, n, seed)
     rows = [json.loads(line) for line in args.log.read_text(encoding="utf-8").splitlines() if line.strip()]
-    commands = ", ".join(sorted({f"`{row['command']}`" for row in rows}))
+    commands = "; ".join(sorted({f"`{row['command']}`" for row in rows}))
     lines = [
         "# Distillation with few labels and unlabelled text (BANKING77)",
         "",
         f"Commands: {commands}. Teacher: 6-layer MiniLM fine-tuned on N labelled requests per intent "
         f"({args.teacher_epochs} epochs, lr {args.teacher_lr}); students: teacher blocks {args.layers}, lr {args.lr}, "
-        f"{args.epochs} epochs on the labels alone or {args.unlabeled_epochs} epochs with the unlabelled rest of the "
-        f"training texts; KD T={args.temperature}, alpha={args.alpha}. Test accuracy on the 3,080 test requests, every "
-        "model as its fit ends.",
+        f"{args.epochs} epochs on the labels alone, 3 epochs with the unlabelled rest of the training texts and KD "
+        "T=2, alpha=0.5 unless the row says otherwise. Test accuracy on the 3,080 test requests, every model as its "
+        "fit ends.",
         "",
         *table(rows),
         "",
