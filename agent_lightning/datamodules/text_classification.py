@@ -409,41 +409,34 @@ class TextClassificationDataModule(LightningDataModule):
             )
 
 
-def _per_class_subsample(data: LabelledTexts, per_class: int, seed: int) -> tuple[LabelledTexts, LabelledTexts]:
-    """``(kept, rest)``: ``per_class`` examples of every label (all of a label that has fewer), drawn with ``seed``;
-    both keep the file order."""
+def _draw_per_label(data: LabelledTexts, seed: int, count: Callable[[int], int]) -> tuple[list[int], list[int]]:
+    """``(drawn, rest)`` row indices in file order: ``count(n)`` rows drawn at random (``seed``) from each label
+    that has ``n`` rows."""
     by_label: dict[str, list[int]] = defaultdict(list)
     for i, label in enumerate(data.labels):
         by_label[label].append(i)
     rng = random.Random(seed)
-    kept: set[int] = set()
+    drawn: set[int] = set()
     for label in sorted(by_label):
-        indices = list(by_label[label])
+        indices = by_label[label]
         rng.shuffle(indices)
-        kept.update(indices[:per_class])
-    pick = lambda idx: ([data.texts[i] for i in idx], [data.labels[i] for i in idx])  # noqa: E731
-    rest = [i for i in range(len(data)) if i not in kept]
+        drawn.update(indices[: count(len(indices))])
+    return sorted(drawn), [i for i in range(len(data)) if i not in drawn]
+
+
+def _subset(data: LabelledTexts, indices: list[int], origin: str) -> LabelledTexts:
+    return LabelledTexts([data.texts[i] for i in indices], [data.labels[i] for i in indices], origin=origin)
+
+
+def _per_class_subsample(data: LabelledTexts, per_class: int, seed: int) -> tuple[LabelledTexts, LabelledTexts]:
+    """``(kept, rest)``: ``per_class`` examples of every label (all of a label that has fewer), drawn with ``seed``."""
+    kept, rest = _draw_per_label(data, seed, lambda n: per_class)
     origin = f"{data.origin} (labels_per_class={per_class}, seed={seed})"
-    return LabelledTexts(*pick(sorted(kept)), origin=origin), LabelledTexts(*pick(rest), origin=data.origin)
+    return _subset(data, kept, origin), _subset(data, rest, data.origin)
 
 
 def _stratified_split(data: LabelledTexts, fraction: float, seed: int) -> tuple[LabelledTexts, LabelledTexts]:
     """Hold out ``fraction`` of each label's examples (at least one where the label has two or more)."""
-    by_label: dict[str, list[int]] = defaultdict(list)
-    for i, label in enumerate(data.labels):
-        by_label[label].append(i)
-    rng = random.Random(seed)
-    held_out: set[int] = set()
-    for label in sorted(by_label):
-        indices = by_label[label]
-        if len(indices) < 2:
-            continue
-        rng.shuffle(indices)
-        held_out.update(indices[: max(1, round(fraction * len(indices)))])
-    keep = [i for i in range(len(data)) if i not in held_out]
-    val = sorted(held_out)
-    pick = lambda idx: ([data.texts[i] for i in idx], [data.labels[i] for i in idx])  # noqa: E731
-    return (
-        LabelledTexts(*pick(keep), origin=data.origin),
-        LabelledTexts(*pick(val), origin=f"{data.origin} (validation split, val_fraction={fraction}, seed={seed})"),
-    )
+    val, keep = _draw_per_label(data, seed, lambda n: max(1, round(fraction * n)) if n >= 2 else 0)
+    origin = f"{data.origin} (validation split, val_fraction={fraction}, seed={seed})"
+    return _subset(data, keep, data.origin), _subset(data, val, origin)

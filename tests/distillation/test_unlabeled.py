@@ -119,6 +119,16 @@ def _kd(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> tor
     return (log_t.exp() * (log_t - log_s)).sum(-1).mean() * temperature**2
 
 
+def _one_distilled_step(tmp_path, student: Classifier, teacher: nn.Module, x, labels) -> dict[str, float]:
+    """Fit one step with Distillation(T=2, alpha=0.4) on one batch; the metrics it logged."""
+    distillation = Distillation(teacher=teacher, temperature=2.0, alpha=0.4, cache="none")
+    logger = CSVLogger(tmp_path, name="run")
+    loader = DataLoader(list(zip(x, labels)), batch_size=4)
+    quiet_trainer(tmp_path, [distillation], max_steps=1, logger=logger, log_every_n_steps=1).fit(student, loader)
+    header, values = (tmp_path / "run" / "version_0" / "metrics.csv").read_text().splitlines()[:2]
+    return {k: float(v) for k, v in zip(header.split(","), values.split(",")) if v}
+
+
 def test_kd_covers_every_row_and_the_task_loss_the_labelled_ones(tmp_path):
     torch.manual_seed(0)
     student, teacher = Classifier(), nn.Linear(4, 3)
@@ -128,12 +138,7 @@ def test_kd_covers_every_row_and_the_task_loss_the_labelled_ones(tmp_path):
     expected_kd = _kd(s, t, 2.0)
     expected_unlabeled = _kd(s[[1, 3]], t[[1, 3]], 2.0)
     expected_task = F.cross_entropy(s[[0, 2]], labels[[0, 2]])
-    distillation = Distillation(teacher=teacher, temperature=2.0, alpha=0.4, cache="none")
-    logger = CSVLogger(tmp_path, name="run")
-    loader = DataLoader(list(zip(x, labels)), batch_size=4)
-    quiet_trainer(tmp_path, [distillation], max_steps=1, logger=logger, log_every_n_steps=1).fit(student, loader)
-    header, values = (tmp_path / "run" / "version_0" / "metrics.csv").read_text().splitlines()[:2]
-    logged = {k: float(v) for k, v in zip(header.split(","), values.split(",")) if v}
+    logged = _one_distilled_step(tmp_path, student, teacher, x, labels)
     assert logged["distill/kd_loss"] == pytest.approx(float(expected_kd), rel=1e-5)
     assert logged["distill/kd_loss_unlabeled"] == pytest.approx(float(expected_unlabeled), rel=1e-5)
     assert logged["distill/task_loss"] == pytest.approx(float(expected_task), rel=1e-5)
@@ -147,12 +152,7 @@ def test_a_batch_of_only_unlabeled_rows_trains_on_kd_alone(tmp_path):
     with torch.no_grad():
         expected_kd = _kd(student(x), teacher(x), 2.0)
     before = student.layer.weight.detach().clone()
-    distillation = Distillation(teacher=teacher, temperature=2.0, alpha=0.4, cache="none")
-    logger = CSVLogger(tmp_path, name="run")
-    loader = DataLoader(list(zip(x, labels)), batch_size=4)
-    quiet_trainer(tmp_path, [distillation], max_steps=1, logger=logger, log_every_n_steps=1).fit(student, loader)
-    header, values = (tmp_path / "run" / "version_0" / "metrics.csv").read_text().splitlines()[:2]
-    logged = {k: float(v) for k, v in zip(header.split(","), values.split(",")) if v}
+    logged = _one_distilled_step(tmp_path, student, teacher, x, labels)
     assert "distill/task_loss" not in logged  # cross-entropy over no row would be NaN
     assert logged["distill/loss"] == pytest.approx(0.6 * float(expected_kd), rel=1e-5)
     assert logged["distill/kd_loss_unlabeled"] == pytest.approx(float(expected_kd), rel=1e-5)
