@@ -80,7 +80,7 @@ def run(args: argparse.Namespace, per_class: int, seed: int) -> None:
             "KD, labelled rows": (labelled, args.epochs, [Distillation(teacher, **kd)]),
             "KD, labelled + unlabelled rows": (with_unlabeled, args.unlabeled_epochs, [Distillation(teacher, **kd)]),
         }
-        if args.composition:
+        if ARMS[4] in args.arms:  # --composition, or the arm named in --arms
             compression = [
                 Distillation(teacher, **kd),
                 Pruning(0.5, end=0.6),
