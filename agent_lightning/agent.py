@@ -29,7 +29,7 @@ from typing_extensions import override
 
 from agent_lightning.backbone import load_tokenizer, resolve_backbone
 from agent_lightning.distillation.students import keep_layers, narrow_ffn
-from agent_lightning.evaluation import UNLABELED
+from agent_lightning.evaluation import labelled_rows
 from agent_lightning.io import atomic_directory
 from agent_lightning.pruning.removal import STRUCTURE_KEY, build_from_config, load_pretrained_pruned
 from agent_lightning.quiet import messages_dropped
@@ -182,8 +182,8 @@ class Agent(LightningModule):
     @override
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         output = self(**batch)
-        labels = batch.get("labels")
-        if self.hparams.task == "classification" and labels is not None and not bool((labels != UNLABELED).any()):
+        labelled = labelled_rows(batch.get("labels"), output.logits.shape[0])
+        if self.hparams.task == "classification" and labelled is not None and not bool(labelled.any()):
             # only unlabelled rows (they train through distillation): a zero task loss, not cross-entropy's NaN
             output.loss = output.logits.sum() * 0.0
         self.log(
