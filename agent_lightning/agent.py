@@ -1,7 +1,8 @@
 """The Agent: a LightningModule that wraps a Hugging Face model and acts on a request.
 
-Two tasks: ``"classification"`` (a sequence classifier picks an action for a request) and ``"causal-lm"`` (a
-decoder-only language model, trained on next-token prediction, writes a continuation).
+Three tasks: ``"classification"`` (a sequence classifier picks an action for a request), ``"generation"`` (a
+decoder LLM answers the request in its chat template with an action name, decoding constrained to the action set)
+and ``"causal-lm"`` (a decoder-only language model, trained on next-token prediction, writes a continuation).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from torchmetrics.text import Perplexity
 from transformers import (
@@ -27,20 +30,33 @@ from transformers import (
 from transformers.modeling_outputs import SequenceClassifierOutput
 from typing_extensions import override
 
-from agent_lightning.backbone import load_tokenizer, resolve_backbone
+from agent_lightning.backbone import PACKAGED_MODELS, load_tokenizer, resolve_backbone
 from agent_lightning.distillation.students import keep_layers, narrow_ffn
-from agent_lightning.evaluation import labelled_rows
+from agent_lightning.evaluation import GENERATION, labelled_rows
+from agent_lightning.generation import (
+    IGNORE_INDEX,
+    ActionTrie,
+    ChatPrompt,
+    constrained_greedy,
+    continuation_prompt,
+    free_greedy,
+    left_pad,
+    position_ids,
+)
 from agent_lightning.io import atomic_directory
 from agent_lightning.pruning.removal import STRUCTURE_KEY, build_from_config, load_pretrained_pruned
 from agent_lightning.quiet import messages_dropped
-from agent_lightning.tensorboard import write_run_hparams
-from agent_lightning.validation import as_texts, check_choice, check_fraction, check_int, check_number
+from agent_lightning.tensorboard import markdown_table, write_run_hparams, write_text
+from agent_lightning.validation import as_texts, check_bool, check_choice, check_fraction, check_int, check_number
 
 __all__ = ["Agent", "Task"]
 
-Task = Literal["classification", "causal-lm"]
+Task = Literal["classification", "generation", "causal-lm"]
+TASKS = ("classification", "generation", "causal-lm")
 
 _CONFIG_KEY = "agent_lightning/hf_config"
+#: requests of the first validation batch shown in TensorBoard's Text tab (``val/samples``) by a generative agent
+SAMPLE_ROWS = 8
 
 
 class Agent(LightningModule):
@@ -65,11 +81,27 @@ class Agent(LightningModule):
         student_intermediate_size: also narrow every feed-forward layer to this many neurons (those with the
             largest weight norm).
         task: ``"classification"`` (``AutoModelForSequenceClassification``; ``act`` returns ``(action,
-            confidence)``) or ``"causal-lm"`` (``AutoModelForCausalLM`` trained on next-token loss over the batch's
-            ``labels``, e.g. from :class:`~agent_lightning.datamodules.LanguageModelingDataModule`; logs
-            ``val/perplexity``; ``act`` generates a continuation and returns ``(text, mean token probability)``;
-            ``labels`` is not used).
-        max_new_tokens: tokens ``act`` generates for ``task="causal-lm"``.
+            confidence)``); ``"generation"`` (``AutoModelForCausalLM``, e.g. ``model="smollm2-135m-instruct"``,
+            trained on chat examples from :class:`~agent_lightning.datamodules.TextClassificationDataModule` with
+            ``task="generation"``: the loss covers the response tokens only, and logits are computed only at the
+            positions that predict them; ``act`` answers with an action and its sequence probability, decoding
+            constrained to ``labels``; validation logs ``val/action_acc``, ``val/invalid_rate`` (the share of
+            unconstrained answers that are not an action), ``val/free_action_acc`` (the share that are the right
+            one), ``val/perplexity`` of the responses and a table of sample
+            answers in TensorBoard's Text tab); or ``"causal-lm"`` (``AutoModelForCausalLM`` trained on
+            next-token loss over the batch's ``labels``, e.g. from
+            :class:`~agent_lightning.datamodules.LanguageModelingDataModule`; logs ``val/perplexity``; ``act``
+            generates a continuation and returns ``(text, mean token probability)``; ``labels`` is not used).
+        max_new_tokens: tokens ``act`` generates for ``task="causal-lm"`` (and for unconstrained answers of
+            ``task="generation"``).
+        system_prompt: ``task="generation"``: the chat's system message; ``None`` keeps the template's default.
+        list_actions: ``task="generation"``: list the allowed actions after each request (for a model that was not
+            fine-tuned on them).
+        constrained: ``task="generation"``: ``act`` and ``predict`` decode within the action set (every answer is an
+            action); ``False`` generates freely (the answer may be any text). ``labels=[]`` (data with a
+            ``response_column``) means free answers: there is no action set, answers are generated freely, and
+            validation logs ``val/response_acc`` (exact match with the reference answer) instead of the action
+            metrics.
 
     Raises:
         TypeError: an argument of the wrong type, with the argument, the value and the fix in the message.
@@ -96,10 +128,17 @@ class Agent(LightningModule):
         student_intermediate_size: int | None = None,
         task: Task = "classification",
         max_new_tokens: int = 32,
+        system_prompt: str | None = None,
+        list_actions: bool = False,
+        constrained: bool = True,
     ) -> None:
         super().__init__()
-        check_choice("task", task, ("classification", "causal-lm"))
+        check_choice("task", task, TASKS)
         check_int("max_new_tokens", max_new_tokens, 1)
+        check_bool("list_actions", list_actions)
+        check_bool("constrained", constrained)
+        if system_prompt is not None and not isinstance(system_prompt, str):
+            raise TypeError(f"system_prompt={system_prompt!r} must be a string, or None for the template's default.")
         check_number("learning_rate", learning_rate, minimum=0, strict_minimum=True, tail=", e.g. learning_rate=1e-4")
         check_number("weight_decay", weight_decay, minimum=0, tail=", e.g. weight_decay=0.01")
         check_fraction("warmup_fraction", warmup_fraction, allow_zero=True)
@@ -117,7 +156,7 @@ class Agent(LightningModule):
                     "over its vocabulary. Drop them, or use task='classification'."
                 )
             labels = []
-        else:
+        elif not (task == "generation" and labels == [] and num_labels is None):  # []: free answers
             labels = _resolve_labels(labels, num_labels, config)
         self.save_hyperparameters(
             {
@@ -131,16 +170,19 @@ class Agent(LightningModule):
                 "student_intermediate_size": student_intermediate_size,
                 "task": task,
                 "max_new_tokens": max_new_tokens,
+                "system_prompt": system_prompt,
+                "list_actions": list_actions,
+                "constrained": constrained,
             }
         )
         self.labels: list[str] = labels
-        if task == "classification":
+        if task != "causal-lm":  # the action names travel with the saved model
             config.num_labels = len(labels)
             config.id2label = dict(enumerate(labels))
             config.label2id = {name: i for i, name in enumerate(labels)}
         if getattr(config, STRUCTURE_KEY, None):  # heads/neurons were physically removed: rebuild those shapes
             self.model = load_pretrained_pruned(source, config=config, model_class=self._model_class)
-        elif task == "causal-lm":
+        elif task != "classification":
             self.model = AutoModelForCausalLM.from_pretrained(source, config=config)
         else:
             self.model = _load_classifier(source, config)
@@ -150,10 +192,22 @@ class Agent(LightningModule):
             narrow_ffn(self.model, student_intermediate_size)
         self.model.train()  # from_pretrained returns eval mode, which would silently disable dropout in training
         self.tokenizer = load_tokenizer(source, argument="model")  # pads with end-of-text when it has no pad token
-        if task == "causal-lm":
-            self.val_perplexity = Perplexity(ignore_index=-100)
-            self.test_perplexity = Perplexity(ignore_index=-100)
-        else:
+        self._chat: tuple[ChatPrompt, ActionTrie] | None = None
+        self._samples: list[tuple[str, str, str, str]] = []
+        if task != "classification":
+            self.val_perplexity = Perplexity(ignore_index=IGNORE_INDEX)
+            self.test_perplexity = Perplexity(ignore_index=IGNORE_INDEX)
+        if task == "generation" and not labels:  # free answers: exact match with the reference answer
+            self.val_response_acc = MeanMetric()
+            self.test_response_acc = MeanMetric()
+        elif task == "generation":
+            self.val_action_acc = MulticlassAccuracy(num_classes=len(labels), average="micro")
+            self.test_action_acc = MulticlassAccuracy(num_classes=len(labels), average="micro")
+            self.val_invalid_rate = MeanMetric()
+            self.test_invalid_rate = MeanMetric()
+            self.val_free_action_acc = MeanMetric()
+            self.test_free_action_acc = MeanMetric()
+        elif task == "classification":
             num_classes = len(labels)
             self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
             self.val_f1 = MulticlassF1Score(num_classes=num_classes, average="macro")
@@ -162,7 +216,21 @@ class Agent(LightningModule):
 
     @property
     def _model_class(self) -> type:
-        return AutoModelForCausalLM if self.hparams.task == "causal-lm" else AutoModelForSequenceClassification
+        return AutoModelForSequenceClassification if self.hparams.task == "classification" else AutoModelForCausalLM
+
+    @property
+    def chat_prompt(self) -> ChatPrompt:
+        """``task="generation"``: how requests become prompts (the datamodule builds its batches the same way)."""
+        return self._chat_parts()[0]
+
+    def _chat_parts(self) -> tuple[ChatPrompt, ActionTrie | None]:
+        """The prompt builder, and the prefix tree of the actions (``None`` for free answers)."""
+        if self._chat is None:
+            hp = self.hparams
+            actions = self.labels if hp.list_actions else None
+            prompt = ChatPrompt(self.tokenizer, hp.max_length, system_prompt=hp.system_prompt, actions=actions)
+            self._chat = prompt, ActionTrie(prompt.action_ids(self.labels)) if self.labels else None
+        return self._chat
 
     # -- the model ---------------------------------------------------------------------------------------------------
     @override
@@ -172,15 +240,25 @@ class Agent(LightningModule):
         attention_mask: Tensor | None = None,
         token_type_ids: Tensor | None = None,
         labels: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        logits_to_keep: int | None = None,
     ) -> SequenceClassifierOutput:
-        """Run the wrapped model. Shapes: ``input_ids``/``attention_mask``/``token_type_ids`` ``(B, L)``,
-        ``labels`` ``(B,)`` (classification) or ``(B, L)`` (causal LM, ``-100`` where ignored); returns an HF output
-        whose ``logits`` are ``(B, num_labels)`` or ``(B, L, vocab_size)``."""
-        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        """Run the wrapped model. Shapes: ``input_ids``/``attention_mask``/``token_type_ids``/``position_ids``
+        ``(B, L)``, ``labels`` ``(B,)`` (classification) or ``(B, L)`` (causal LM, ``-100`` where ignored); returns an
+        HF output whose ``logits`` are ``(B, num_labels)``, ``(B, L, vocab_size)``, or ``(B, logits_to_keep,
+        vocab_size)`` (a decoder's last positions only)."""
+        extra = {"token_type_ids": token_type_ids, "position_ids": position_ids, "logits_to_keep": logits_to_keep}
+        extra = {key: value for key, value in extra.items() if value is not None}
         return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **extra)
 
     @override
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        if self.hparams.task == "generation":
+            logits, targets = self.response_logits(batch)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
+            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(targets))
+            self._log_lr()
+            return loss
         output = self(**batch)
         labelled = labelled_rows(batch.get("labels"), output.logits.shape[0])
         if self.hparams.task == "classification" and labelled is not None and not bool(labelled.any()):
@@ -189,21 +267,51 @@ class Agent(LightningModule):
         self.log(
             "train/loss", output.loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch["input_ids"])
         )
+        self._log_lr()
+        return output.loss
+
+    def _log_lr(self) -> None:
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             self.log("train/lr", scheduler.get_last_lr()[0], on_step=True, on_epoch=False)
-        return output.loss
+
+    def response_logits(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """``task="generation"``: the logits at the positions that predict response tokens, and those tokens.
+
+        A left-padded chat batch ends every row with its response, so only the last positions need the LM head
+        (``logits_to_keep``): over a 49k-token vocabulary that is most of a small decoder's compute.
+
+        Returns:
+            ``(logits, targets)``: ``(B, K, vocab_size)`` and ``(B, K)``, ``targets`` being ``-100`` where a row's
+            prompt or padding falls inside the last ``K`` positions.
+        """
+        labels = batch["labels"]
+        length = labels.shape[1]
+        answered = labels != IGNORE_INDEX
+        first = int(torch.where(answered.any(-1), answered.int().argmax(-1), length - 1).min())
+        keep = min(length - first + 1, length)
+        output = self(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=position_ids(batch["attention_mask"]),
+            logits_to_keep=keep,
+        )
+        return output.logits[:, :-1], labels[:, length - keep + 1 :]
 
     @override
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        if self.hparams.task == "causal-lm":
+        if self.hparams.task == "generation":
+            self._evaluate_generation(batch, batch_idx, "val")
+        elif self.hparams.task == "causal-lm":
             self._evaluate_lm(batch, "val", self.val_perplexity)
         else:
             self._evaluate(batch, "val", self.val_acc, self.val_f1)
 
     @override
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        if self.hparams.task == "causal-lm":
+        if self.hparams.task == "generation":
+            self._evaluate_generation(batch, batch_idx, "test")
+        elif self.hparams.task == "causal-lm":
             self._evaluate_lm(batch, "test", self.test_perplexity)
         else:
             self._evaluate(batch, "test", self.test_acc, self.test_f1)
@@ -212,7 +320,12 @@ class Agent(LightningModule):
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Any]:
         """Returns ``{"labels": list[str] of length B, "probabilities": Tensor (B, num_labels)}`` (classification),
         or ``{"texts": list[str], "probabilities": Tensor (B,)}``: generated continuations and their mean token
-        probabilities (causal LM)."""
+        probabilities (causal LM); ``task="generation"``: ``{"labels": the answers, "probabilities": Tensor (B,)}``
+        (their sequence probabilities), constrained to the actions unless ``constrained=False``."""
+        if self.hparams.task == "generation":
+            prompts = batch[GENERATION]
+            answers, probabilities = self._answer(prompts["input_ids"], prompts["attention_mask"])
+            return {"labels": answers, "probabilities": probabilities}
         if self.hparams.task == "causal-lm":
             texts, probabilities = self._generate(batch)
             return {"texts": texts, "probabilities": probabilities}
@@ -237,14 +350,89 @@ class Agent(LightningModule):
         self.log(f"{stage}/loss", output.loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=size)
         self.log(f"{stage}/perplexity", perplexity, on_step=False, on_epoch=True, prog_bar=True, batch_size=size)
 
-    def _prompt_ids(self, text: str) -> list[int]:
-        """A request's token ids as training began its texts (``[BOS]``/``[CLS]`` kept), without the end-of-text
-        marker the tokenizer appends (``[SEP]``/``</s>``), so that generation continues the text."""
-        ids = self.tokenizer(text, truncation=True, max_length=self.hparams.max_length)["input_ids"]
-        ends = {self.tokenizer.sep_token_id, self.tokenizer.eos_token_id} - {None}
-        while len(ids) > 1 and ids[-1] in ends:
-            ids.pop()
-        return ids
+    def _evaluate_generation(self, batch: dict[str, Any], batch_idx: int, stage: str) -> None:
+        logits, targets = self.response_logits(batch)
+        perplexity = getattr(self, f"{stage}_perplexity")
+        perplexity(logits.float(), targets)
+        size = len(targets)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=size)
+        self.log(f"{stage}/perplexity", perplexity, on_step=False, on_epoch=True, batch_size=size)
+        generation = batch[GENERATION]
+        if not self.labels:  # free answers: exact match with the reference
+            free, _ = self._free(generation["input_ids"], generation["attention_mask"], self.hparams.max_new_tokens)
+            right = [answer == reference.strip() for answer, reference in zip(free, generation["reference"])]
+            response_accuracy = getattr(self, f"{stage}_response_acc")
+            response_accuracy(torch.tensor(right, dtype=torch.float, device=self.device))
+            self.log(
+                f"{stage}/response_acc", response_accuracy, on_step=False, on_epoch=True, prog_bar=True, batch_size=size
+            )
+            if stage == "val" and batch_idx == 0:
+                self._samples = list(zip(generation["request"], generation["reference"], free))[:SAMPLE_ROWS]
+            return
+        prompts, mask, actions = generation["input_ids"], generation["attention_mask"], generation["action"]
+        chosen, _ = self._constrained(prompts, mask)
+        free, _ = self._free(prompts, mask, self._answer_budget())
+        accuracy, invalid = getattr(self, f"{stage}_action_acc"), getattr(self, f"{stage}_invalid_rate")
+        free_accuracy = getattr(self, f"{stage}_free_action_acc")
+        accuracy(chosen, actions)
+        invalid(torch.tensor([answer not in self.labels for answer in free], dtype=torch.float, device=self.device))
+        gold = [self.labels[i] for i in actions.tolist()]
+        right = [answer == g for answer, g in zip(free, gold)]
+        free_accuracy(torch.tensor(right, dtype=torch.float, device=self.device))
+        self.log(f"{stage}/action_acc", accuracy, on_step=False, on_epoch=True, prog_bar=True, batch_size=size)
+        self.log(f"{stage}/invalid_rate", invalid, on_step=False, on_epoch=True, batch_size=size)
+        self.log(f"{stage}/free_action_acc", free_accuracy, on_step=False, on_epoch=True, batch_size=size)
+        if stage == "val" and batch_idx == 0:
+            answers = [self.labels[i] for i in chosen.tolist()]
+            self._samples = list(zip(generation["request"], gold, answers, free))[:SAMPLE_ROWS]
+
+    def score_batch(self, batch: dict[str, Any]) -> tuple[int, int] | None:
+        """``task="generation"``: ``(correct, counted)`` constrained answers of an evaluation batch, for callbacks that
+        measure accuracy (:func:`~agent_lightning.evaluation.count_correct`); rows without an action are not
+        counted. ``None`` for the other tasks, whose predictions are the argmax of the logits."""
+        if self.hparams.task != "generation":
+            return None
+        generation = batch[GENERATION]
+        if not self.labels:
+            free, _ = self._free(generation["input_ids"], generation["attention_mask"], self.hparams.max_new_tokens)
+            references = [reference.strip() for reference in generation["reference"]]
+            return sum(answer == reference for answer, reference in zip(free, references)), len(references)
+        chosen, _ = self._constrained(generation["input_ids"], generation["attention_mask"])
+        known = generation["action"] != IGNORE_INDEX
+        return int(((chosen == generation["action"]) & known).sum()), int(known.sum())
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        if self._samples and not self.trainer.sanity_checking:
+            header = ("request", "expected", "answer (constrained)", "answer (free)")
+            if not self.labels:  # free answers
+                header = ("request", "expected", "answer")
+            write_text(self.trainer, "val/samples", markdown_table(header, self._samples))
+        self._samples = []
+
+    def _answer_budget(self) -> int:
+        """Tokens an unconstrained answer may use: enough for the longest action and its end token, plus one."""
+        return self._chat_parts()[1].depth + 1
+
+    def _constrained(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+        trie = self._chat_parts()[1]
+        return constrained_greedy(self.model, input_ids, attention_mask, trie, self.tokenizer.pad_token_id)
+
+    def _free(self, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int) -> tuple[list[str], Tensor]:
+        end = self.chat_prompt.end_id
+        tokens, probability = free_greedy(
+            self.model, input_ids, attention_mask, max_new_tokens, end, self.tokenizer.pad_token_id
+        )
+        texts = self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        return [text.strip() for text in texts], probability
+
+    def _answer(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[list[str], Tensor]:
+        """The generative agent's answers to left-padded prompts: actions (constrained) or free text."""
+        if self.hparams.constrained and self.labels:
+            index, probability = self._constrained(input_ids, attention_mask)
+            return [self.labels[i] for i in index.tolist()], probability
+        return self._free(input_ids, attention_mask, self.hparams.max_new_tokens)
 
     def _generate(self, batch: dict[str, Tensor]) -> tuple[list[str], Tensor]:
         """Greedy continuations of a left-padded batch and the mean probability of their generated tokens."""
@@ -295,6 +483,23 @@ class Agent(LightningModule):
                 f"({len(data_labels)}: {_preview(data_labels)}). Build the agent with labels=datamodule.label_names "
                 "(the CLI links them), or load a checkpoint trained on the same label set."
             )
+        data_tokenizer = getattr(datamodule, "tokenizer", None)
+        if data_tokenizer is not None and data_tokenizer.get_vocab() != self.tokenizer.get_vocab():
+            raise ValueError(
+                f"The datamodule tokenizes with {data_tokenizer.name_or_path!r} ({len(data_tokenizer)} tokens), but "
+                f"this agent's model reads the ids of {self.tokenizer.name_or_path!r} ({len(self.tokenizer)} tokens). "
+                "Pass the agent's model as the datamodule's tokenizer (the CLI links --model.model to it)."
+            )
+        data_hparams = getattr(datamodule, "hparams", {})
+        if self.hparams.task == "generation" and "task" in data_hparams:
+            wanted = {key: self.hparams[key] for key in ("task", "system_prompt", "list_actions", "max_length")}
+            differ = {key: data_hparams.get(key) for key, value in wanted.items() if data_hparams.get(key) != value}
+            if differ:
+                raise ValueError(
+                    f"The datamodule builds its batches with {differ}, but this generative agent prompts with "
+                    f"{ {key: wanted[key] for key in differ} }: training and acting would see different prompts. Pass "
+                    "the same values to both (the CLI links them from --model)."
+                )
 
     @override
     def on_fit_start(self) -> None:
@@ -327,14 +532,17 @@ class Agent(LightningModule):
 
         Returns:
             ``(action, confidence)`` for each request, confidence being the softmax probability of the action; for
-            ``task="causal-lm"``, ``(continuation, mean probability of its tokens)`` from greedy decoding of up to
-            ``max_new_tokens`` tokens.
+            ``task="generation"``, the action decoded within the action set and its sequence probability (with
+            ``constrained=False``, the free answer and its mean token probability); for ``task="causal-lm"``,
+            ``(continuation, mean probability of its tokens)`` from greedy decoding of up to ``max_new_tokens``
+            tokens.
 
         Raises:
             TypeError: ``texts`` is not a string or a sequence of strings.
         """
         texts = as_texts(texts)
-        language_model = self.hparams.task == "causal-lm"
+        task = self.hparams.task
+        language_model = task == "causal-lm"
         was_training, padding_side = self.training, self.tokenizer.padding_side
         self.eval()
         if language_model:
@@ -343,8 +551,19 @@ class Agent(LightningModule):
         try:
             for start in range(0, len(texts), batch_size):
                 chunk = list(texts[start : start + batch_size])
+                if task == "generation":
+                    prompt, trie = self._chat_parts()
+                    room = trie.depth if trie is not None else self.hparams.max_new_tokens
+                    prompts = [prompt.prompt_ids(text, room) for text in chunk]
+                    ids = left_pad(prompts, self.tokenizer.pad_token_id).to(self.device)
+                    mask = left_pad([[1] * len(row) for row in prompts], 0).to(self.device)
+                    answers, probability = self._answer(ids, mask)
+                    decisions += list(zip(answers, probability.tolist()))
+                    continue
                 if language_model:
-                    prompts = {"input_ids": [self._prompt_ids(text) for text in chunk]}
+                    prompts = {
+                        "input_ids": [continuation_prompt(self.tokenizer, t, self.hparams.max_length) for t in chunk]
+                    }
                     encoded = self.tokenizer.pad(prompts, padding=True, return_tensors="pt").to(self.device)
                     written, probability = self._generate(dict(encoded))
                     decisions += list(zip(written, probability.tolist()))
@@ -377,7 +596,7 @@ class Agent(LightningModule):
         with atomic_directory(directory, overwrite=overwrite, argument="directory") as staging:
             self.model.save_pretrained(staging)
             self.tokenizer.save_pretrained(staging)
-            if self.hparams.task == "classification":
+            if self.hparams.task != "causal-lm":
                 (staging / "labels.json").write_text(json.dumps(self.labels, indent=1), encoding="utf-8")
         return Path(directory)
 
@@ -411,8 +630,9 @@ def _load_config(source: str):
         return AutoConfig.from_pretrained(source)
     except OSError as error:
         raise ValueError(
-            f"model={source!r} could not be loaded: {error}. Pass an existing model folder, a hub name reachable "
-            "from this machine (HF_HUB_OFFLINE=1 forbids downloads), or leave model unset for the packaged default."
+            f"model={source!r} could not be loaded: {error}. Pass an existing model folder, a packaged model "
+            f"({', '.join(sorted(PACKAGED_MODELS))}), a hub name reachable from this machine (HF_HUB_OFFLINE=1 "
+            "forbids downloads), or leave model unset for the packaged default."
         ) from error
 
 

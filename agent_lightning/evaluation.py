@@ -3,11 +3,13 @@
 What a foreign module must provide (callbacks raise :class:`TypeError` naming it otherwise):
 
 - batches that are either a mapping of tensors (``dict``, ``BatchEncoding``), called as ``module(**inputs)`` with
-  the ``"labels"`` entry (if any) held back, or a ``(inputs, labels)`` pair (``tuple``/``list``), called as
-  ``module(inputs)``, or a bare input tensor (no labels: nothing is scored);
+  the ``"labels"`` and :data:`GENERATION` entries (if any) held back, or a ``(inputs, labels)`` pair
+  (``tuple``/``list``), called as ``module(inputs)``, or a bare input tensor (no labels: nothing is scored);
 - a ``forward`` that returns logits: a tensor, an object with a ``logits`` attribute (Hugging Face outputs), or a
   ``dict`` with a ``"logits"`` key. Logits are ``(..., num_classes)``; labels have the leading shape of the logits,
-  and ``-100`` marks positions to ignore (the Hugging Face convention).
+  and ``-100`` marks positions to ignore (the Hugging Face convention);
+- or, for a module whose answers are not the argmax of its logits (a generative agent decodes them), a
+  ``score_batch(batch) -> (correct, counted)`` method, which accuracy uses instead (``None``: score the logits).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from lightning.pytorch.strategies import Strategy
 from torch import Tensor, nn
 
 __all__ = [
+    "GENERATION",
     "UNLABELED",
     "accuracy",
     "action_accuracy",
@@ -32,6 +35,9 @@ __all__ = [
     "split_batch",
 ]
 
+#: The batch entry a generative agent's evaluation batches keep their prompts, actions and texts under: held back
+#: from ``forward`` like the labels.
+GENERATION = "generation"
 #: The label of a training row without one (PyTorch's cross-entropy ``ignore_index``): task losses skip it,
 #: distillation learns from it.
 UNLABELED = -100
@@ -44,7 +50,7 @@ def split_batch(batch: Any) -> tuple[tuple[Any, ...], dict[str, Any], Tensor | N
         TypeError: the batch is neither a mapping, an ``(inputs, labels)`` pair nor a tensor.
     """
     if isinstance(batch, Mapping):  # dict, or a tokenizer's BatchEncoding
-        inputs = {key: value for key, value in batch.items() if key != "labels"}
+        inputs = {key: value for key, value in batch.items() if key not in ("labels", GENERATION)}
         return (), inputs, batch.get("labels")
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         return (batch[0],), {}, batch[1]
@@ -94,7 +100,8 @@ def count_correct(module: nn.Module, batches: Iterable[Any], max_batches: int | 
 
     ``module`` is a LightningModule (batches move with its ``transfer_batch_to_device``) or any ``nn.Module`` (e.g.
     a Hugging Face teacher; tensors move to the device of its first parameter). Batches without labels are skipped;
-    labels equal to ``-100`` are not counted; at most ``max_batches`` batches are read when given.
+    labels equal to ``-100`` are not counted; at most ``max_batches`` batches are read when given. A module with a
+    ``score_batch`` method scores each batch itself.
     """
     was_training = module.training
     module.eval()
@@ -108,6 +115,10 @@ def count_correct(module: nn.Module, batches: Iterable[Any], max_batches: int | 
                 batch = module.transfer_batch_to_device(batch, device, 0)
             else:
                 batch = move_data_to_device(batch, device)
+            scored = module.score_batch(batch) if callable(getattr(module, "score_batch", None)) else None
+            if scored is not None:  # the module decodes its own answers
+                correct, counted = correct + scored[0], counted + scored[1]
+                continue
             args, kwargs, labels = split_batch(batch)
             if labels is None:
                 continue

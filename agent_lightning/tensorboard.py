@@ -34,12 +34,14 @@ __all__ = [
     "COMPRESSION_LAYOUT",
     "RUN_METRIC_TAGS",
     "log_after_fit",
+    "markdown_table",
     "plain_settings",
     "run_hparams",
     "tensorboard_logger",
     "write_custom_scalars",
     "write_hparams_session",
     "write_run_hparams",
+    "write_text",
 ]
 
 #: Metrics shown in the HParams tab (each reads the latest value of the scalar with the same tag).
@@ -182,3 +184,23 @@ def log_after_fit(trainer: Trainer, metrics: Mapping[str, float]) -> None:
         for logger in trainer.loggers:
             logger.log_metrics(dict(metrics), step=trainer.global_step)
             logger.save()
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A markdown table (TensorBoard's Text tab renders it); ``|`` inside cells is escaped."""
+
+    def cell(value: Any) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_text(trainer: Trainer, tag: str, text: str) -> bool:
+    """Write ``text`` (markdown) under ``tag`` in the Text tab at the current step (rank zero, TensorBoard only)."""
+    logger = tensorboard_logger(trainer)
+    if logger is None or trainer.global_rank != 0:
+        return False
+    logger.experiment.add_text(tag, text, global_step=trainer.global_step)
+    return True

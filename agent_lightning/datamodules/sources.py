@@ -132,10 +132,13 @@ def _read_rows(path: Path, suffix: str) -> list[dict]:
     return data
 
 
-def load_hub_dataset(name: str, config: str | None, text_column: str, label_column: str) -> dict[str, LabelledTexts]:
+def load_hub_dataset(
+    name: str, config: str | None, text_column: str, label_column: str | None
+) -> dict[str, LabelledTexts]:
     """Load a data set from the Hugging Face hub by name (needs the optional ``datasets`` package and a network).
 
-    Integer class labels are turned into their names when the data set declares them (``ClassLabel``).
+    Integer class labels are turned into their names when the data set declares them (``ClassLabel``);
+    ``label_column=None`` reads texts only.
     """
     try:
         import datasets
@@ -155,12 +158,14 @@ def load_hub_dataset(name: str, config: str | None, text_column: str, label_colu
             continue
         part = loaded[hub_split]
         for column, role in ((text_column, "text_column"), (label_column, "label_column")):
-            if column not in part.column_names:
+            if column is not None and column not in part.column_names:
                 raise ValueError(
                     f"hub:{name}/{hub_split} has no column {column!r}; set {role} to one of {part.column_names}."
                 )
-        names = getattr(part.features[label_column], "names", None)
-        labels = [names[v] if names is not None else str(v) for v in part[label_column]]
+        labels = []
+        if label_column is not None:
+            names = getattr(part.features[label_column], "names", None)
+            labels = [names[v] if names is not None else str(v) for v in part[label_column]]
         splits[split] = LabelledTexts(list(part[text_column]), labels, f"hub:{name}/{hub_split}")
     if "train" not in splits:
         raise ValueError(f"dataset='hub:{name}' has no train split (it has {list(loaded)}).")

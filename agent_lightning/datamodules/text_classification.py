@@ -12,7 +12,7 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Sampler
-from transformers import DataCollatorWithPadding
+from transformers import DataCollatorForLanguageModeling, DataCollatorWithPadding
 from transformers.trainer_pt_utils import get_length_grouped_indices
 from typing_extensions import override
 
@@ -26,7 +26,15 @@ from agent_lightning.datamodules.sources import (
     read_labelled_file,
 )
 from agent_lightning.evaluation import UNLABELED
-from agent_lightning.validation import check_bool, check_count, check_int, check_open_fraction
+from agent_lightning.generation import (
+    IGNORE_INDEX,
+    ChatCollator,
+    ChatExamples,
+    ChatPrompt,
+    LeftPaddingCollator,
+    continuation_prompt,
+)
+from agent_lightning.validation import check_bool, check_choice, check_count, check_int, check_open_fraction
 
 __all__ = ["REST", "UNLABELED", "EpochSeededSampler", "TextClassificationDataModule", "TokenizedTexts"]
 
@@ -147,6 +155,21 @@ class TextClassificationDataModule(LightningDataModule):
             :data:`UNLABELED` (-100) so that the task loss skips them while distillation learns from them: a file
             (CSV, TSV, JSON or JSONL with ``text_column``; a label column is ignored), or ``"rest"``: the training
             texts that ``labels_per_class`` left out.
+        task: the batches' form, set to the agent's task (the CLI links it to ``--model.task``):
+            ``"classification"``: token ids and a label id per request; ``"generation"``: chat SFT examples for a
+            decoder (:mod:`agent_lightning.generation`): the request in the tokenizer's chat template, the action's
+            name as the response, loss labels over the response only, left padding; evaluation batches also carry
+            the prompts, the action ids and the request texts; ``"causal-lm"``: the texts alone (no label column
+            is read) as next-token batches, ``labels`` being the input ids with ``-100`` at padding, and for predict
+            left-padded prompts that generation continues.
+        system_prompt: ``task="generation"``: the chat's system message (``None``: the template's default); linked to
+            ``--model.system_prompt``.
+        list_actions: ``task="generation"``: list the allowed actions after each request; linked to
+            ``--model.list_actions``.
+        response_column: ``task="generation"``: the column holding each request's answer text (e.g. a JSON tool
+            call with its arguments), written freely by the agent; the label column is then not read, there is no
+            closed action set (``label_names`` is empty) and the validation split is random. ``None``: the answer is
+            the request's action name from ``label_column``.
 
     Raises:
         TypeError: an argument of the wrong type, naming the argument, the value and the fix.
@@ -180,8 +203,36 @@ class TextClassificationDataModule(LightningDataModule):
         num_workers: int = 0,
         labels_per_class: int | None = None,
         unlabeled_file: str | None = None,
+        task: Literal["classification", "generation", "causal-lm"] = "classification",
+        system_prompt: str | None = None,
+        list_actions: bool = False,
+        response_column: str | None = None,
     ) -> None:
         super().__init__()
+        check_choice("task", task, ("classification", "generation", "causal-lm"))
+        check_bool("list_actions", list_actions)
+        if system_prompt is not None and not isinstance(system_prompt, str):
+            raise TypeError(f"system_prompt={system_prompt!r} must be a string, or None for the template's default.")
+        if task != "classification" and unlabeled_file is not None:
+            raise ValueError(
+                f"unlabeled_file={unlabeled_file!r} is for task='classification' (unlabelled rows train through "
+                f"distillation of a classifier); drop it for task={task!r}."
+            )
+        if response_column is not None and (task != "generation" or not isinstance(response_column, str)):
+            raise ValueError(
+                f"response_column={response_column!r} names the column of answer texts for task='generation' (got "
+                f"task={task!r}); pass a column name with task='generation', or drop it."
+            )
+        if response_column is not None and (labels_per_class is not None or list_actions):
+            raise ValueError(
+                f"response_column={response_column!r} gives free answers, without an action set to subsample by "
+                "(labels_per_class) or to list (list_actions); drop those."
+            )
+        if task == "causal-lm" and labels_per_class is not None:
+            raise ValueError(
+                f"labels_per_class={labels_per_class} subsamples labelled data; task='causal-lm' reads texts only. "
+                "Drop labels_per_class."
+            )
         if dataset is not None and train_file is not None:
             raise ValueError(
                 f"dataset={dataset!r} and train_file={train_file!r} both name the training data; pass only one."
@@ -233,7 +284,9 @@ class TextClassificationDataModule(LightningDataModule):
 
     def _read_splits(self) -> dict[str, LabelledTexts]:
         hp = self.hparams
-        columns = (hp.text_column, hp.label_column)
+        # a response column's answers stand where the labels would (LabelledTexts.labels holds them)
+        answers = {"causal-lm": None, "generation": hp.response_column or hp.label_column}
+        columns = (hp.text_column, answers.get(hp.task, hp.label_column))
         if hp.dataset is not None and hp.dataset.startswith("hub:"):
             splits = load_hub_dataset(hp.dataset[4:], hp.hub_config, *columns)
         else:
@@ -252,7 +305,14 @@ class TextClassificationDataModule(LightningDataModule):
             if hp[argument] is not None:
                 splits[split] = read_labelled_file(hp[argument], *columns, argument=argument)
         if "val" not in splits:
-            splits["train"], splits["val"] = _stratified_split(splits["train"], hp.val_fraction, hp.split_seed)
+            by_label = hp.task != "causal-lm" and hp.response_column is None
+            split = _stratified_split(splits["train"], hp.val_fraction, hp.split_seed, by_label=by_label)
+            splits["train"], splits["val"] = split
+            if not splits["val"].texts:
+                raise ValueError(
+                    f"The training data ({splits['train'].origin}) has {len(splits['train'])} text(s): too few to "
+                    f"hold out val_fraction={hp.val_fraction}. Add texts or pass val_file=PATH."
+                )
         if hp.labels_per_class is not None:
             splits["train"], rest = _per_class_subsample(splits["train"], hp.labels_per_class, hp.split_seed)
             self._rest_texts = rest.texts
@@ -277,6 +337,9 @@ class TextClassificationDataModule(LightningDataModule):
         """The raw labelled texts per split (``train``, ``val``, optionally ``test``), read once."""
         if self._splits is None:
             splits = self._read_splits()
+            if self.hparams.task == "causal-lm" or self.hparams.response_column:  # no label vocabulary
+                self._splits, self._label_names = splits, []
+                return self._splits
             names = sorted(set(splits["train"].labels))
             if len(names) < 2:
                 raise ValueError(
@@ -321,10 +384,20 @@ class TextClassificationDataModule(LightningDataModule):
             if split not in self._datasets:
                 self._datasets[split] = self._tokenize(split)
 
-    def _tokenize(self, split: str) -> TokenizedTexts:
+    @property
+    def chat_prompt(self) -> ChatPrompt:
+        """``task="generation"``: how requests become prompts and actions responses (what the agent acts with)."""
+        hp = self.hparams
+        actions = self.label_names if hp.list_actions else None
+        return ChatPrompt(self.tokenizer, hp.max_length, system_prompt=hp.system_prompt, actions=actions)
+
+    def _tokenize(self, split: str) -> TokenizedTexts | ChatExamples:
+        task = self.hparams.task
         if split == "predict" and self.hparams.predict_file is not None:
             texts = read_labelled_file(self.hparams.predict_file, self.hparams.text_column, None, "predict_file").texts
-            return TokenizedTexts(self._encode(texts), None, texts)
+            if task == "generation":
+                return self._chat_examples(texts, [UNLABELED] * len(texts), [""] * len(texts))
+            return TokenizedTexts(self._encode(texts, prompts=task == "causal-lm"), None, texts)
         source = "test" if split == "predict" else split
         if source not in self.splits:
             raise ValueError(
@@ -332,18 +405,58 @@ class TextClassificationDataModule(LightningDataModule):
                 "or use a dataset folder that holds a test file."
             )
         data = self.splits[source]
+        if task == "causal-lm":
+            return TokenizedTexts(self._encode(data.texts, prompts=split == "predict"), None, list(data.texts))
+        if self.hparams.response_column:  # free answers
+            return self._chat_examples(list(data.texts), [UNLABELED] * len(data), list(data.labels))
         index = {name: i for i, name in enumerate(self.label_names)}
         texts, label_ids = list(data.texts), [index[label] for label in data.labels]
+        if task == "generation":
+            return self._chat_examples(texts, label_ids, list(data.labels))
         if split == "train":  # unlabelled rows train only through distillation
             unlabeled = self.unlabeled_texts
             texts, label_ids = texts + unlabeled, label_ids + [UNLABELED] * len(unlabeled)
         return TokenizedTexts(self._encode(texts), label_ids, texts)
 
-    def _encode(self, texts: Sequence[str]) -> dict[str, list[list[int]]]:
-        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.hparams.max_length)
+    def _chat_examples(self, texts: list[str], label_ids: list[int], answers: list[str]) -> ChatExamples:
+        """Chat examples: the action of each label id as its answer, or (free answers, ``label_ids`` all
+        :data:`UNLABELED`) the answer texts; an empty answer (predict) leaves the prompt alone."""
+        prompt = self.chat_prompt
+        if self.label_names:
+            try:
+                responses = prompt.action_ids(self.label_names)  # distinct, or a clear error before training
+            except ValueError as error:
+                source = "train_file" if self.hparams.train_file else "dataset"
+                raise ValueError(f"{source}={self.splits['train'].origin!r}, its labels: {error}") from error
+            longest = max(len(ids) for ids in responses)
+        examples, prompts = [], []
+        for text, label, answer_text in zip(texts, label_ids, answers):
+            if self.label_names:  # the prompt leaves room for the longest action, as the agent's do
+                answer = responses[label] if label != UNLABELED else []
+                prompt_ids = prompt.prompt_ids(text, longest)
+            else:
+                answer = prompt.response_ids(answer_text) if answer_text else []
+                prompt_ids = prompt.prompt_ids(text, len(answer))
+            examples.append({"input_ids": prompt_ids + answer, "labels": [IGNORE_INDEX] * len(prompt_ids) + answer})
+            prompts.append(prompt_ids)
+        references = None if self.label_names else list(answers)
+        return ChatExamples(examples, prompts, label_ids, texts, references)
+
+    def _encode(self, texts: Sequence[str], prompts: bool = False) -> dict[str, list[list[int]]]:
+        if prompts:  # a decoder's prompts: generation continues where the text ends
+            ids = [continuation_prompt(self.tokenizer, text, self.hparams.max_length) for text in texts]
+            return {"input_ids": ids, "attention_mask": [[1] * len(row) for row in ids]}
+        decoder = self.hparams.task == "causal-lm"  # a BERT tokenizer's segment ids mean nothing to a decoder
+        encoded = self.tokenizer(
+            list(texts), truncation=True, max_length=self.hparams.max_length, return_token_type_ids=not decoder
+        )
         return {key: list(values) for key, values in encoded.items()}
 
-    def _collator(self) -> DataCollatorWithPadding:
+    def _collator(self, training: bool) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+        if self.hparams.task == "generation":
+            return ChatCollator(self.tokenizer.pad_token_id, with_prompts=not training)
+        if self.hparams.task == "causal-lm":
+            return DataCollatorForLanguageModeling(self.tokenizer, mlm=False)
         if self.hparams.padding == "max_length":
             return DataCollatorWithPadding(self.tokenizer, padding="max_length", max_length=self.hparams.max_length)
         return DataCollatorWithPadding(self.tokenizer, padding="longest")
@@ -357,7 +470,7 @@ class TextClassificationDataModule(LightningDataModule):
             seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         # Lightning's sampler epoch is off by one after some resumes; its restored current_epoch is not.
         sampler = EpochSeededSampler(data.lengths, batch_size, self.hparams.group_by_length, seed, self._current_epoch)
-        return self._loader(data, batch_size, sampler=sampler)
+        return self._loader(data, batch_size, sampler=sampler, collate_fn=self._collator(training=True))
 
     @override
     def val_dataloader(self) -> DataLoader:
@@ -374,7 +487,12 @@ class TextClassificationDataModule(LightningDataModule):
 
     @override
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self._datasets["predict"], self._eval_batch_size)
+        data = self._datasets["predict"]
+        if self.hparams.task == "causal-lm":  # left-padded prompts: generation continues every row at the end
+            return self._loader(
+                data, self._eval_batch_size, collate_fn=LeftPaddingCollator(self.tokenizer.pad_token_id)
+            )
+        return self._loader(data, self._eval_batch_size)
 
     def _current_epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0
@@ -383,12 +501,12 @@ class TextClassificationDataModule(LightningDataModule):
     def _eval_batch_size(self) -> int:
         return self.hparams.eval_batch_size or 2 * self.hparams.batch_size
 
-    def _loader(self, data: TokenizedTexts, batch_size: int, **kwargs: Any) -> DataLoader:
+    def _loader(self, data: TokenizedTexts | ChatExamples, batch_size: int, **kwargs: Any) -> DataLoader:
         workers = self.hparams.num_workers
+        kwargs.setdefault("collate_fn", self._collator(training=False))
         return DataLoader(
             data,
             batch_size=batch_size,
-            collate_fn=self._collator(),
             num_workers=workers,
             persistent_workers=workers > 0,
             **kwargs,
@@ -409,23 +527,27 @@ class TextClassificationDataModule(LightningDataModule):
             )
 
 
-def _draw_per_label(data: LabelledTexts, seed: int, count: Callable[[int], int]) -> tuple[list[int], list[int]]:
+def _draw_per_label(
+    data: LabelledTexts, seed: int, count: Callable[[int], int], by_label: bool = True
+) -> tuple[list[int], list[int]]:
     """``(drawn, rest)`` row indices in file order: ``count(n)`` rows drawn at random (``seed``) from each label
-    that has ``n`` rows."""
-    by_label: dict[str, list[int]] = defaultdict(list)
-    for i, label in enumerate(data.labels):
-        by_label[label].append(i)
+    that has ``n`` rows (from all rows as one group without ``by_label`` or without labels)."""
+    by_label_rows: dict[str, list[int]] = defaultdict(list)
+    groups = data.labels if by_label and data.labels else [""] * len(data)
+    for i, label in enumerate(groups):
+        by_label_rows[label].append(i)
     rng = random.Random(seed)
     drawn: set[int] = set()
-    for label in sorted(by_label):
-        indices = by_label[label]
+    for label in sorted(by_label_rows):
+        indices = by_label_rows[label]
         rng.shuffle(indices)
         drawn.update(indices[: count(len(indices))])
     return sorted(drawn), [i for i in range(len(data)) if i not in drawn]
 
 
 def _subset(data: LabelledTexts, indices: list[int], origin: str) -> LabelledTexts:
-    return LabelledTexts([data.texts[i] for i in indices], [data.labels[i] for i in indices], origin=origin)
+    labels = [data.labels[i] for i in indices] if data.labels else []
+    return LabelledTexts([data.texts[i] for i in indices], labels, origin=origin)
 
 
 def _per_class_subsample(data: LabelledTexts, per_class: int, seed: int) -> tuple[LabelledTexts, LabelledTexts]:
@@ -435,8 +557,12 @@ def _per_class_subsample(data: LabelledTexts, per_class: int, seed: int) -> tupl
     return _subset(data, kept, origin), _subset(data, rest, data.origin)
 
 
-def _stratified_split(data: LabelledTexts, fraction: float, seed: int) -> tuple[LabelledTexts, LabelledTexts]:
-    """Hold out ``fraction`` of each label's examples (at least one where the label has two or more)."""
-    val, keep = _draw_per_label(data, seed, lambda n: max(1, round(fraction * n)) if n >= 2 else 0)
+def _stratified_split(
+    data: LabelledTexts, fraction: float, seed: int, by_label: bool = True
+) -> tuple[LabelledTexts, LabelledTexts]:
+    """Hold out ``fraction`` of each label's examples (at least one where the label has two or more); of all
+    examples at random without ``by_label``."""
+    hold_out = lambda n: max(1, round(fraction * n)) if n >= 2 else 0  # noqa: E731
+    val, keep = _draw_per_label(data, seed, hold_out, by_label)
     origin = f"{data.origin} (validation split, val_fraction={fraction}, seed={seed})"
     return _subset(data, keep, data.origin), _subset(data, val, origin)

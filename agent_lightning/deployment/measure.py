@@ -69,14 +69,19 @@ def token_inputs(batch_size: int, seq_len: int = 64, vocab_size: int = 20000, se
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:
     """``(parameters, nonzero parameters)`` of ``model``, converted int8/int4 layers and compacted embeddings
-    (their stored rows) included.
+    (their stored rows) included; a parameter shared by several modules (tied input/output embeddings) counts once.
 
     Example:
         >>> parameter_counts(nn.Linear(4, 2, bias=False))[0]
         8
+        >>> tied = nn.ModuleDict({"embed": nn.Embedding(10, 4), "head": nn.Linear(4, 10, bias=False)})
+        >>> tied["head"].weight = tied["embed"].weight
+        >>> parameter_counts(tied)[0]
+        40
     """
     converted = converted_modules(model)
     total = nonzero = 0
+    seen: set[int] = set()
     for name, module in model.named_modules():
         if name in converted:
             tensors = [dequantized_weight(module)]
@@ -87,7 +92,8 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
         elif isinstance(module, CompactEmbedding):
             tensors = [module.dequantized()]
         else:
-            tensors = [p for p in module.parameters(recurse=False)]
+            tensors = [p for p in module.parameters(recurse=False) if id(p) not in seen]
+            seen.update(id(p) for p in tensors)
         for tensor in tensors:
             total += tensor.numel()
             nonzero += int(torch.count_nonzero(tensor.detach()))

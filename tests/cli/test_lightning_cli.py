@@ -15,6 +15,7 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
 from agent_lightning import Agent
 from agent_lightning.cli import AgentLightningCLI, main
+from agent_lightning.evaluation import count_correct
 from agent_lightning.quantization.embedding import CompactEmbedding
 from tests.conftest import REPO
 
@@ -50,7 +51,8 @@ def test_every_shipped_config_parses_and_round_trips(config, capsys, tmp_path):
     for section in ("model", "data"):
         for key, value in shipped.get(section, {}).items():
             assert full[section][key] == value, (section, key)
-    assert full["checkpoint"]["monitor"] == "val/acc"
+    generative = shipped.get("model", {}).get("task") == "generation"
+    assert full["checkpoint"]["monitor"] == ("val/action_acc" if generative else "val/acc")
     with pytest.raises(SystemExit):
         AgentLightningCLI.create(["fit", "-c", str(reproduced), "--print_config"])
     assert yaml.safe_load(capsys.readouterr().out) == full
@@ -268,3 +270,92 @@ def test_embeddings_flag_alone_compacts_without_quantizing(tmp_path, tiny_bert):
     cli = AgentLightningCLI.create(_fit_args(tmp_path, tiny_bert, "--trainer.max_epochs=1", "--embeddings", "float"))
     assert isinstance(cli.model.model.get_input_embeddings(), CompactEmbedding)
     assert not converted_modules(cli.model)  # --embeddings alone does not quantize the linears
+
+
+def test_fit_of_the_llm_config_logs_action_accuracy_and_sample_answers(tmp_path, tiny_llama, tiny_data_dir):
+    cli = AgentLightningCLI.create(
+        [
+            "fit",
+            "-c",
+            str(REPO / "configs" / "llm.yaml"),
+            f"--model.model={tiny_llama}",
+            "--model.learning_rate=3e-3",
+            f"--data.dataset={tiny_data_dir}",
+            "--data.batch_size=8",
+            "--trainer.max_epochs=2",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+        ]
+    )
+    assert cli.datamodule.hparams.task == "generation" and cli.model.hparams.task == "generation"
+    assert cli.trainer.checkpoint_callback.monitor == "val/action_acc"
+    events = EventAccumulator(str(cli.trainer.logger.log_dir), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"val/action_acc", "val/invalid_rate", "val/perplexity", "test/action_acc", "train/loss"} <= tags
+    samples = events.Tensors("val/samples/text_summary")
+    assert len(samples) == 2  # one table per validation (not the sanity check)
+    table = samples[-1].tensor_proto.string_val[0].decode()
+    assert table.startswith("| request | expected | answer (constrained) | answer (free) |")
+    rows = [line.split(" | ") for line in table.splitlines()[2:]]
+    assert len(rows) == 4 and all(row[2] in cli.model.labels for row in rows)  # the 4 validation requests
+    best = cli.trainer.checkpoint_callback.best_model_path
+    assert re.search(r"val_action_acc\d\.\d{4}\.ckpt$", best)
+    log_dir = Path(cli.trainer.logger.log_dir)
+    for subcommand in ("validate", "test", "predict"):
+        other = AgentLightningCLI.create([subcommand, "-c", str(log_dir / "config.yaml"), f"--ckpt_path={best}"])
+        assert other.trainer.state.finished and other.model.hparams.task == "generation"
+    predictions = [json.loads(line) for line in (Path(other.trainer.logger.log_dir) / "predictions.jsonl").open()]
+    assert [p["text"] for p in predictions] == cli.datamodule.splits["test"].texts
+    assert all(p["action"] in cli.model.labels and 0 < p["confidence"] <= 1 for p in predictions)
+
+
+def test_the_short_compression_flags_apply_to_the_llm_agent(tmp_path, tiny_llama, tiny_data_dir):
+    """--prune and --qat on a decoder with grouped-query attention and tied embeddings: the target sparsity, int8
+    linears after the fit, and accuracy in the report scored on decoded answers."""
+    cli = AgentLightningCLI.create(
+        [
+            "fit",
+            "-c",
+            str(REPO / "configs" / "llm.yaml"),
+            f"--model.model={tiny_llama}",
+            f"--data.dataset={tiny_data_dir}",
+            "--data.batch_size=8",
+            "--trainer.max_epochs=2",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+            "--prune=0.5",
+            "--qat=int8",
+        ]
+    )
+    layers = cli.model.model.model.layers
+    assert sum(isinstance(m, DynamicQuantizedLinear) for m in layers.modules()) == 14  # 7 linears per block
+    pruned = layers[0].mlp.gate_proj
+    assert float((pruned.weight() == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
+    report = json.loads((Path(cli.trainer.logger.log_dir) / "checkpoints" / "report.json").read_text())
+    final = next(row for row in report["models"] if row["name"] == "final")
+    correct, counted = count_correct(cli.model, cli.datamodule.val_dataloader())  # constrained answers
+    assert counted == 4 and final["val_acc"] == pytest.approx(correct / counted)
+
+
+def test_a_causal_lm_trains_and_predicts_from_the_command_line(tmp_path, causal_lm_folders, lm_texts):
+    """--model.task causal-lm: texts only (no label column), next-token batches, checkpoints on val/perplexity."""
+    common = [f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}", "--trainer.enable_progress_bar=false"]
+    model = causal_lm_folders["llama"]
+    cli = AgentLightningCLI.create(
+        ["fit", f"--model.model={model}", "--model.task=causal-lm", "--model.max_new_tokens=4"]
+        + [f"--data.train_file={lm_texts}", f"--data.test_file={lm_texts}", "--trainer.max_epochs=2", *common]
+    )
+    assert cli.datamodule.hparams.task == "causal-lm" and cli.datamodule.label_names == []
+    assert cli.trainer.checkpoint_callback.monitor == "val/perplexity"
+    assert cli.trainer.checkpoint_callback.mode == "min"
+    assert cli.trainer.checkpoint_callback.best_model_score > 1 and "test/perplexity" in cli.trainer.callback_metrics
+    log_dir = Path(cli.trainer.logger.log_dir)
+    best = cli.trainer.checkpoint_callback.best_model_path
+    other = AgentLightningCLI.create(["predict", "-c", str(log_dir / "config.yaml"), f"--ckpt_path={best}"])
+    predictions = [json.loads(line) for line in (Path(other.trainer.logger.log_dir) / "predictions.jsonl").open()]
+    texts = [json.loads(line)["text"] for line in Path(lm_texts).open()]
+    assert [p["text"] for p in predictions] == texts
+    assert all(isinstance(p["continuation"], str) and 0 < p["confidence"] <= 1 for p in predictions)
+    agent = Agent.load_from_checkpoint(best)
+    assert [p["continuation"] for p in predictions[:3]] == [text for text, _ in agent.act(texts[:3])]
