@@ -135,6 +135,19 @@ def _export(argument: str) -> Callable[[Any, dict], Any]:
     return build
 
 
+def _serve(option: str) -> Callable[[Any, dict], Any]:
+    """Rows for ``agent-lightning serve``: refused before a server starts."""
+
+    def build(value: Any, env: dict) -> Any:
+        from agent_lightning.cli.serve import serve_command
+
+        model = value if option == "model" else env["agent_ckpt"]
+        extra = [] if option == "model" else [option, str(value)]
+        return serve_command([model, "--store", "store.db", *extra])
+
+    return build
+
+
 PRUNING = _callback("Pruning")
 QAT = _callback("QuantizationAwareTraining")
 DISTILLATION = _callback("Distillation", teacher="{agent_ckpt}")
@@ -359,6 +372,11 @@ CASES = [
     ),
     Case("agent-lightning export", "checkpoint", "corrupt", "truncated.ckpt", _export("checkpoint")),
     Case("agent-lightning export", "output", "range", "taken", _export("output"), FileExistsError),
+    Case("agent-lightning serve", "model", "missing file", "missing.ckpt", _serve("model")),
+    Case("agent-lightning serve", "--port", "range", 0, _serve("--port")),
+    Case("agent-lightning serve", "--max-batch-size", "range", 0, _serve("--max-batch-size")),
+    Case("agent-lightning serve", "--workers", "range", 0, _serve("--workers")),
+    Case("agent-lightning serve", "--batch-timeout", "range", -1.0, _serve("--batch-timeout")),
 ]
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from agent_lightning.cli.export import export_command
 from agent_lightning.cli.lightning_cli import AgentLightningCLI
 from agent_lightning.cli.recipes import run_recipe
+from agent_lightning.cli.serve import serve_command
 from agent_lightning.quiet import silence_command_line_noise
 
 __all__ = ["COMMANDS", "Command", "help_text", "main"]
@@ -53,6 +54,9 @@ COMMANDS: dict[str, Command] = {
         run_recipe,
     ),
     "export": Command("export a checkpoint as a verified int8 program or Hugging Face folder", export_command),
+    "serve": Command(
+        "serve an export or checkpoint on LitServe: /predict, /feedback, /stats (SQLite store)", serve_command
+    ),
 }
 
 

@@ -1,0 +1,165 @@
+"""The real server on a loopback port: answers equal the export's, bad requests get a 422 naming the field and the
+server keeps answering, feedback lands in the store, and acknowledged rows survive a SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from lightning.pytorch import seed_everything
+
+from agent_lightning import Agent, TextClassificationDataModule
+from agent_lightning.deployment.export import export_agent
+from agent_lightning.deployment.runtime import ExportedAgent
+from agent_lightning.serving import RequestStore
+from tests.conftest import REPO, TINY_EXAMPLES, quiet_trainer
+
+TEXTS = ["wake me at seven", "play some jazz", "will it rain today", "call mom", "alarm at five tomorrow"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _parsed(raw: bytes) -> object:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:  # /health answers plain text
+        return raw.decode()
+
+
+def _call(url: str, body: bytes | dict | None = None, timeout: float = 60) -> tuple[int, object]:
+    """``(status, body)`` of a GET (no body) or POST; JSON bodies parsed."""
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, _parsed(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, _parsed(error.read())
+
+
+class Server:
+    """``agent-lightning serve`` in its own process group, stopped (SIGKILL to the group) whatever happens."""
+
+    def __init__(self, model: Path, store: Path) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "agent_lightning", "serve", str(model), "--port", str(self.port)]
+        command += ["--store", str(store), "--max-batch-size", "4", "--batch-timeout", "0.05"]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+        self.process = subprocess.Popen(
+            command, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited: {self.process.stdout.read().decode()[-3000:]}")
+            try:
+                if _call(f"{self.url}/health", timeout=2)[0] == 200:
+                    return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.5)
+        self.kill()
+        raise RuntimeError("the server did not become healthy within 180 s")
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def export(tiny_bert, shared_tiny_data_dir, tmp_path_factory) -> Path:
+    """An int8 export of a tiny agent trained on the four tiny actions."""
+    folder = tmp_path_factory.mktemp("served")
+    seed_everything(0)
+    dm = TextClassificationDataModule(dataset=str(shared_tiny_data_dir), tokenizer=tiny_bert, batch_size=8)
+    agent = Agent(model=tiny_bert, labels=dm.label_names, learning_rate=3e-3)
+    trainer = quiet_trainer(folder, max_epochs=15)
+    trainer.fit(agent, datamodule=dm)
+    trainer.save_checkpoint(folder / "agent.ckpt")
+    export_agent(folder / "agent.ckpt", folder / "int8")
+    return folder / "int8"
+
+
+@pytest.fixture(scope="module")
+def server(export, tmp_path_factory):
+    running = Server(export, tmp_path_factory.mktemp("store") / "requests.db")
+    yield running
+    running.kill()
+
+
+def test_answers_equal_the_export_and_lists_are_answered_in_one_request(server, export):
+    expected = ExportedAgent(export).act(TEXTS)
+    status, body = _call(f"{server.url}/predict", {"text": TEXTS[0]})
+    assert status == 200 and body["action"] == expected[0][0]
+    assert body["confidence"] == pytest.approx(expected[0][1], abs=1e-5) and len(body["id"]) == 32
+    status, body = _call(f"{server.url}/predict", {"text": TEXTS})
+    assert status == 200 and [a["action"] for a in body["answers"]] == [a for a, _ in expected]
+    assert [a["confidence"] for a in body["answers"]] == pytest.approx([c for _, c in expected], abs=1e-5)
+    assert len({a["id"] for a in body["answers"]}) == len(TEXTS)
+    assert {a for a, _ in expected} > {expected[0][0]}  # the tiny agent tells the actions apart
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        (b'{"text": "wake me"', "body"),  # malformed JSON
+        ({"text": 7}, "text"),
+        ({"text": "   "}, "text"),
+        ({"text": "x" * 1_000_000}, "text"),
+        ({"text": []}, "text"),
+        ({"texts": "wake me"}, "text"),
+    ],
+    ids=["malformed-json", "wrong-type", "empty", "1MB", "empty-list", "wrong-field"],
+)
+def test_bad_requests_get_a_422_naming_the_field_and_the_server_keeps_answering(server, body, field):
+    status, answer = _call(f"{server.url}/predict", body)
+    assert status == 422
+    assert any(field in [str(part) for part in detail["loc"]] for detail in answer["detail"]), answer
+    assert _call(f"{server.url}/predict", {"text": "call mom"})[0] == 200
+
+
+def test_feedback_is_stored_and_an_unknown_id_is_refused(server):
+    _, answer = _call(f"{server.url}/predict", {"text": "play some jazz"})
+    status, body = _call(f"{server.url}/feedback", {"id": answer["id"], "action": "call"})
+    assert status == 200 and body["id"] == answer["id"]
+    assert _call(f"{server.url}/feedback", {"id": answer["id"], "thumbs": "down"})[0] == 200
+    status, body = _call(f"{server.url}/feedback", {"id": "0" * 32, "thumbs": "up"})
+    assert status == 404 and "is not a request this server answered" in body["detail"]
+    status, body = _call(f"{server.url}/feedback", {"id": answer["id"], "action": "fly"})
+    assert status == 422 and "action='fly' is not one of the agent's actions" in body["detail"]
+    assert _call(f"{server.url}/feedback", {"id": answer["id"]})[0] == 422  # neither a correction nor a thumb
+    status, stats = _call(f"{server.url}/stats")
+    assert status == 200 and stats["feedback"] >= 2 and stats["requests"] >= 1
+    assert stats["by_action"][answer["action"]]["error_rate"] > 0
+
+
+def test_acknowledged_rows_survive_a_sigkill(export, tmp_path):
+    store = tmp_path / "requests.db"
+    server = Server(export, store)
+    try:
+        acknowledged = []
+        for text in TEXTS:
+            _, answer = _call(f"{server.url}/predict", {"text": text})
+            status, body = _call(f"{server.url}/feedback", {"id": answer["id"], "thumbs": "up"})
+            assert status == 200
+            acknowledged.append(answer["id"])
+    finally:
+        server.kill()  # SIGKILL right after the last acknowledgement: no shutdown, no flush
+    kept = RequestStore(store).feedback()
+    assert [row.request_id for row in kept] == acknowledged and all(row.thumbs_up for row in kept)
+    assert [row.text for row in kept] == TEXTS and all(row.answered in TINY_EXAMPLES for row in kept)
