@@ -148,6 +148,18 @@ def _serve(option: str) -> Callable[[Any, dict], Any]:
     return build
 
 
+def _learn(option: str) -> Callable[[Any, dict], Any]:
+    """Rows for ``agent-lightning learn``: refused before anything trains."""
+
+    def build(value: Any, env: dict) -> Any:
+        from agent_lightning.cli.learn import learn_command
+
+        options = {"--feedback": env["store"], "--ckpt": env["agent_ckpt"], "--output": "learned", option: str(value)}
+        return learn_command([part for pair in options.items() for part in pair])
+
+    return build
+
+
 PRUNING = _callback("Pruning")
 QAT = _callback("QuantizationAwareTraining")
 DISTILLATION = _callback("Distillation", teacher="{agent_ckpt}")
@@ -372,6 +384,11 @@ CASES = [
     ),
     Case("agent-lightning export", "checkpoint", "corrupt", "truncated.ckpt", _export("checkpoint")),
     Case("agent-lightning export", "output", "range", "taken", _export("output"), FileExistsError),
+    Case("agent-lightning learn", "--feedback", "missing file", "missing.db", _learn("--feedback")),
+    Case("agent-lightning learn", "--epochs", "range", 0, _learn("--epochs")),
+    Case("agent-lightning learn", "--feedback-repeats", "range", 0, _learn("--feedback-repeats")),
+    Case("agent-lightning learn", "--config", "missing file", "missing.yaml", _learn("--config")),
+    Case("agent-lightning learn", "--output", "range", "taken", _learn("--output"), FileExistsError),
     Case("agent-lightning serve", "model", "missing file", "missing.ckpt", _serve("model")),
     Case("agent-lightning serve", "--port", "range", 0, _serve("--port")),
     Case("agent-lightning serve", "--max-batch-size", "range", 0, _serve("--max-batch-size")),
@@ -401,7 +418,12 @@ def env(tmp_path, tiny_bert, monkeypatch) -> dict:
     for name in ("latin1.csv", "empty-text.csv", "indistinct-actions.csv", "texts.csv", "truncated.ckpt"):
         os.symlink(inputs / name, work / name)
     monkeypatch.chdir(work)
-    return {"tiny_bert": tiny_bert, "train_csv": str(train_csv), "agent_ckpt": str(agent_ckpt), "work": work}
+    from agent_lightning.serving import RequestStore
+
+    store = RequestStore(inputs / "requests.db")  # one answered request with a correction
+    store.record_feedback(store.record_answers([("play jazz", "call", 0.6)])[0], correct_action="play")
+    env = {"tiny_bert": tiny_bert, "train_csv": str(train_csv), "agent_ckpt": str(agent_ckpt), "work": work}
+    return {**env, "store": str(store.path)}
 
 
 def _agent_checkpoint(folder: Path, tiny_bert: str) -> Path:

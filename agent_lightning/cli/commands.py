@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from agent_lightning.cli.export import export_command
+from agent_lightning.cli.learn import learn_command
 from agent_lightning.cli.lightning_cli import AgentLightningCLI
 from agent_lightning.cli.recipes import run_recipe
 from agent_lightning.cli.serve import serve_command
@@ -54,6 +55,7 @@ COMMANDS: dict[str, Command] = {
         run_recipe,
     ),
     "export": Command("export a checkpoint as a verified int8 program or Hugging Face folder", export_command),
+    "learn": Command("fine-tune a served agent on its data plus the feedback its server stored", learn_command),
     "serve": Command(
         "serve an export or checkpoint on LitServe: /predict, /feedback, /stats (SQLite store)", serve_command
     ),

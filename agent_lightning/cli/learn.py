@@ -1,0 +1,67 @@
+"""``agent-lightning learn --feedback DB --ckpt CKPT --output DIR [-c CONFIG] [--epochs N] ...``."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+
+from agent_lightning.serving.learn import LearnSummary, learn_from_feedback
+from agent_lightning.validation import check_count, check_number
+
+__all__ = ["learn_command", "learn_parser"]
+
+
+def learn_parser() -> argparse.ArgumentParser:
+    """The options of ``agent-lightning learn``."""
+    parser = argparse.ArgumentParser(
+        prog="agent-lightning learn",
+        description="Fine-tune a served agent on its original training data plus the feedback its server stored "
+        "(corrections, thumbs up; replayed so nothing learned is forgotten), and write the new checkpoint with a "
+        "before/after summary. Serve the new checkpoint, or compress and export it.",
+    )
+    parser.add_argument("--feedback", required=True, help="the SQLite store of agent-lightning serve (--store)")
+    parser.add_argument("--ckpt", required=True, help="the checkpoint the server answered with")
+    parser.add_argument("--output", required=True, help="folder to write (refused if it exists, unless --overwrite)")
+    parser.add_argument("-c", "--config", help="the training config whose data: section names the original data")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--learning-rate", type=float, default=None, help="default: the checkpoint's")
+    parser.add_argument("--feedback-repeats", type=int, default=4, help="copies of each feedback example")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    return parser
+
+
+def learn_command(args: Sequence[str]) -> LearnSummary:
+    """Parse ``args`` (without the command name), learn, and print the summary."""
+    options = learn_parser().parse_args(list(args))
+    check_count("--epochs", options.epochs)
+    check_count("--feedback-repeats", options.feedback_repeats)
+    check_count("--batch-size", options.batch_size)
+    check_number("--learning-rate", options.learning_rate, minimum=0, strict_minimum=True, optional=True)
+    if not Path(options.feedback).is_file():
+        raise ValueError(
+            f"--feedback={options.feedback!r} does not exist. Pass the --store file of agent-lightning serve."
+        )
+    data = None
+    if options.config:
+        config = Path(options.config)
+        if not config.is_file():
+            raise ValueError(f"--config={options.config!r} does not exist; pass the training config (configs/*.yaml).")
+        data = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("data") or {}
+    summary = learn_from_feedback(
+        options.ckpt,
+        options.feedback,
+        options.output,
+        data=data,
+        epochs=options.epochs,
+        learning_rate=options.learning_rate,
+        feedback_repeats=options.feedback_repeats,
+        batch_size=options.batch_size,
+        overwrite=options.overwrite,
+    )
+    Console(soft_wrap=True).print(summary.markdown())
+    return summary

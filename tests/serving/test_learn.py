@@ -1,0 +1,96 @@
+"""Learning from feedback: the examples feedback gives, and a tiny agent that answers its corrected requests
+correctly afterwards without losing test accuracy."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from lightning.pytorch import seed_everything
+
+from agent_lightning import Agent, TextClassificationDataModule
+from agent_lightning.cli import main
+from agent_lightning.serving import Feedback, RequestStore
+from agent_lightning.serving.learn import feedback_examples
+from tests.conftest import quiet_trainer
+
+ACTIONS = ["call", "get_weather", "play_music", "set_alarm"]
+
+
+def test_feedback_examples_take_corrections_and_thumbs_up_only():
+    rows = [
+        Feedback("a", "wake me", "call", "set_alarm", None),  # corrected
+        Feedback("b", "play jazz", "play_music", None, True),  # confirmed
+        Feedback("c", "ring mom", "play_music", None, False),  # down without a correction: left out
+        Feedback("d", "forecast", "call", "fly", None),  # not an action of the agent: left out
+        Feedback("e", "rain?", None, None, True),  # an abstained answer confirmed: nothing to learn
+        Feedback("a", "wake me", "call", "set_alarm", None),  # the same request again: counted once
+    ]
+    examples = feedback_examples(rows, ACTIONS)
+    assert list(zip(examples.texts, examples.labels)) == [("wake me", "set_alarm"), ("play jazz", "play_music")]
+
+
+@pytest.mark.slow
+def test_learn_answers_corrected_requests_and_keeps_test_accuracy(tiny_bert, shared_tiny_data_dir, tmp_path):
+    data = {"dataset": str(shared_tiny_data_dir), "batch_size": 8}
+    seed_everything(0)
+    dm = TextClassificationDataModule(tokenizer=tiny_bert, **data)
+    agent = Agent(model=tiny_bert, labels=dm.label_names, learning_rate=3e-3)
+    trainer = quiet_trainer(tmp_path, max_epochs=15)
+    trainer.fit(agent, datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "served.ckpt")
+    # users of the served agent: new phrasings, each answered, the wrong ones corrected
+    store = RequestStore(tmp_path / "requests.db")
+    wanted = {
+        "buzz me when it is six": "set_alarm",
+        "any sunshine expected later": "get_weather",
+        "get grandma on the line": "call",
+        "some beethoven please": "play_music",
+        "i need to talk to my dentist": "call",
+        "umbrella needed in london": "get_weather",
+    }
+    answers = agent.act(list(wanted))
+    ids = store.record_answers([(text, action, c) for text, (action, c) in zip(wanted, answers)])
+    for request_id, (text, correct), (answered, _) in zip(ids, wanted.items(), answers):
+        if answered == correct:
+            store.record_feedback(request_id, thumbs_up=True)
+        else:
+            store.record_feedback(request_id, correct_action=correct)
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps({"data": data}))  # YAML is a superset of JSON
+    output = tmp_path / "learned"
+    main(
+        [
+            "learn",
+            "--feedback",
+            str(tmp_path / "requests.db"),
+            "--ckpt",
+            str(tmp_path / "served.ckpt"),
+            "--output",
+            str(output),
+            "-c",
+            str(config),
+            "--epochs",
+            "8",
+        ]
+    )
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["feedback_acc_before"] < 1.0  # there was something to learn
+    assert summary["feedback_acc_after"] == 1.0, summary
+    assert summary["test_acc_after"] >= summary["test_acc_before"] - 0.005
+    learned = Agent.load_from_checkpoint(output / "learned.ckpt")
+    assert [a for a, _ in learned.act(list(wanted))] == list(wanted.values())
+    assert (output / "summary.md").read_text().startswith("# Learning from feedback")
+    assert sorted(p.name for p in (output / "data").iterdir()) == ["test.csv", "train.csv", "val.csv"]
+    with pytest.raises(FileExistsError, match="exists and is not empty"):
+        main(
+            [
+                "learn",
+                "--feedback",
+                str(tmp_path / "requests.db"),
+                "--ckpt",
+                str(tmp_path / "served.ckpt"),
+                "--output",
+                str(output),
+            ]
+        )
