@@ -394,6 +394,7 @@ CASES = [
     Case("agent-lightning serve", "--max-batch-size", "range", 0, _serve("--max-batch-size")),
     Case("agent-lightning serve", "--workers", "range", 0, _serve("--workers")),
     Case("agent-lightning serve", "--batch-timeout", "range", -1.0, _serve("--batch-timeout")),
+    Case("agent-lightning serve", "--abstain-precision", "range", 1.5, _serve("--abstain-precision")),
 ]
 
 

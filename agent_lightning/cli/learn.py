@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 from rich.console import Console
@@ -12,7 +13,22 @@ from rich.console import Console
 from agent_lightning.serving.learn import LearnSummary, learn_from_feedback
 from agent_lightning.validation import check_count, check_number
 
-__all__ = ["learn_command", "learn_parser"]
+__all__ = ["learn_command", "learn_parser", "read_data_section"]
+
+
+def read_data_section(config: str | None, argument: str) -> dict[str, Any]:
+    """The ``data:`` section of a training config (``TextClassificationDataModule`` arguments); ``{}`` (the
+    built-in data) without a config.
+
+    Raises:
+        ValueError: the file does not exist.
+    """
+    if config is None:
+        return {}
+    path = Path(config)
+    if not path.is_file():
+        raise ValueError(f"{argument}={config!r} does not exist; pass the training config (e.g. configs/default.yaml).")
+    return dict((yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("data") or {})
 
 
 def learn_parser() -> argparse.ArgumentParser:
@@ -46,12 +62,7 @@ def learn_command(args: Sequence[str]) -> LearnSummary:
         raise ValueError(
             f"--feedback={options.feedback!r} does not exist. Pass the --store file of agent-lightning serve."
         )
-    data = None
-    if options.config:
-        config = Path(options.config)
-        if not config.is_file():
-            raise ValueError(f"--config={options.config!r} does not exist; pass the training config (configs/*.yaml).")
-        data = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("data") or {}
+    data = read_data_section(options.config, "--config") if options.config else None
     summary = learn_from_feedback(
         options.ckpt,
         options.feedback,

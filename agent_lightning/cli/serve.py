@@ -8,6 +8,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from agent_lightning.cli.learn import read_data_section
+from agent_lightning.datamodules import TextClassificationDataModule
 from agent_lightning.serving.api import build_server
 from agent_lightning.validation import check_count, check_number
 
@@ -32,6 +34,13 @@ def serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-batch-size", type=int, default=8, help="requests batched into one forward pass")
     parser.add_argument("--batch-timeout", type=float, default=0.01, help="seconds to wait to fill a batch")
     parser.add_argument("--workers", type=int, default=1, help="inference worker processes")
+    parser.add_argument(
+        "--abstain-precision",
+        type=float,
+        help="answer 'action': null below the confidence threshold that keeps this precision on the validation "
+        "split of -c CONFIG's data (e.g. 0.95)",
+    )
+    parser.add_argument("-c", "--config", help="the training config whose data: section names the validation data")
     return parser
 
 
@@ -42,9 +51,14 @@ def serve_command(args: Sequence[str]) -> None:
     check_count("--max-batch-size", options.max_batch_size)
     check_count("--workers", options.workers)
     check_number("--batch-timeout", options.batch_timeout, minimum=0)
+    abstain = None
+    if options.abstain_precision is not None:
+        check_number("--abstain-precision", options.abstain_precision, minimum=0, maximum=1, strict_minimum=True)
+        val = TextClassificationDataModule(**read_data_section(options.config, "--config")).splits["val"]
+        abstain = (val.texts, val.labels, options.abstain_precision)
     model = Path(options.model)
     store = Path(options.store) if options.store else (model if model.is_dir() else model.parent) / "requests.db"
-    server = build_server(model, store, options.max_batch_size, options.batch_timeout, options.workers)
+    server = build_server(model, store, options.max_batch_size, options.batch_timeout, options.workers, abstain)
     Console(soft_wrap=True).print(
         f"[bold]Serving[/bold] {model} on http://{options.host}:{options.port}  store: {store}"
     )

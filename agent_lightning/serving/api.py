@@ -8,6 +8,8 @@ text or an over-long one gets a 422 naming the field, and the server keeps servi
 # No ``from __future__ import annotations`` here: LitServe and FastAPI read decode_request's annotations at run time
 # to validate request bodies with the pydantic models.
 import os
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -17,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from typing_extensions import Self
 
 from agent_lightning.agent import Agent
+from agent_lightning.deployment.abstention import Abstention, calibrate_abstention
 from agent_lightning.deployment.runtime import MANIFEST, ExportedAgent
 from agent_lightning.serving.store import RequestStore, UnknownRequest
 
@@ -88,11 +91,19 @@ class AnswerAPI(ls.LitAPI):
         store: the SQLite file every answer is written to before it is returned.
         max_batch_size: requests LitServe batches into one ``act`` call.
         batch_timeout: seconds LitServe waits to fill a batch.
+        abstention: a confidence threshold below which the answer is ``"action": null``.
     """
 
-    def __init__(self, model: str, store: str, max_batch_size: int = 8, batch_timeout: float = 0.01) -> None:
+    def __init__(
+        self,
+        model: str,
+        store: str,
+        max_batch_size: int = 8,
+        batch_timeout: float = 0.01,
+        abstention: Abstention | None = None,
+    ) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path="/predict")
-        self.model, self.store_path = str(model), str(store)
+        self.model, self.store_path, self.abstention = str(model), str(store), abstention
 
     def setup(self, device: str) -> None:
         self.actor = load_actor(self.model)
@@ -110,6 +121,8 @@ class AnswerAPI(ls.LitAPI):
         requests = requests if batched else [requests]
         texts = [text for request_texts, _ in requests for text in request_texts]
         decisions = self.actor.act(texts)
+        if self.abstention is not None:  # below the threshold: "action": null rather than a confident guess
+            decisions = self.abstention.apply(decisions)
         answers, start = [], 0
         for request_texts, many in requests:
             answers.append((request_texts, decisions[start : start + len(request_texts)], many))
@@ -165,14 +178,27 @@ def build_server(
     max_batch_size: int = 8,
     batch_timeout: float = 0.01,
     workers: int = 1,
+    abstain: tuple[Sequence[str], Sequence[str], float] | None = None,
 ) -> ls.LitServer:
     """A LitServer for ``model`` (:func:`load_actor`) that writes to ``store``, with ``/predict``, ``/feedback``,
-    ``/stats`` and ``/health``."""
-    actions = list(load_actor(model).labels)
-    answer = AnswerAPI(str(model), str(store), max_batch_size=max_batch_size, batch_timeout=batch_timeout)
+    ``/stats`` and ``/health``.
+
+    Args:
+        abstain: ``(texts, labels, precision)``: held-out requests (e.g. the validation split) on which the
+            confidence threshold that keeps ``precision`` is chosen; answers below it are ``"action": null``.
+            ``/stats`` reports the threshold with its coverage and precision there.
+    """
+    actor = load_actor(model)
+    actions = list(actor.labels)
+    abstention = calibrate_abstention(actor, *abstain) if abstain is not None else None
+    answer = AnswerAPI(str(model), str(store), max_batch_size, batch_timeout, abstention)
     server = ls.LitServer(
         [answer, FeedbackAPI(str(store), actions)], accelerator="cpu", workers_per_device=workers, timeout=60
     )
     reader = RequestStore(store)
-    server.app.add_api_route("/stats", reader.stats, methods=["GET"])
+
+    def stats() -> dict[str, Any]:
+        return {**reader.stats(), "abstention": None if abstention is None else asdict(abstention)}
+
+    server.app.add_api_route("/stats", stats, methods=["GET"])
     return server

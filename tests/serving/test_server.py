@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from lightning.pytorch import seed_everything
 from agent_lightning import Agent, TextClassificationDataModule
 from agent_lightning.deployment.export import export_agent
 from agent_lightning.deployment.runtime import ExportedAgent
-from agent_lightning.serving import RequestStore
+from agent_lightning.serving import PredictRequest, RequestStore
 from tests.conftest import REPO, TINY_EXAMPLES, quiet_trainer
 
 TEXTS = ["wake me at seven", "play some jazz", "will it rain today", "call mom", "alarm at five tomorrow"]
@@ -163,3 +164,24 @@ def test_acknowledged_rows_survive_a_sigkill(export, tmp_path):
     kept = RequestStore(store).feedback()
     assert [row.request_id for row in kept] == acknowledged and all(row.thumbs_up for row in kept)
     assert [row.text for row in kept] == TEXTS and all(row.answered in TINY_EXAMPLES for row in kept)
+
+
+def test_abstention_answers_null_below_the_threshold_chosen_on_held_out_data(export, tmp_path):
+    from agent_lightning.deployment.abstention import calibrate_abstention
+    from agent_lightning.serving import AnswerAPI
+
+    exported = ExportedAgent(export)
+    texts = [text for examples in TINY_EXAMPLES.values() for text in examples]
+    labels = [label for label, examples in TINY_EXAMPLES.items() for _ in examples]
+    abstention = calibrate_abstention(exported, texts, labels, precision=1.0)
+    decisions = exported.act(texts)
+    kept = [(a, label) for (a, c), label in zip(decisions, labels) if c >= abstention.threshold]
+    assert all(a == label for a, label in kept) and abstention.coverage == len(kept) / len(texts)
+    median = sorted(c for _, c in decisions)[len(decisions) // 2]  # a threshold that surely abstains on some
+    abstention = replace(abstention, threshold=median)
+    api = AnswerAPI(str(export), str(tmp_path / "requests.db"), abstention=abstention)
+    api.setup("cpu")
+    answers = api.encode_response(api.predict(api.decode_request(PredictRequest(text=texts))))["answers"]
+    assert [a["action"] for a in answers] == [a if c >= abstention.threshold else None for a, c in decisions]
+    abstained = sum(a["action"] is None for a in answers)
+    assert 0 < abstained < len(texts) and RequestStore(tmp_path / "requests.db").stats()["abstained"] == abstained
