@@ -12,6 +12,7 @@ import pytest
 from agent_lightning.cli import main
 from agent_lightning.cli.export import export_parser
 from agent_lightning.cli.recipes import compress_parser
+from agent_lightning.cli.serve import serve_parser
 from tests.conftest import REPO
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "benchmarks").rglob("README.md"))]
@@ -80,6 +81,10 @@ def test_every_readme_command_parses(args, capsys, monkeypatch):
     if name == "export":
         options = export_parser().parse_args(rest)  # the checkpoint itself is what a user's run writes
         assert options.output
+        return
+    if name == "serve":
+        options = serve_parser().parse_args(rest)  # the export itself is what a user's run writes
+        assert options.model and options.port
         return
     if name == "compress":
         _, rest = compress_parser().parse_known_args(rest)
