@@ -345,6 +345,9 @@ CASES = [
     ),
     Case("TextClassificationDataModule (generation)", "max_length", "range", 8, _chat_data("max_length")),
     Case(
+        "TextClassificationDataModule (generation)", "response_column", "range", "reply", _chat_data("response_column")
+    ),
+    Case(
         "TextClassificationDataModule", "response_column", "range", "response", _classification_data("response_column")
     ),
     Case(

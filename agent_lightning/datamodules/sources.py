@@ -61,7 +61,9 @@ def find_split_files(folder: Path) -> dict[str, Path]:
     return found
 
 
-def read_labelled_file(path: str | Path, text_column: str, label_column: str | None, argument: str) -> LabelledTexts:
+def read_labelled_file(
+    path: str | Path, text_column: str, label_column: str | None, argument: str, label_role: str = "label_column"
+) -> LabelledTexts:
     """Read a CSV, TSV, JSON (a list of objects) or JSONL file of labelled texts.
 
     Args:
@@ -70,6 +72,8 @@ def read_labelled_file(path: str | Path, text_column: str, label_column: str | N
         label_column: the column/key holding the label (strings or integers; integers become their decimal string);
             ``None`` for unlabelled texts (``labels`` is then empty).
         argument: the argument that named the file, for error messages (e.g. ``"train_file"``).
+        label_role: the argument that named ``label_column`` (``"response_column"`` when the "labels" are a
+            generative agent's answer texts), for error messages.
 
     Raises:
         ValueError: missing file, unknown suffix, undecodable bytes, missing column, empty text, empty file.
@@ -95,7 +99,7 @@ def read_labelled_file(path: str | Path, text_column: str, label_column: str | N
     if not rows:
         raise ValueError(f"{argument}={str(path)!r} holds no examples. Give a file with at least one labelled text.")
     columns = list(rows[0].keys())
-    for column, role in ((text_column, "text_column"), (label_column, "label_column")):
+    for column, role in ((text_column, "text_column"), (label_column, label_role)):
         if column is not None and column not in columns:
             raise ValueError(
                 f"{argument}={str(path)!r} has no column {column!r} ({role}). Its columns are {columns}; "

@@ -287,6 +287,7 @@ class TextClassificationDataModule(LightningDataModule):
         # a response column's answers stand where the labels would (LabelledTexts.labels holds them)
         answers = {"causal-lm": None, "generation": hp.response_column or hp.label_column}
         columns = (hp.text_column, answers.get(hp.task, hp.label_column))
+        role = "response_column" if hp.task == "generation" and hp.response_column else "label_column"
         if hp.dataset is not None and hp.dataset.startswith("hub:"):
             splits = load_hub_dataset(hp.dataset[4:], hp.hub_config, *columns)
         else:
@@ -298,12 +299,14 @@ class TextClassificationDataModule(LightningDataModule):
                 files = find_split_files(folder)
             arguments = {"train": "train_file", "val": "val_file", "test": "test_file"}
             splits = {
-                split: read_labelled_file(path, *columns, argument=arguments[split] if hp.train_file else "dataset")
+                split: read_labelled_file(
+                    path, *columns, argument=arguments[split] if hp.train_file else "dataset", label_role=role
+                )
                 for split, path in files.items()
             }
         for split, argument in (("val", "val_file"), ("test", "test_file")):
             if hp[argument] is not None:
-                splits[split] = read_labelled_file(hp[argument], *columns, argument=argument)
+                splits[split] = read_labelled_file(hp[argument], *columns, argument=argument, label_role=role)
         if "val" not in splits:
             by_label = hp.task != "causal-lm" and hp.response_column is None
             split = _stratified_split(splits["train"], hp.val_fraction, hp.split_seed, by_label=by_label)
