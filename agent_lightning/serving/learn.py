@@ -127,8 +127,11 @@ def learn_from_feedback(
         raise ValueError(f"store={str(store)!r} does not exist. Pass the --store file of agent-lightning serve.")
     check_writable_directory(output, overwrite, argument="output")
     agent = Agent.load_from_checkpoint(checkpoint, map_location="cpu")
-    arguments = {**(data or {}), "tokenizer": agent.hparams.model, "max_length": agent.hparams.max_length}
-    original = TextClassificationDataModule(**arguments)
+    # the batches the agent was trained on: its tokenizer, length and task (a generative agent's prompt settings)
+    fixed = {"tokenizer": agent.hparams.model, "max_length": agent.hparams.max_length, "task": agent.hparams.task}
+    if agent.hparams.task == "generation":
+        fixed.update(system_prompt=agent.hparams.system_prompt, list_actions=agent.hparams.list_actions)
+    original = TextClassificationDataModule(**{**(data or {}), **fixed})
     corrections = feedback_examples(RequestStore(store).feedback(), agent.labels)
     if not corrections.texts:
         raise ValueError(
@@ -158,9 +161,7 @@ def learn_from_feedback(
         if "test" in splits:
             _write_csv(folder / "test.csv", splits["test"])
             files["test_file"] = str(folder / "test.csv")
-        dm = TextClassificationDataModule(
-            **files, tokenizer=arguments["tokenizer"], max_length=agent.hparams.max_length, batch_size=batch_size
-        )
+        dm = TextClassificationDataModule(**files, **fixed, batch_size=batch_size)
         if list(dm.label_names) != list(agent.labels):
             raise ValueError(
                 f"The original data's labels ({len(dm.label_names)}) differ from the agent's ({len(agent.labels)}): "
