@@ -10,7 +10,9 @@
    (from 80 % of training, on the pruned weights, converted at fit end) and ``--embeddings`` (the vocabulary
    training used, int8 rows). Its ``config.yaml`` spells all of it out. With ``--labels-per-class N`` both stages
    train on N labelled examples per label, and ``--unlabeled FILE|rest`` gives the student (only) texts without
-   labels to distil on.
+   labels to distil on, with mostly soft labels (``--distill.temperature 1 --distill.alpha 0.1`` unless given: the
+   setting that paid in ``benchmarks/distillation/few_labels_banking77.py``). Detail flags of the compression
+   (``--distill.temperature``, ``--prune.end``, ...) apply to the student only.
 3. **Export**: the student's last checkpoint becomes the int8 TorchScript program (``agent-lightning export``),
    verified by reloading.
 4. **Measure**: the exported program and the fp32 teacher side by side on the test split (the validation split
@@ -65,6 +67,22 @@ def compress_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_DETAIL = ("--distill.", "--prune.", "--qat.", "--embeddings.")
+
+
+def _student_details(args: list[str]) -> tuple[list[str], list[str]]:
+    """``(the rest, the compression detail flags)``: ``--distill.temperature 1`` and the like, as ``flag=value``, go
+    to the student's fit only (the teacher has no compression callbacks to set)."""
+    rest, details = [], []
+    words = iter(args)
+    for word in words:
+        if word.startswith(_DETAIL):
+            details.append(word if "=" in word else f"{word}={next(words, '')}")
+        else:
+            rest.append(word)
+    return rest, details
+
+
 def run_recipe(args: Sequence[str]) -> RecipeSummary:
     """``agent-lightning compress [OPTIONS] [LightningCLI arguments]``: the four stages above.
 
@@ -81,12 +99,18 @@ def run_recipe(args: Sequence[str]) -> RecipeSummary:
         ValueError: --prune '1.5' must be a sparsity in [0, 1) (the fraction of weights set to zero), e.g. --prune 0.5.
     """
     options, common = compress_parser().parse_known_args(list(args))
+    common, details = _student_details(common)
     compression = ["--student-layers", options.student_layers, "--prune", options.prune, "--prune.end", "0.6"]
     compression += ["--qat", options.qat, "--embeddings", options.embeddings]
     few_labels = [] if options.labels_per_class is None else ["--labels-per-class", options.labels_per_class]
     unlabeled = [] if options.unlabeled is None else ["--unlabeled", options.unlabeled]
+    if unlabeled:  # mostly soft labels on the unlabelled rows, unless the user chose
+        given = {detail.split("=")[0] for detail in details}
+        for flag, value in (("--distill.temperature", "1.0"), ("--distill.alpha", "0.1")):
+            if flag not in given:
+                details += [f"{flag}={value}"]
     common = expand_short_flags(["fit", *few_labels, *common])[1:]  # bad values fail now, before the teacher trains
-    expand_short_flags(["fit", *compression, *unlabeled])
+    expand_short_flags(["fit", "--distill", "teacher", *compression, *details, *unlabeled])
     if options.output:
         check_writable_directory(Path(options.output), options.overwrite, argument="--output")
     console = Console(soft_wrap=True)
@@ -101,7 +125,7 @@ def run_recipe(args: Sequence[str]) -> RecipeSummary:
 
     console.rule("[bold]Stage 2: distil, prune and quantize the student")
     student_args = ["fit", *common, "--trainer.logger.init_args.name=student", f"--model.model={teacher_folder}"]
-    student_args += ["--distill", str(teacher_ckpt), *compression, *unlabeled]
+    student_args += ["--distill", str(teacher_ckpt), *compression, *details, *unlabeled]
     if options.student_epochs is not None:
         student_args += [f"--trainer.max_epochs={options.student_epochs}"]
     student_cli = AgentLightningCLI.create(student_args)

@@ -110,3 +110,16 @@ def test_compress_with_few_labels_gives_the_unlabelled_rest_to_the_student_only(
     assert teacher["data"]["labels_per_class"] == student["data"]["labels_per_class"] == 2
     assert teacher["data"]["unlabeled_file"] is None  # the teacher learns from the labels only
     assert student["data"]["unlabeled_file"] == "rest"
+    distillation = next(c for c in student["trainer"]["callbacks"] if c["class_path"].endswith("Distillation"))
+    # mostly soft labels on the unlabelled rows unless given (--distill.alpha below): the setting that paid
+    assert distillation["init_args"]["temperature"] == 1.0 and distillation["init_args"]["alpha"] == 0.1
+    assert not any(c["class_path"].endswith("Distillation") for c in teacher["trainer"].get("callbacks") or [])
+
+
+def test_compression_detail_flags_go_to_the_student_only(tmp_path, tiny_bert, tiny_data_dir):
+    args = [*_common(tmp_path, tiny_bert, tiny_data_dir), "--student-layers", "1", "--trainer.max_epochs=1"]
+    run_recipe([*args, "--distill.alpha", "0.3", "--prune.end=0.5", "--unlabeled", "rest", "--labels-per-class", "2"])
+    student = yaml.safe_load((tmp_path / "runs" / "student" / "version_0" / "config.yaml").read_text())
+    callbacks = {c["class_path"].rsplit(".", 1)[-1]: c["init_args"] for c in student["trainer"]["callbacks"]}
+    assert callbacks["Distillation"]["alpha"] == 0.3 and callbacks["Distillation"]["temperature"] == 1.0
+    assert callbacks["Pruning"]["end"] == 0.5
