@@ -59,21 +59,8 @@ def test_learn_answers_corrected_requests_and_keeps_test_accuracy(tiny_bert, sha
     config = tmp_path / "config.yaml"
     config.write_text(json.dumps({"data": data}))  # YAML is a superset of JSON
     output = tmp_path / "learned"
-    main(
-        [
-            "learn",
-            "--feedback",
-            str(tmp_path / "requests.db"),
-            "--ckpt",
-            str(tmp_path / "served.ckpt"),
-            "--output",
-            str(output),
-            "-c",
-            str(config),
-            "--epochs",
-            "8",
-        ]
-    )
+    learn = ["learn", "--feedback", str(tmp_path / "requests.db"), "--ckpt", str(tmp_path / "served.ckpt")]
+    main([*learn, "--output", str(output), "-c", str(config), "--epochs", "8"])
     summary = json.loads((output / "summary.json").read_text())
     assert summary["feedback_acc_before"] < 1.0  # there was something to learn
     assert summary["feedback_acc_after"] == 1.0, summary
@@ -83,14 +70,4 @@ def test_learn_answers_corrected_requests_and_keeps_test_accuracy(tiny_bert, sha
     assert (output / "summary.md").read_text().startswith("# Learning from feedback")
     assert sorted(p.name for p in (output / "data").iterdir()) == ["test.csv", "train.csv", "val.csv"]
     with pytest.raises(FileExistsError, match="exists and is not empty"):
-        main(
-            [
-                "learn",
-                "--feedback",
-                str(tmp_path / "requests.db"),
-                "--ckpt",
-                str(tmp_path / "served.ckpt"),
-                "--output",
-                str(output),
-            ]
-        )
+        main([*learn, "--output", str(output)])
