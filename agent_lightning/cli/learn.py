@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 from rich.console import Console
 
+from agent_lightning.cli.recipes import run_recipe
 from agent_lightning.serving.learn import LearnSummary, learn_from_feedback
 from agent_lightning.validation import check_count, check_number
 
@@ -48,12 +49,23 @@ def learn_parser() -> argparse.ArgumentParser:
     parser.add_argument("--feedback-repeats", type=int, default=4, help="copies of each feedback example")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument(
+        "--compress",
+        action="store_true",
+        help="then run the compress recipe with the learned checkpoint as its teacher, on the training set learn "
+        "wrote and the served requests without feedback as unlabelled text (logs under OUTPUT/compress); "
+        "arguments learn does not know (--student-layers, --trainer.max_epochs, ...) go to it",
+    )
     return parser
 
 
 def learn_command(args: Sequence[str]) -> LearnSummary:
-    """Parse ``args`` (without the command name), learn, and print the summary."""
-    options = learn_parser().parse_args(list(args))
+    """Parse ``args`` (without the command name), learn, print the summary, and with ``--compress`` run the
+    compress recipe on the result."""
+    parser = learn_parser()
+    options, recipe_args = parser.parse_known_args(list(args))
+    if recipe_args and not options.compress:
+        parser.error(f"unrecognized arguments: {' '.join(recipe_args)} (arguments for the recipe need --compress)")
     check_count("--epochs", options.epochs)
     check_count("--feedback-repeats", options.feedback_repeats)
     check_count("--batch-size", options.batch_size)
@@ -75,4 +87,25 @@ def learn_command(args: Sequence[str]) -> LearnSummary:
         overwrite=options.overwrite,
     )
     Console(soft_wrap=True).print(summary.markdown())
+    if options.compress:
+        run_recipe(_recipe_arguments(options, recipe_args, summary))
     return summary
+
+
+def _recipe_arguments(options: argparse.Namespace, extra: list[str], summary: LearnSummary) -> list[str]:
+    """``compress`` on what learn wrote: its checkpoint as the teacher, its CSV files as the data, the served
+    requests nobody commented on as unlabelled text."""
+    data = Path(options.output) / "data"
+    args = ["-c", options.config] if options.config else []
+    args += ["--teacher", summary.checkpoint, "--data.dataset=null", "--data.text_column=text"]
+    args += [
+        "--data.label_column=label",
+        f"--data.train_file={data / 'train.csv'}",
+        f"--data.val_file={data / 'val.csv'}",
+    ]
+    if (data / "test.csv").is_file():
+        args.append(f"--data.test_file={data / 'test.csv'}")
+    unlabeled = data / "unlabeled.csv"
+    if len(unlabeled.read_text(encoding="utf-8").splitlines()) > 1:  # a header and at least one text
+        args += ["--unlabeled", str(unlabeled)]
+    return [*args, f"--trainer.default_root_dir={Path(options.output) / 'compress'}", *extra]

@@ -105,7 +105,8 @@ def learn_from_feedback(
     Args:
         checkpoint: the served agent's checkpoint (``.ckpt``).
         store: the server's SQLite store (:class:`~agent_lightning.serving.store.RequestStore`).
-        output: the folder to write: ``learned.ckpt``, ``data/{train,val,test}.csv``, ``summary.{md,json}``.
+        output: the folder to write: ``learned.ckpt``, ``data/{train,val,test}.csv``, ``data/unlabeled.csv`` (the
+            served requests nobody gave feedback on: ``--unlabeled`` for a distilled student), ``summary.{md,json}``.
         data: the original data, as ``TextClassificationDataModule`` arguments (the ``data:`` section of the
             training config); ``None``: the built-in data set.
         epochs: fine-tuning epochs.
@@ -161,6 +162,8 @@ def learn_from_feedback(
         if "test" in splits:
             _write_csv(folder / "test.csv", splits["test"])
             files["test_file"] = str(folder / "test.csv")
+        served = RequestStore(store).unlabelled_texts()  # answered, never commented on: text to distil on
+        _write_csv(folder / "unlabeled.csv", LabelledTexts(served, [""] * len(served), "served requests"))
         dm = TextClassificationDataModule(**files, **fixed, batch_size=batch_size)
         if list(dm.label_names) != list(agent.labels):
             raise ValueError(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 from lightning.pytorch import seed_everything
 
 from agent_lightning import Agent, TextClassificationDataModule
@@ -56,6 +57,7 @@ def test_learn_answers_corrected_requests_and_keeps_test_accuracy(tiny_bert, sha
             store.record_feedback(request_id, thumbs_up=True)
         else:
             store.record_feedback(request_id, correct_action=correct)
+    store.record_answers([("what time is it in tokyo", "call", 0.31)])  # answered, no feedback: unlabelled text
     config = tmp_path / "config.yaml"
     config.write_text(json.dumps({"data": data}))  # YAML is a superset of JSON
     output = tmp_path / "learned"
@@ -68,6 +70,35 @@ def test_learn_answers_corrected_requests_and_keeps_test_accuracy(tiny_bert, sha
     learned = Agent.load_from_checkpoint(output / "learned.ckpt")
     assert [a for a, _ in learned.act(list(wanted))] == list(wanted.values())
     assert (output / "summary.md").read_text().startswith("# Learning from feedback")
-    assert sorted(p.name for p in (output / "data").iterdir()) == ["test.csv", "train.csv", "val.csv"]
+    assert sorted(p.name for p in (output / "data").iterdir()) == ["test.csv", "train.csv", "unlabeled.csv", "val.csv"]
+    unlabeled = TextClassificationDataModule(
+        dataset=str(shared_tiny_data_dir), tokenizer=tiny_bert, unlabeled_file=str(output / "data" / "unlabeled.csv")
+    )
+    assert unlabeled.unlabeled_texts == ["what time is it in tokyo"]  # ready for --unlabeled
     with pytest.raises(FileExistsError, match="exists and is not empty"):
         main([*learn, "--output", str(output)])
+
+
+@pytest.mark.slow
+def test_learn_then_compress_distils_the_learned_teacher_on_the_served_texts(tiny_bert, shared_tiny_data_dir, tmp_path):
+    seed_everything(0)
+    dm = TextClassificationDataModule(dataset=str(shared_tiny_data_dir), tokenizer=tiny_bert, batch_size=8)
+    agent = Agent(model=tiny_bert, labels=dm.label_names, learning_rate=3e-3)
+    trainer = quiet_trainer(tmp_path, max_epochs=2)
+    trainer.fit(agent, datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "served.ckpt")
+    store = RequestStore(tmp_path / "requests.db")
+    first, second = store.record_answers([("buzz me at six", "call", 0.4), ("any sunshine later", "call", 0.5)])
+    store.record_feedback(first, correct_action="set_alarm")  # the second is served text without feedback
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps({"data": {"dataset": str(shared_tiny_data_dir), "batch_size": 8}}))
+    output = tmp_path / "learned"
+    learn = ["learn", "--feedback", str(store.path), "--ckpt", str(tmp_path / "served.ckpt"), "--output", str(output)]
+    main([*learn, "-c", str(config), "--compress", "--student-layers", "1", "--trainer.max_epochs=1"])
+    student = yaml.safe_load((output / "compress" / "student" / "version_0" / "config.yaml").read_text())
+    distillation = next(c for c in student["trainer"]["callbacks"] if c["class_path"].endswith("Distillation"))
+    assert distillation["init_args"]["teacher"] == str(output / "learned.ckpt")
+    assert student["data"]["train_file"] == str(output / "data" / "train.csv")
+    assert student["data"]["unlabeled_file"] == str(output / "data" / "unlabeled.csv")
+    assert (output / "compress" / "student" / "version_0" / "summary.md").is_file()
+    assert (output / "compress" / "student" / "version_0" / "export-int8" / "model.pt").is_file()
