@@ -17,7 +17,9 @@
    verified by reloading.
 4. **Measure**: the exported program and the fp32 teacher side by side on the test split (the validation split
    if there is none): accuracy, bytes on disk (zipped), CPU latency at batch 1 and 32 on real requests
-   (round-robin). Written as ``summary.md``/``summary.json`` beside the student's logs and printed.
+   (round-robin), and the student's abstention threshold chosen on validation (``--abstain-precision``) with its
+   coverage and precision on test. Written as ``summary.md``/``summary.json`` beside the student's logs and
+   printed.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import argparse
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -34,9 +36,12 @@ from rich.console import Console
 from agent_lightning.agent import Agent
 from agent_lightning.cli.lightning_cli import AgentLightningCLI
 from agent_lightning.cli.short_flags import expand_short_flags
+from agent_lightning.deployment.abstention import calibrate_abstention
 from agent_lightning.deployment.compare import RecipeSummary, compare_with_teacher
 from agent_lightning.deployment.export import describe, export_agent
+from agent_lightning.deployment.runtime import ExportedAgent
 from agent_lightning.io import atomic_write_text, check_writable_directory
+from agent_lightning.validation import check_number
 
 __all__ = ["compress_parser", "run_recipe"]
 
@@ -62,6 +67,13 @@ def compress_parser() -> argparse.ArgumentParser:
         "training texts --labels-per-class left out)",
     )
     parser.add_argument("--student-epochs", type=int, help="epochs of stage 2 (default: the config's max_epochs)")
+    parser.add_argument(
+        "--abstain-precision",
+        type=float,
+        default=0.95,
+        help="the summary reports the student's abstention threshold chosen on the validation split for this "
+        "precision, with its coverage and precision on the test split (default 0.95; serve --abstain-precision)",
+    )
     parser.add_argument("--output", help="export folder (default: export-int8 beside the student's logs)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
     return parser
@@ -111,6 +123,7 @@ def run_recipe(args: Sequence[str]) -> RecipeSummary:
                 details += [f"{flag}={value}"]
     common = expand_short_flags(["fit", *few_labels, *common])[1:]  # bad values fail now, before the teacher trains
     expand_short_flags(["fit", "--distill", "teacher", *compression, *details, *unlabeled])
+    check_number("--abstain-precision", options.abstain_precision, minimum=0, maximum=1, strict_minimum=True)
     if options.output:
         check_writable_directory(Path(options.output), options.overwrite, argument="--output")
     console = Console(soft_wrap=True)
@@ -141,6 +154,13 @@ def run_recipe(args: Sequence[str]) -> RecipeSummary:
     split = "test" if "test" in datamodule.splits else "val"
     data = datamodule.splits[split]
     summary = compare_with_teacher(teacher, output, data.texts, data.labels, split)
+    if split == "test":  # the threshold is chosen on validation, measured on test
+        exported = ExportedAgent(output)
+        val = datamodule.splits["val"]
+        abstention = calibrate_abstention(exported, val.texts, val.labels, options.abstain_precision)
+        coverage, precision = abstention.measure(exported.act(data.texts), data.labels)
+        measured = {"target_precision": options.abstain_precision, "threshold": abstention.threshold}
+        summary = replace(summary, abstention={**measured, "coverage": coverage, "precision": precision})
     lines = [
         "# Compressed agent vs its teacher",
         "",

@@ -39,6 +39,15 @@ class Abstention:
         """``decisions`` with the action of each one below the threshold replaced by ``None``."""
         return [(action if confidence >= self.threshold else None, confidence) for action, confidence in decisions]
 
+    def measure(self, decisions: Sequence[tuple[Any, float]], labels: Sequence[Any]) -> tuple[float, float | None]:
+        """``(coverage, precision)`` of this threshold on other data: the share answered, and the share of those
+        that are right (``None`` when nothing is answered)."""
+        kept = [
+            (action, label) for (action, confidence), label in zip(decisions, labels) if confidence >= self.threshold
+        ]
+        precision = sum(action == label for action, label in kept) / len(kept) if kept else None
+        return len(kept) / len(decisions), precision
+
 
 def threshold_for_precision(confidences: Sequence[float], correct: Sequence[bool], precision: float) -> Abstention:
     """The lowest threshold at which the answers at or above it are right at least ``precision`` of the time.

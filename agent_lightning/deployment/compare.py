@@ -29,6 +29,8 @@ class RecipeSummary:
         teacher_bytes: bytes of the teacher's saved ``state_dict``; ``teacher_zipped`` deflate-compressed.
         student_bytes: bytes of the exported ``model.pt``; ``student_zipped`` deflate-compressed.
         latency_ms: ``{"teacher_b1": ms, "student_b1": ms, "teacher_b32": ..., "student_b32": ...}``.
+        abstention: the student's abstention threshold chosen on the validation split and what it does on this
+            split: ``{"target_precision", "threshold", "coverage", "precision"}``; ``None`` when not measured.
     """
 
     split: str
@@ -40,6 +42,7 @@ class RecipeSummary:
     student_bytes: int
     student_zipped: int
     latency_ms: dict[str, float]
+    abstention: dict[str, float | None] | None = None
 
     def speedup(self, batch: int) -> float:
         """Teacher latency over student latency at ``batch``."""
@@ -62,6 +65,17 @@ class RecipeSummary:
                 f"{self.latency_ms[f'student_b{b}']:.1f} ms | {self.speedup(b):.2f}x faster |"
                 for b in (1, 32)
             ),
+            *self._abstention_rows(),
+        ]
+
+    def _abstention_rows(self) -> list[str]:
+        if self.abstention is None:
+            return []
+        a = self.abstention
+        kept = "nothing answered" if a["precision"] is None else f"precision {100 * a['precision']:.2f} %"
+        return [
+            f"| abstention: answers kept at confidence >= {a['threshold']:.3f} (chosen on validation for precision "
+            f"{a['target_precision']:g}) | | {100 * a['coverage']:.2f} % of {self.split} requests, {kept} | |"
         ]
 
 

@@ -66,6 +66,12 @@ def test_compress_trains_teacher_then_student_exports_and_measures(tmp_path, tin
     assert set(summary.latency_ms) == {"teacher_b1", "student_b1", "teacher_b32", "student_b32"}
     assert all(ms > 0 for ms in summary.latency_ms.values())
     assert "| bytes zipped |" in (student_run / "summary.md").read_text()
+    # abstention: the threshold chosen on validation for precision 0.95, measured on test
+    a = summary.abstention
+    kept = [(p, y) for (p, c), y in zip(exported.act(texts), labels) if c >= a["threshold"]]
+    assert a["target_precision"] == 0.95 and a["coverage"] == len(kept) / 20
+    assert a["precision"] == (sum(p == y for p, y in kept) / len(kept) if kept else None)
+    assert "| abstention: answers kept at confidence >=" in (student_run / "summary.md").read_text()
 
 
 def test_compress_with_a_given_teacher_skips_stage_one(tmp_path, tiny_bert, tiny_data_dir, capsys):
@@ -91,6 +97,7 @@ def test_compare_with_teacher_refuses_mismatched_labels(tmp_path):
         (["--prune", "2"], ValueError, r"--prune '2' must be a sparsity in \[0, 1\)"),
         (["--student-layers", "first"], ValueError, r"--student-layers 'first' must be comma-separated"),
         (["--output", "{taken}"], FileExistsError, r"exists and is not empty"),
+        (["--abstain-precision", "2"], ValueError, r"--abstain-precision=2.0 .*\(0, 1\]"),
     ],
 )
 def test_bad_options_fail_before_anything_trains(options, error, message, tmp_path, tiny_bert, tiny_data_dir):
