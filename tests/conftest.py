@@ -234,3 +234,19 @@ def tiny_llama(tmp_path_factory, smollm2) -> str:
     LlamaForCausalLM(tiny_llama_config()).save_pretrained(folder)
     AutoTokenizer.from_pretrained(smollm2).save_pretrained(folder)
     return str(folder)
+
+
+def trained_tiny_agent(tiny_bert: str, data_dir: Path, checkpoint: Path, epochs: int):
+    """The tiny BERT agent fitted on ``data_dir`` (batches of 8, learning rate 3e-3, seeded), saved to
+    ``checkpoint``; returns the agent."""
+    from lightning.pytorch import seed_everything
+
+    from agent_lightning import Agent, TextClassificationDataModule
+
+    seed_everything(0)
+    dm = TextClassificationDataModule(dataset=str(data_dir), tokenizer=tiny_bert, batch_size=8)
+    agent = Agent(model=tiny_bert, labels=dm.label_names, learning_rate=3e-3)
+    trainer = quiet_trainer(checkpoint.parent, max_epochs=epochs)
+    trainer.fit(agent, datamodule=dm)
+    trainer.save_checkpoint(checkpoint)
+    return agent

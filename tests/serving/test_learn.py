@@ -7,13 +7,12 @@ import json
 
 import pytest
 import yaml
-from lightning.pytorch import seed_everything
 
 from agent_lightning import Agent, TextClassificationDataModule
 from agent_lightning.cli import main
 from agent_lightning.serving import Feedback, RequestStore
 from agent_lightning.serving.learn import feedback_examples
-from tests.conftest import quiet_trainer
+from tests.conftest import trained_tiny_agent
 
 ACTIONS = ["call", "get_weather", "play_music", "set_alarm"]
 
@@ -34,12 +33,7 @@ def test_feedback_examples_take_corrections_and_thumbs_up_only():
 @pytest.mark.slow
 def test_learn_answers_corrected_requests_and_keeps_test_accuracy(tiny_bert, shared_tiny_data_dir, tmp_path):
     data = {"dataset": str(shared_tiny_data_dir), "batch_size": 8}
-    seed_everything(0)
-    dm = TextClassificationDataModule(tokenizer=tiny_bert, **data)
-    agent = Agent(model=tiny_bert, labels=dm.label_names, learning_rate=3e-3)
-    trainer = quiet_trainer(tmp_path, max_epochs=15)
-    trainer.fit(agent, datamodule=dm)
-    trainer.save_checkpoint(tmp_path / "served.ckpt")
+    agent = trained_tiny_agent(tiny_bert, shared_tiny_data_dir, tmp_path / "served.ckpt", epochs=15)
     # users of the served agent: new phrasings, each answered, the wrong ones corrected
     store = RequestStore(tmp_path / "requests.db")
     wanted = {
@@ -81,12 +75,7 @@ def test_learn_answers_corrected_requests_and_keeps_test_accuracy(tiny_bert, sha
 
 @pytest.mark.slow
 def test_learn_then_compress_distils_the_learned_teacher_on_the_served_texts(tiny_bert, shared_tiny_data_dir, tmp_path):
-    seed_everything(0)
-    dm = TextClassificationDataModule(dataset=str(shared_tiny_data_dir), tokenizer=tiny_bert, batch_size=8)
-    agent = Agent(model=tiny_bert, labels=dm.label_names, learning_rate=3e-3)
-    trainer = quiet_trainer(tmp_path, max_epochs=2)
-    trainer.fit(agent, datamodule=dm)
-    trainer.save_checkpoint(tmp_path / "served.ckpt")
+    trained_tiny_agent(tiny_bert, shared_tiny_data_dir, tmp_path / "served.ckpt", epochs=2)
     store = RequestStore(tmp_path / "requests.db")
     first, second = store.record_answers([("buzz me at six", "call", 0.4), ("any sunshine later", "call", 0.5)])
     store.record_feedback(first, correct_action="set_alarm")  # the second is served text without feedback

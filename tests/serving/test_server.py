@@ -16,13 +16,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from lightning.pytorch import seed_everything
 
-from agent_lightning import Agent, TextClassificationDataModule
 from agent_lightning.deployment.export import export_agent
 from agent_lightning.deployment.runtime import ExportedAgent
 from agent_lightning.serving import PredictRequest, RequestStore
-from tests.conftest import REPO, TINY_EXAMPLES, quiet_trainer
+from tests.conftest import REPO, TINY_EXAMPLES, trained_tiny_agent
 
 TEXTS = ["wake me at seven", "play some jazz", "will it rain today", "call mom", "alarm at five tomorrow"]
 
@@ -86,12 +84,7 @@ class Server:
 def export(tiny_bert, shared_tiny_data_dir, tmp_path_factory) -> Path:
     """An int8 export of a tiny agent trained on the four tiny actions."""
     folder = tmp_path_factory.mktemp("served")
-    seed_everything(0)
-    dm = TextClassificationDataModule(dataset=str(shared_tiny_data_dir), tokenizer=tiny_bert, batch_size=8)
-    agent = Agent(model=tiny_bert, labels=dm.label_names, learning_rate=3e-3)
-    trainer = quiet_trainer(folder, max_epochs=15)
-    trainer.fit(agent, datamodule=dm)
-    trainer.save_checkpoint(folder / "agent.ckpt")
+    trained_tiny_agent(tiny_bert, shared_tiny_data_dir, folder / "agent.ckpt", epochs=15)
     export_agent(folder / "agent.ckpt", folder / "int8")
     return folder / "int8"
 
