@@ -40,14 +40,22 @@ from agent_lightning.generation import (
     constrained_greedy,
     continuation_prompt,
     free_greedy,
-    left_pad,
+    left_padded,
     position_ids,
 )
 from agent_lightning.io import atomic_directory
 from agent_lightning.pruning.removal import STRUCTURE_KEY, build_from_config, load_pretrained_pruned
 from agent_lightning.quiet import messages_dropped
 from agent_lightning.tensorboard import markdown_table, write_run_hparams, write_text
-from agent_lightning.validation import as_texts, check_bool, check_choice, check_fraction, check_int, check_number
+from agent_lightning.validation import (
+    as_texts,
+    check_bool,
+    check_choice,
+    check_fraction,
+    check_int,
+    check_number,
+    check_optional_string,
+)
 
 __all__ = ["Agent", "Task"]
 
@@ -137,8 +145,7 @@ class Agent(LightningModule):
         check_int("max_new_tokens", max_new_tokens, 1)
         check_bool("list_actions", list_actions)
         check_bool("constrained", constrained)
-        if system_prompt is not None and not isinstance(system_prompt, str):
-            raise TypeError(f"system_prompt={system_prompt!r} must be a string, or None for the template's default.")
+        check_optional_string("system_prompt", system_prompt, "for the template's default")
         check_number("learning_rate", learning_rate, minimum=0, strict_minimum=True, tail=", e.g. learning_rate=1e-4")
         check_number("weight_decay", weight_decay, minimum=0, tail=", e.g. weight_decay=0.01")
         check_fraction("warmup_fraction", warmup_fraction, allow_zero=True)
@@ -255,7 +262,7 @@ class Agent(LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         if self.hparams.task == "generation":
             logits, targets = self.response_logits(batch)
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
+            loss = _answer_loss(logits, targets)
             self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(targets))
             self._log_lr()
             return loss
@@ -355,13 +362,12 @@ class Agent(LightningModule):
         perplexity = getattr(self, f"{stage}_perplexity")
         perplexity(logits.float(), targets)
         size = len(targets)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
+        loss = _answer_loss(logits, targets)
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=size)
         self.log(f"{stage}/perplexity", perplexity, on_step=False, on_epoch=True, batch_size=size)
         generation = batch[GENERATION]
         if not self.labels:  # free answers: exact match with the reference
-            free, _ = self._free(generation["input_ids"], generation["attention_mask"], self.hparams.max_new_tokens)
-            right = [answer == reference.strip() for answer, reference in zip(free, generation["reference"])]
+            free, right = self._free_answers_matched(generation)
             response_accuracy = getattr(self, f"{stage}_response_acc")
             response_accuracy(torch.tensor(right, dtype=torch.float, device=self.device))
             self.log(
@@ -395,12 +401,16 @@ class Agent(LightningModule):
             return None
         generation = batch[GENERATION]
         if not self.labels:
-            free, _ = self._free(generation["input_ids"], generation["attention_mask"], self.hparams.max_new_tokens)
-            references = [reference.strip() for reference in generation["reference"]]
-            return sum(answer == reference for answer, reference in zip(free, references)), len(references)
+            _, right = self._free_answers_matched(generation)
+            return sum(right), len(right)
         chosen, _ = self._constrained(generation["input_ids"], generation["attention_mask"])
         known = generation["action"] != IGNORE_INDEX
         return int(((chosen == generation["action"]) & known).sum()), int(known.sum())
+
+    def _free_answers_matched(self, generation: dict[str, Any]) -> tuple[list[str], list[bool]]:
+        """Free answers to an evaluation batch's prompts, and whether each equals its reference answer."""
+        free, _ = self._free(generation["input_ids"], generation["attention_mask"], self.hparams.max_new_tokens)
+        return free, [answer == reference.strip() for answer, reference in zip(free, generation["reference"])]
 
     @override
     def on_validation_epoch_end(self) -> None:
@@ -542,11 +552,8 @@ class Agent(LightningModule):
         """
         texts = as_texts(texts)
         task = self.hparams.task
-        language_model = task == "causal-lm"
-        was_training, padding_side = self.training, self.tokenizer.padding_side
+        was_training = self.training
         self.eval()
-        if language_model:
-            self.tokenizer.padding_side = "left"  # generation continues from the last position of every row
         decisions: list[tuple[str, float]] = []
         try:
             for start in range(0, len(texts), batch_size):
@@ -555,17 +562,14 @@ class Agent(LightningModule):
                     prompt, trie = self._chat_parts()
                     room = trie.depth if trie is not None else self.hparams.max_new_tokens
                     prompts = [prompt.prompt_ids(text, room) for text in chunk]
-                    ids = left_pad(prompts, self.tokenizer.pad_token_id).to(self.device)
-                    mask = left_pad([[1] * len(row) for row in prompts], 0).to(self.device)
-                    answers, probability = self._answer(ids, mask)
+                    encoded = left_padded(prompts, self.tokenizer.pad_token_id)
+                    answers, probability = self._answer(**{k: v.to(self.device) for k, v in encoded.items()})
                     decisions += list(zip(answers, probability.tolist()))
                     continue
-                if language_model:
-                    prompts = {
-                        "input_ids": [continuation_prompt(self.tokenizer, t, self.hparams.max_length) for t in chunk]
-                    }
-                    encoded = self.tokenizer.pad(prompts, padding=True, return_tensors="pt").to(self.device)
-                    written, probability = self._generate(dict(encoded))
+                if task == "causal-lm":  # generation continues every left-padded row from its last position
+                    prompts = [continuation_prompt(self.tokenizer, t, self.hparams.max_length) for t in chunk]
+                    encoded = left_padded(prompts, self.tokenizer.pad_token_id)
+                    written, probability = self._generate({k: v.to(self.device) for k, v in encoded.items()})
                     decisions += list(zip(written, probability.tolist()))
                     continue
                 encoded = self.tokenizer(
@@ -575,7 +579,6 @@ class Agent(LightningModule):
                 decisions += [(self.labels[i], c) for i, c in zip(index.tolist(), confidence.tolist())]
         finally:
             self.train(was_training)
-            self.tokenizer.padding_side = padding_side
         return decisions
 
     def save_pretrained(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -599,6 +602,11 @@ class Agent(LightningModule):
             if self.hparams.task != "causal-lm":
                 (staging / "labels.json").write_text(json.dumps(self.labels, indent=1), encoding="utf-8")
         return Path(directory)
+
+
+def _answer_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy of ``logits`` ``(B, K, V)`` over the answer tokens of ``targets`` ``(B, K)``."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
 
 
 def _load_classifier(source: str, config: Any) -> nn.Module:

@@ -19,6 +19,7 @@ __all__ = [
     "check_int",
     "check_number",
     "check_open_fraction",
+    "check_optional_string",
     "is_number",
 ]
 
@@ -171,6 +172,18 @@ def check_choice(
         listed = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
         said = f" ({meaning})" if meaning else ""
         raise ValueError(f"{_named(owner, argument, value)} is not a choice; use {listed}{said}.")
+
+
+def check_optional_string(argument: str, value: Any, none_means: str) -> None:
+    """Raise ``TypeError`` unless ``value`` is a string or ``None`` (which means ``none_means``).
+
+    Example:
+        >>> check_optional_string("system_prompt", 7, "for the template's default")
+        Traceback (most recent call last):
+        TypeError: system_prompt=7 must be a string, or None for the template's default.
+    """
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{argument}={value!r} must be a string, or None {none_means}.")
 
 
 def check_open_fraction(argument: str, value: Any) -> None:

@@ -28,7 +28,7 @@ import argparse
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 from rich.console import Console
@@ -36,10 +36,8 @@ from rich.console import Console
 from agent_lightning.agent import Agent
 from agent_lightning.cli.lightning_cli import AgentLightningCLI
 from agent_lightning.cli.short_flags import expand_short_flags
-from agent_lightning.deployment.abstention import calibrate_abstention
 from agent_lightning.deployment.compare import RecipeSummary, compare_with_teacher
 from agent_lightning.deployment.export import describe, export_agent
-from agent_lightning.deployment.runtime import ExportedAgent
 from agent_lightning.io import atomic_write_text, check_writable_directory
 from agent_lightning.validation import check_number
 
@@ -153,14 +151,9 @@ def run_recipe(args: Sequence[str]) -> RecipeSummary:
     datamodule = student_cli.datamodule
     split = "test" if "test" in datamodule.splits else "val"
     data = datamodule.splits[split]
-    summary = compare_with_teacher(teacher, output, data.texts, data.labels, split)
-    if split == "test":  # the threshold is chosen on validation, measured on test
-        exported = ExportedAgent(output)
-        val = datamodule.splits["val"]
-        abstention = calibrate_abstention(exported, val.texts, val.labels, options.abstain_precision)
-        coverage, precision = abstention.measure(exported.act(data.texts), data.labels)
-        measured = {"target_precision": options.abstain_precision, "threshold": abstention.threshold}
-        summary = replace(summary, abstention={**measured, "coverage": coverage, "precision": precision})
+    val = datamodule.splits["val"]  # the abstention threshold is chosen on validation, measured on test
+    abstain = (val.texts, val.labels, options.abstain_precision) if split == "test" else None
+    summary = compare_with_teacher(teacher, output, data.texts, data.labels, split, abstain=abstain)
     lines = [
         "# Compressed agent vs its teacher",
         "",

@@ -27,14 +27,20 @@ from agent_lightning.datamodules.sources import (
 )
 from agent_lightning.evaluation import UNLABELED
 from agent_lightning.generation import (
-    IGNORE_INDEX,
     ChatCollator,
     ChatExamples,
     ChatPrompt,
     LeftPaddingCollator,
     continuation_prompt,
 )
-from agent_lightning.validation import check_bool, check_choice, check_count, check_int, check_open_fraction
+from agent_lightning.validation import (
+    check_bool,
+    check_choice,
+    check_count,
+    check_int,
+    check_open_fraction,
+    check_optional_string,
+)
 
 __all__ = ["REST", "UNLABELED", "EpochSeededSampler", "TextClassificationDataModule", "TokenizedTexts"]
 
@@ -211,8 +217,7 @@ class TextClassificationDataModule(LightningDataModule):
         super().__init__()
         check_choice("task", task, ("classification", "generation", "causal-lm"))
         check_bool("list_actions", list_actions)
-        if system_prompt is not None and not isinstance(system_prompt, str):
-            raise TypeError(f"system_prompt={system_prompt!r} must be a string, or None for the template's default.")
+        check_optional_string("system_prompt", system_prompt, "for the template's default")
         if task != "classification" and unlabeled_file is not None:
             raise ValueError(
                 f"unlabeled_file={unlabeled_file!r} is for task='classification' (unlabelled rows train through "
@@ -436,12 +441,12 @@ class TextClassificationDataModule(LightningDataModule):
         for text, label, answer_text in zip(texts, label_ids, answers):
             if self.label_names:  # the prompt leaves room for the longest action, as the agent's do
                 answer = responses[label] if label != UNLABELED else []
-                prompt_ids = prompt.prompt_ids(text, longest)
+                example = prompt.example_ids(text, answer, longest)
             else:
                 answer = prompt.response_ids(answer_text) if answer_text else []
-                prompt_ids = prompt.prompt_ids(text, len(answer))
-            examples.append({"input_ids": prompt_ids + answer, "labels": [IGNORE_INDEX] * len(prompt_ids) + answer})
-            prompts.append(prompt_ids)
+                example = prompt.example_ids(text, answer, len(answer))
+            examples.append(example)
+            prompts.append(example["input_ids"][: len(example["input_ids"]) - len(answer)])
         references = None if self.label_names else list(answers)
         return ChatExamples(examples, prompts, label_ids, texts, references)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from agent_lightning.deployment.abstention import calibrate_abstention
 from agent_lightning.deployment.export import LogitsProgram
 from agent_lightning.deployment.measure import ModelInputs, compare_latency, file_bytes, saved_bytes
 from agent_lightning.deployment.runtime import PROGRAM, ExportedAgent
@@ -86,12 +87,15 @@ def compare_with_teacher(
     labels: Sequence[str],
     split: str = "test",
     latency_budget_s: float = 60.0,
+    abstain: tuple[Sequence[str], Sequence[str], float] | None = None,
 ) -> RecipeSummary:
     """Measure an exported int8 agent against its fp32 teacher (an :class:`~agent_lightning.Agent`) on ``texts``.
 
     Accuracy of both on all ``texts``; bytes of the teacher's ``state_dict`` and of the export's ``model.pt``, plain
     and deflate-compressed; CPU latency of ``(input_ids, attention_mask) -> logits`` at batch 1 and 32 on the first
-    requests of ``texts`` (padded to the longest, as served), teacher and program timed round-robin.
+    requests of ``texts`` (padded to the longest, as served), teacher and program timed round-robin. With
+    ``abstain=(texts, labels, precision)`` of other data (the validation split), also the student's abstention
+    threshold chosen there for ``precision`` and its coverage and precision on ``texts``.
 
     Raises:
         ValueError: ``texts`` and ``labels`` differ in length or are empty.
@@ -109,14 +113,23 @@ def compare_with_teacher(
         inputs = ModelInputs((encoded["input_ids"], encoded["attention_mask"]))
         seconds = compare_latency({"teacher": program, "student": exported.program}, inputs, 30, 3, latency_budget_s)
         latency.update({f"{name}_b{batch}": 1000 * s for name, s in seconds.items()})
+    decisions = exported.act(list(texts))  # the student's answers, for its accuracy and its abstention
+    abstention = None
+    if abstain is not None:
+        *held_out, precision = abstain
+        threshold = calibrate_abstention(exported, *held_out, precision)
+        coverage, kept_precision = threshold.measure(decisions, labels)
+        abstention = {"target_precision": precision, "threshold": threshold.threshold}
+        abstention.update(coverage=coverage, precision=kept_precision)
     return RecipeSummary(
         split=split,
         examples=len(texts),
         teacher_acc=action_accuracy(teacher, texts, labels),
-        student_acc=action_accuracy(exported, texts, labels),
+        student_acc=sum(action == label for (action, _), label in zip(decisions, labels)) / len(labels),
         teacher_bytes=teacher_bytes,
         teacher_zipped=teacher_zipped,
         student_bytes=student_bytes,
         student_zipped=student_zipped,
         latency_ms=latency,
+        abstention=abstention,
     )

@@ -1,7 +1,7 @@
 """The generative agent's parts usable without a Trainer: chat prompts and responses as token ids, left-padded chat
 batches, and decoding constrained to a closed action set (or free)."""
 
-from agent_lightning.generation.batches import ChatCollator, ChatExamples, LeftPaddingCollator, left_pad
+from agent_lightning.generation.batches import ChatCollator, ChatExamples, LeftPaddingCollator, left_pad, left_padded
 from agent_lightning.generation.decoding import ActionTrie, constrained_greedy, free_greedy, position_ids
 from agent_lightning.generation.prompts import (
     IGNORE_INDEX,
@@ -24,5 +24,6 @@ __all__ = [
     "end_token_id",
     "free_greedy",
     "left_pad",
+    "left_padded",
     "position_ids",
 ]

@@ -14,13 +14,19 @@ from torch.utils.data import Dataset
 from agent_lightning.evaluation import GENERATION
 from agent_lightning.generation.prompts import IGNORE_INDEX
 
-__all__ = ["ChatCollator", "ChatExamples", "LeftPaddingCollator", "left_pad"]
+__all__ = ["ChatCollator", "ChatExamples", "LeftPaddingCollator", "left_pad", "left_padded"]
 
 
 def left_pad(rows: Sequence[Sequence[int]], value: int) -> Tensor:
     """``(B, L)`` of the rows, padded on the left with ``value`` to the longest."""
     width = max(len(row) for row in rows)
     return torch.tensor([[value] * (width - len(row)) + list(row) for row in rows], dtype=torch.long)
+
+
+def left_padded(rows: Sequence[Sequence[int]], pad_token_id: int) -> dict[str, Tensor]:
+    """``{"input_ids", "attention_mask"}`` ``(B, L)`` of token-id rows padded on the left: generation continues
+    every row from the last position."""
+    return {"input_ids": left_pad(rows, pad_token_id), "attention_mask": left_pad([[1] * len(r) for r in rows], 0)}
 
 
 class ChatExamples(Dataset):
@@ -80,17 +86,11 @@ class ChatCollator:
         self.with_prompts = with_prompts
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        ids = [item["input_ids"] for item in items]
-        batch: dict[str, Any] = {
-            "input_ids": left_pad(ids, self.pad_token_id),
-            "attention_mask": left_pad([[1] * len(row) for row in ids], 0),
-            "labels": left_pad([item["labels"] for item in items], IGNORE_INDEX),
-        }
+        batch: dict[str, Any] = left_padded([item["input_ids"] for item in items], self.pad_token_id)
+        batch["labels"] = left_pad([item["labels"] for item in items], IGNORE_INDEX)
         if self.with_prompts:
-            prompts = [item["prompt_ids"] for item in items]
             batch[GENERATION] = {
-                "input_ids": left_pad(prompts, self.pad_token_id),
-                "attention_mask": left_pad([[1] * len(row) for row in prompts], 0),
+                **left_padded([item["prompt_ids"] for item in items], self.pad_token_id),
                 "action": torch.tensor([item["action"] for item in items], dtype=torch.long),
                 "request": [item["request"] for item in items],
             }
@@ -111,8 +111,4 @@ class LeftPaddingCollator:
         self.pad_token_id = pad_token_id
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Tensor]:
-        ids = [item["input_ids"] for item in items]
-        return {
-            "input_ids": left_pad(ids, self.pad_token_id),
-            "attention_mask": left_pad([[1] * len(r) for r in ids], 0),
-        }
+        return left_padded([item["input_ids"] for item in items], self.pad_token_id)

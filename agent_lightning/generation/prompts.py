@@ -14,10 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent_lightning.evaluation import UNLABELED
+
 __all__ = ["IGNORE_INDEX", "PLAIN_TEMPLATE", "ChatPrompt", "continuation_prompt", "end_token_id"]
 
-#: the label of prompt and padding positions, which the loss skips (the Hugging Face convention)
-IGNORE_INDEX = -100
+#: the label of prompt and padding positions, which the loss skips: cross-entropy's ignore_index, as for an
+#: unlabelled row (:data:`agent_lightning.evaluation.UNLABELED`)
+IGNORE_INDEX = UNLABELED
 _REQUEST = "\x00request\x00"
 #: the layout used when the tokenizer has no chat template
 PLAIN_TEMPLATE = "{system}Request: {request}\nAnswer: "
@@ -138,5 +141,10 @@ class ChatPrompt:
     def example(self, request: str, response: str) -> dict[str, list[int]]:
         """A training example: ``input_ids`` (prompt + response) and ``labels`` (``-100`` over the prompt)."""
         response_ids = self.response_ids(response)
-        prompt = self.prompt_ids(request, len(response_ids))
-        return {"input_ids": prompt + response_ids, "labels": [IGNORE_INDEX] * len(prompt) + response_ids}
+        return self.example_ids(request, response_ids, len(response_ids))
+
+    def example_ids(self, request: str, answer_ids: list[int], room: int) -> dict[str, list[int]]:
+        """:meth:`example` from the answer's ids (``[]``: the prompt alone), the request truncated to leave ``room``
+        answer tokens (the longest action's, so that every prompt of an action set is cut alike)."""
+        prompt = self.prompt_ids(request, room)
+        return {"input_ids": prompt + answer_ids, "labels": [IGNORE_INDEX] * len(prompt) + answer_ids}

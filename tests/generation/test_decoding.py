@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-from agent_lightning.generation import ActionTrie, ChatPrompt, constrained_greedy, free_greedy, left_pad
+from agent_lightning.generation import ActionTrie, ChatPrompt, constrained_greedy, free_greedy, left_padded
 from tests.conftest import tiny_llama_config
 
 ACTIONS = ["set_alarm", "set_reminder", "play_music", "play_podcast", "get_weather", "call"]
@@ -52,8 +52,7 @@ def test_constrained_answers_are_always_actions_and_equal_the_uncached_search(ti
         for n in torch.randint(1, 12, (8,), generator=generator)
     ]
     prompts = [prompt.prompt_ids(text, trie.depth) for text in requests]  # different lengths: left padding
-    ids = left_pad(prompts, tokenizer.pad_token_id)
-    mask = left_pad([[1] * len(p) for p in prompts], 0)
+    ids, mask = left_padded(prompts, tokenizer.pad_token_id).values()
     with torch.no_grad():
         index, probability = constrained_greedy(model, ids, mask, trie, tokenizer.pad_token_id)
         expected = [_reference(model, p, trie) for p in prompts]
@@ -71,7 +70,7 @@ def test_free_greedy_stops_at_the_end_token_and_scores_its_tokens(tiny_llama):
     model = LlamaForCausalLM(tiny_llama_config()).eval()
     prompt = ChatPrompt(tokenizer, max_length=64)
     prompts = [prompt.prompt_ids("wake me"), prompt.prompt_ids("play some jazz now please")]
-    ids, mask = left_pad(prompts, tokenizer.pad_token_id), left_pad([[1] * len(p) for p in prompts], 0)
+    ids, mask = left_padded(prompts, tokenizer.pad_token_id).values()
     tokens, probability = free_greedy(model, ids, mask, 5, prompt.end_id, tokenizer.pad_token_id)
     reference = model.generate(
         input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id
