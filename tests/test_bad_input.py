@@ -381,7 +381,7 @@ CASES = [
     Case("train.py fit", "--embeddings", "choice", "int4", _cli("--embeddings", "{value}")),
     Case("train.py fit", "--student-layers", "format", "a,b", _cli("--student-layers", "{value}")),
     Case("train.py fit", "--labels-per-class", "format", "ten", _cli("--labels-per-class", "{value}")),
-    Case("agent-lightning export", "format", "choice", "onnx", _export("format")),
+    Case("agent-lightning export", "format", "choice", "tflite", _export("format")),
     Case(
         "agent-lightning export", "checkpoint", "missing file", "missing.ckpt", _export("checkpoint"), FileNotFoundError
     ),

@@ -57,8 +57,10 @@ class QuantizationAwareTraining(CompressionCallback):
             ``"none"`` (weight-only).
         group_size: inputs per scale for ``weights="int4"``.
         kernel: the kernel of the converted model, which training's fake quantization matches: ``"auto"`` (fbgemm
-            for int8 weights and activations, torchao otherwise), ``"fbgemm"`` (fast int8 on x86 CPUs, CPU only) or
-            ``"torchao"`` (any device and scheme; not fast on CPU).
+            for int8 weights and activations, torchao otherwise), ``"fbgemm"`` (fast int8 on x86 CPUs, CPU only),
+            ``"onnxruntime"`` (the same int8 layers, activations fake-quantized over ``[0, 255]`` as ONNX Runtime's
+            ``DynamicQuantizeLinear`` does: train for ``export --format onnx``) or ``"torchao"`` (any device and
+            scheme; not fast on CPU).
         include: glob patterns over module names to quantize; default: the transformer blocks' linear layers
             (embeddings, norms and the classification head stay float).
         exclude: glob patterns removed from the targets.
@@ -242,7 +244,7 @@ class QuantizationAwareTraining(CompressionCallback):
         }
 
     def _convert(self, pl_module: LightningModule) -> None:
-        if self.recipe.backend == "fbgemm" and pl_module.device.type != "cpu":
+        if self.recipe.backend != "torchao" and pl_module.device.type != "cpu":
             rank_zero_info(f"[QAT] moving the model from {pl_module.device} to the CPU for the fbgemm int8 kernel")
             pl_module.cpu()
         convert(pl_module)

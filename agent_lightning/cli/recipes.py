@@ -13,13 +13,14 @@
    labels to distil on, with mostly soft labels (``--distill.temperature 1 --distill.alpha 0.1`` unless given: the
    setting that paid in ``benchmarks/distillation/few_labels_banking77.py``). Detail flags of the compression
    (``--distill.temperature``, ``--prune.end``, ...) apply to the student only.
-3. **Export**: the student's last checkpoint becomes the int8 TorchScript program (``agent-lightning export``),
-   verified by reloading.
-4. **Measure**: the exported program and the fp32 teacher side by side on the test split (the validation split
-   if there is none): accuracy, bytes on disk (zipped), CPU latency at batch 1 and 32 on real requests
-   (round-robin), and the student's abstention threshold chosen on validation (``--abstain-precision``) with its
-   coverage and precision on test. Written as ``summary.md``/``summary.json`` beside the student's logs and
-   printed.
+3. **Export**: the student's last checkpoint becomes the int8 ONNX model for ONNX Runtime (``--format onnx``, the
+   default; QAT then trains with ONNX Runtime's activation scheme, ``--qat.kernel onnxruntime``) or the int8
+   TorchScript program (``--format int8``), verified by reloading (``agent-lightning export``).
+4. **Measure**: the export, the fp32 teacher and the teacher's ONNX Runtime peers (fp32, and ``quantize_dynamic``
+   int8: what one would run without training) side by side on the test split (the validation split if there is
+   none): accuracy, bytes on disk (zipped), CPU latency at batch 1 and 32 on real requests (round-robin), and the
+   student's abstention threshold chosen on validation (``--abstain-precision``) with its coverage and precision
+   on test. Written as ``summary.md``/``summary.json`` beside the student's logs and printed.
 """
 
 from __future__ import annotations
@@ -72,7 +73,13 @@ def compress_parser() -> argparse.ArgumentParser:
         help="the summary reports the student's abstention threshold chosen on the validation split for this "
         "precision, with its coverage and precision on the test split (default 0.95; serve --abstain-precision)",
     )
-    parser.add_argument("--output", help="export folder (default: export-int8 beside the student's logs)")
+    parser.add_argument(
+        "--format",
+        default="onnx",
+        choices=["onnx", "int8"],
+        help="the export: int8 ONNX model for ONNX Runtime (default, the faster) or int8 TorchScript program",
+    )
+    parser.add_argument("--output", help="export folder (default: export-FORMAT beside the student's logs)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
     return parser
 
@@ -112,6 +119,8 @@ def run_recipe(args: Sequence[str]) -> RecipeSummary:
     common, details = _student_details(common)
     compression = ["--student-layers", options.student_layers, "--prune", options.prune, "--prune.end", "0.6"]
     compression += ["--qat", options.qat, "--embeddings", options.embeddings]
+    if options.qat == "int8" and options.format == "onnx" and not any(d.startswith("--qat.kernel") for d in details):
+        compression.append("--qat.kernel=onnxruntime")  # train with the activation scheme ONNX Runtime runs
     few_labels = [] if options.labels_per_class is None else ["--labels-per-class", options.labels_per_class]
     unlabeled = [] if options.unlabeled is None else ["--unlabeled", options.unlabeled]
     if unlabeled:  # mostly soft labels on the unlabelled rows, unless the user chose
@@ -143,11 +152,11 @@ def run_recipe(args: Sequence[str]) -> RecipeSummary:
     run_dir = Path(student_cli.trainer.logger.log_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
 
-    console.rule("[bold]Stage 3: export the int8 program")
-    output = Path(options.output) if options.output else run_dir / "export-int8"
-    console.print(describe(export_agent(last, output, "int8", overwrite=options.overwrite)))
+    console.rule(f"[bold]Stage 3: export the int8 student ({options.format})")
+    output = Path(options.output) if options.output else run_dir / f"export-{options.format}"
+    console.print(describe(export_agent(last, output, options.format, overwrite=options.overwrite)))
 
-    console.rule("[bold]Stage 4: measure the export against the teacher")
+    console.rule("[bold]Stage 4: measure the export against the teacher and its ONNX Runtime peers")
     datamodule = student_cli.datamodule
     split = "test" if "test" in datamodule.splits else "val"
     data = datamodule.splits[split]
@@ -155,7 +164,7 @@ def run_recipe(args: Sequence[str]) -> RecipeSummary:
     abstain = (val.texts, val.labels, options.abstain_precision) if split == "test" else None
     summary = compare_with_teacher(teacher, output, data.texts, data.labels, split, abstain=abstain)
     lines = [
-        "# Compressed agent vs its teacher",
+        "# Compressed agent vs its teacher and what runs without training",
         "",
         f"Teacher: `{teacher_ckpt}`. Student run: `{run_dir}`. Export: `{output}`.",
         "",

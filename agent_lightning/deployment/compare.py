@@ -1,18 +1,22 @@
-"""An exported agent measured against its fp32 teacher on the same requests: accuracy, bytes, CPU latency."""
+"""An exported agent measured against its fp32 teacher and the teacher's ONNX Runtime peers on the same requests:
+accuracy, bytes, CPU latency."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from agent_lightning.deployment.abstention import calibrate_abstention
 from agent_lightning.deployment.export import LogitsProgram
 from agent_lightning.deployment.measure import ModelInputs, compare_latency, file_bytes, saved_bytes
-from agent_lightning.deployment.runtime import PROGRAM, ExportedAgent
+from agent_lightning.deployment.peers import PEERS, onnx_runtime_peers
+from agent_lightning.deployment.runtime import ExportedAgent, model_file
 from agent_lightning.evaluation import action_accuracy
 
 __all__ = ["RecipeSummary", "compare_with_teacher"]
@@ -29,9 +33,13 @@ class RecipeSummary:
         student_acc: the exported int8 program's accuracy.
         teacher_bytes: bytes of the teacher's saved ``state_dict``; ``teacher_zipped`` deflate-compressed.
         student_bytes: bytes of the exported ``model.pt``; ``student_zipped`` deflate-compressed.
-        latency_ms: ``{"teacher_b1": ms, "student_b1": ms, "teacher_b32": ..., "student_b32": ...}``.
+        latency_ms: ``{"teacher_b1": ms, "student_b1": ms, "teacher_b32": ..., "student_b32": ...}``, and
+            ``"<peer>_b1"``/``"<peer>_b32"`` for each of ``peers``.
         abstention: the student's abstention threshold chosen on the validation split and what it does on this
             split: ``{"target_precision", "threshold", "coverage", "precision"}``; ``None`` when not measured.
+        student_format: the export's format (``"onnx"`` or ``"int8"``: TorchScript).
+        peers: the teacher's ONNX Runtime peers (:data:`~agent_lightning.deployment.peers.PEERS`) by key:
+            ``{"acc", "bytes", "zipped"}``; empty when not measured.
     """
 
     split: str
@@ -44,30 +52,54 @@ class RecipeSummary:
     student_zipped: int
     latency_ms: dict[str, float]
     abstention: dict[str, float | None] | None = None
+    student_format: str = "int8"
+    peers: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
-    def speedup(self, batch: int) -> float:
-        """Teacher latency over student latency at ``batch``."""
-        return self.latency_ms[f"teacher_b{batch}"] / self.latency_ms[f"student_b{batch}"]
+    def speedup(self, batch: int, baseline: str = "teacher") -> float:
+        """``baseline``'s latency (the eager teacher, or a peer's key) over the student's at ``batch``."""
+        return self.latency_ms[f"{baseline}_b{batch}"] / self.latency_ms[f"student_b{batch}"]
 
     def markdown(self) -> list[str]:
-        """A markdown table: teacher, student and their ratio."""
+        """A markdown table: the eager teacher, its ONNX Runtime peers and the exported student, each with its ratio
+        to the eager teacher; the student's also to the ONNX Runtime int8 peer when measured."""
         mb = 1e6
-        return [
-            "| | fp32 teacher | exported int8 student | ratio |",
-            "|---|---|---|---|",
-            f"| {self.split} accuracy ({self.examples} requests) | {100 * self.teacher_acc:.2f} % | "
-            f"{100 * self.student_acc:.2f} % | {100 * (self.student_acc - self.teacher_acc):+.2f} pt |",
-            f"| bytes on disk | {self.teacher_bytes / mb:.2f} MB | {self.student_bytes / mb:.2f} MB | "
-            f"{self.teacher_bytes / self.student_bytes:.1f}x smaller |",
-            f"| bytes zipped | {self.teacher_zipped / mb:.2f} MB | {self.student_zipped / mb:.2f} MB | "
-            f"{self.teacher_zipped / self.student_zipped:.1f}x smaller |",
-            *(
-                f"| CPU latency, batch {b} | {self.latency_ms[f'teacher_b{b}']:.1f} ms | "
-                f"{self.latency_ms[f'student_b{b}']:.1f} ms | {self.speedup(b):.2f}x faster |"
-                for b in (1, 32)
-            ),
-            *self._abstention_rows(),
+        peer = "ort_int8" if "ort_int8" in self.peers else None
+        rows = [
+            f"| model | {self.split} accuracy ({self.examples} requests) | bytes on disk | bytes zipped | CPU latency, "
+            "batch 1 | CPU latency, batch 32 |",
+            "|---|---|---|---|---|---|",
+            f"| fp32 teacher, PyTorch eager | {100 * self.teacher_acc:.2f} % | {self.teacher_bytes / mb:.2f} MB | "
+            f"{self.teacher_zipped / mb:.2f} MB | {self.latency_ms['teacher_b1']:.1f} ms | "
+            f"{self.latency_ms['teacher_b32']:.1f} ms |",
         ]
+        for key, measured in self.peers.items():
+            rows.append(
+                f"| {PEERS[key]} | {100 * measured['acc']:.2f} % ({100 * (measured['acc'] - self.teacher_acc):+.2f} pt)"
+                f" | {measured['bytes'] / mb:.2f} MB | {measured['zipped'] / mb:.2f} MB "
+                f"({self.teacher_zipped / measured['zipped']:.1f}x smaller) | "
+                + " | ".join(
+                    f"{self.latency_ms[f'{key}_b{b}']:.1f} ms "
+                    f"({self.latency_ms[f'teacher_b{b}'] / self.latency_ms[f'{key}_b{b}']:.2f}x faster)"
+                    for b in (1, 32)
+                )
+                + " |"
+            )
+        versus = ""
+        if peer:
+            versus = f"; {self.peers[peer]['zipped'] / self.student_zipped:.1f}x vs the ONNX Runtime int8 teacher"
+        speeds = [
+            f"{self.latency_ms[f'student_b{b}']:.1f} ms ({self.speedup(b):.2f}x faster"
+            + (f"; {self.speedup(b, peer):.2f}x vs the ONNX Runtime int8 teacher)" if peer else ")")
+            for b in (1, 32)
+        ]
+        kind = "ONNX Runtime" if self.student_format == "onnx" else "TorchScript"
+        rows.append(
+            f"| **exported int8 student** ({kind}) | **{100 * self.student_acc:.2f} %** "
+            f"({100 * (self.student_acc - self.teacher_acc):+.2f} pt) | {self.student_bytes / mb:.2f} MB | "
+            f"**{self.student_zipped / mb:.2f} MB** ({self.teacher_zipped / self.student_zipped:.1f}x smaller{versus}) "
+            f"| **{speeds[0]}** | **{speeds[1]}** |"
+        )
+        return [*rows, *self._abstention_rows()]
 
     def _abstention_rows(self) -> list[str]:
         if self.abstention is None:
@@ -75,8 +107,10 @@ class RecipeSummary:
         a = self.abstention
         kept = "nothing answered" if a["precision"] is None else f"precision {100 * a['precision']:.2f} %"
         return [
-            f"| abstention: answers kept at confidence >= {a['threshold']:.3f} (chosen on validation for precision "
-            f"{a['target_precision']:g}) | | {100 * a['coverage']:.2f} % of {self.split} requests, {kept} | |"
+            "",
+            f"Abstention: the student answers when its confidence is at least {a['threshold']:.3f} (chosen on the "
+            f"validation split for precision {a['target_precision']:g}): {100 * a['coverage']:.2f} % of {self.split} "
+            f"requests answered, {kept}.",
         ]
 
 
@@ -88,14 +122,17 @@ def compare_with_teacher(
     split: str = "test",
     latency_budget_s: float = 60.0,
     abstain: tuple[Sequence[str], Sequence[str], float] | None = None,
+    peers: bool = True,
 ) -> RecipeSummary:
     """Measure an exported int8 agent against its fp32 teacher (an :class:`~agent_lightning.Agent`) on ``texts``.
 
-    Accuracy of both on all ``texts``; bytes of the teacher's ``state_dict`` and of the export's ``model.pt``, plain
-    and deflate-compressed; CPU latency of ``(input_ids, attention_mask) -> logits`` at batch 1 and 32 on the first
-    requests of ``texts`` (padded to the longest, as served), teacher and program timed round-robin. With
-    ``abstain=(texts, labels, precision)`` of other data (the validation split), also the student's abstention
-    threshold chosen there for ``precision`` and its coverage and precision on ``texts``.
+    Accuracy on all ``texts``; bytes of the teacher's ``state_dict`` and of the export's model file, plain and
+    deflate-compressed; CPU latency of ``(input_ids, attention_mask) -> logits`` at batch 1 and 32 on the first
+    requests of ``texts`` (padded to the longest, as served; tokenization excluded for every model), every model
+    timed round-robin in one loop. With ``peers``, the same for the teacher under ONNX Runtime, fp32 and
+    ``quantize_dynamic`` int8 (:func:`~agent_lightning.deployment.peers.onnx_runtime_peers`, written to a temporary
+    folder). With ``abstain=(texts, labels, precision)`` of other data (the validation split), also the student's
+    abstention threshold chosen there for ``precision`` and its coverage and precision on ``texts``.
 
     Raises:
         ValueError: ``texts`` and ``labels`` differ in length or are empty.
@@ -105,14 +142,20 @@ def compare_with_teacher(
     exported = ExportedAgent(export_folder)
     teacher = teacher.cpu().eval()
     teacher_bytes, teacher_zipped = saved_bytes(teacher.model)
-    student_bytes, student_zipped = file_bytes(Path(export_folder) / PROGRAM)
-    latency: dict[str, float] = {}
-    program = LogitsProgram(teacher.model).eval()
-    for batch in (1, 32):
-        encoded = exported.encode([texts[i % len(texts)] for i in range(batch)])
-        inputs = ModelInputs((encoded["input_ids"], encoded["attention_mask"]))
-        seconds = compare_latency({"teacher": program, "student": exported.program}, inputs, 30, 3, latency_budget_s)
-        latency.update({f"{name}_b{batch}": 1000 * s for name, s in seconds.items()})
+    student_bytes, student_zipped = file_bytes(model_file(export_folder))
+    with tempfile.TemporaryDirectory(prefix="peers-") as folder:
+        others = onnx_runtime_peers(teacher.model, teacher.tokenizer, folder) if peers else {}
+        programs = {"teacher": LogitsProgram(teacher.model).eval(), "student": exported.program, **others}
+        latency: dict[str, float] = {}
+        for batch in (1, 32):
+            encoded = exported.encode([texts[i % len(texts)] for i in range(batch)])
+            inputs = ModelInputs((encoded["input_ids"], encoded["attention_mask"]))
+            seconds = compare_latency(programs, inputs, 30, 3, latency_budget_s)
+            latency.update({f"{name}_b{batch}": 1000 * s for name, s in seconds.items()})
+        measured = {}
+        for key, program in others.items():
+            acc = _accuracy(program, exported.encode, teacher.labels, texts, labels)
+            measured[key] = {"acc": acc, **dict(zip(("bytes", "zipped"), file_bytes(program.path)))}
     decisions = exported.act(list(texts))  # the student's answers, for its accuracy and its abstention
     abstention = None
     if abstain is not None:
@@ -132,4 +175,24 @@ def compare_with_teacher(
         student_zipped=student_zipped,
         latency_ms=latency,
         abstention=abstention,
+        student_format=exported.format,
+        peers=measured,
     )
+
+
+@torch.inference_mode()
+def _accuracy(
+    program: Callable[[Tensor, Tensor], Tensor],
+    encode: Callable[[Sequence[str]], dict[str, Tensor]],
+    actions: Sequence[str],
+    texts: Sequence[str],
+    labels: Sequence[str],
+    batch_size: int = 64,
+) -> float:
+    """Accuracy of a ``(input_ids, attention_mask) -> logits`` program whose outputs are ``actions``."""
+    right = 0
+    for start in range(0, len(texts), batch_size):
+        encoded = encode(texts[start : start + batch_size])
+        predicted = program(encoded["input_ids"], encoded["attention_mask"]).argmax(-1).tolist()
+        right += sum(actions[i] == label for i, label in zip(predicted, labels[start : start + batch_size]))
+    return right / len(texts)

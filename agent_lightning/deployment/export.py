@@ -1,7 +1,15 @@
 """Export a trained agent checkpoint as a deployable folder, verified by reloading it and comparing predictions.
 
-Two formats:
+Three formats:
 
+- ``"onnx"`` (the default): the int8 model as an **ONNX model for ONNX Runtime** (``model.onnx``: ``(input_ids,
+  attention_mask) -> logits``) with its tokenizer and labels. Everything compression did is in the graph: the
+  student's blocks, physically removed heads and neurons, the compacted int8 vocabulary, and each int8 linear as ONNX
+  Runtime's dynamic int8 pattern with the int8 weights and per-channel scales the model was converted with
+  (:mod:`~agent_lightning.deployment.onnx_program`). The fastest CPU format measured
+  (``benchmarks/pipeline/versus_onnxruntime.py``). Checked against the PyTorch model that computes exactly what the
+  graph does; the difference from the converted fbgemm model (activations over ``[0, 127]`` there) is in the
+  manifest too.
 - ``"hf"``: a Hugging Face folder (``save_pretrained``: float weights with the pruned zeros in them, physically
   smaller layers after structured pruning, tokenizer, ``labels.json``). Loads with
   ``AutoModelForSequenceClassification.from_pretrained`` (``agent_lightning.pruning.removal.load_pretrained_pruned`` for
@@ -34,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from agent_lightning.agent import Agent
+from agent_lightning.deployment.onnx_program import ONNX_MODEL, ONNX_OPSET, int8_weights, onnx_ready, write_onnx
 from agent_lightning.deployment.runtime import MANIFEST, PROGRAM, ExportedAgent
 from agent_lightning.io import atomic_directory, check_writable_directory
 from agent_lightning.pruning.removal import load_pretrained_pruned
@@ -51,7 +60,8 @@ __all__ = [
     "trace",
 ]
 
-ExportFormat = Literal["hf", "int8"]
+ExportFormat = Literal["onnx", "int8", "hf"]
+EXPORT_FORMATS = ("onnx", "int8", "hf")
 
 #: Requests the parity check runs (plus random token ids), whatever the agent's task.
 SAMPLE_TEXTS = (
@@ -118,7 +128,7 @@ def load_agent_checkpoint(path: str | os.PathLike) -> tuple[Agent, dict]:
 def export_agent(
     checkpoint: str | os.PathLike,
     output: str | os.PathLike,
-    format: ExportFormat = "int8",
+    format: ExportFormat = "onnx",
     overwrite: bool = False,
 ) -> ExportResult:
     """Export an agent checkpoint to ``output`` and verify it by reloading.
@@ -126,7 +136,8 @@ def export_agent(
     Args:
         checkpoint: the agent's ``.ckpt`` (a QAT run's checkpoint keeps its trained quantization ranges).
         output: the folder to write; refused if it exists and is not empty, unless ``overwrite``.
-        format: ``"int8"`` (TorchScript int8 program, the fast CPU artefact) or ``"hf"`` (Hugging Face folder).
+        format: ``"onnx"`` (int8 ONNX model for ONNX Runtime, the fastest on CPU), ``"int8"`` (int8 TorchScript
+            program) or ``"hf"`` (Hugging Face folder).
         overwrite: replace an existing ``output``.
 
     Returns:
@@ -143,14 +154,17 @@ def export_agent(
         >>> trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
         >>> trainer.strategy.connect(Agent(labels=["play_music", "set_alarm"]))
         >>> trainer.save_checkpoint(folder / "agent.ckpt")
-        >>> result = export_agent(folder / "agent.ckpt", folder / "int8")
+        >>> result = export_agent(folder / "agent.ckpt", folder / "onnx")
         >>> result.format, result.top1_agreement, result.quantized_layers
-        ('int8', 1.0, 36)
-        >>> ExportedAgent(folder / "int8").act("wake me at 7")[0][0] in ("play_music", "set_alarm")
+        ('onnx', 1.0, 36)
+        >>> ExportedAgent(folder / "onnx").act("wake me at 7")[0][0] in ("play_music", "set_alarm")
         True
     """
-    if format not in ("hf", "int8"):
-        raise ValueError(f"format={format!r} is not supported; use 'int8' (TorchScript int8 CPU model) or 'hf'.")
+    if format not in EXPORT_FORMATS:
+        raise ValueError(
+            f"format={format!r} is not supported; use 'onnx' (int8 ONNX model for ONNX Runtime), 'int8' (int8 "
+            "TorchScript program) or 'hf' (Hugging Face folder)."
+        )
     target = Path(output)
     check_writable_directory(target, overwrite, argument="output")  # before the (slow) loading
     agent, raw = load_agent_checkpoint(checkpoint)
@@ -159,7 +173,8 @@ def export_agent(
         if format == "hf":
             result = _export_hf(agent, staging, inputs)
         else:
-            result = _export_int8(agent, raw, staging, inputs, str(checkpoint))
+            writer = _export_onnx if format == "onnx" else _export_int8
+            result = writer(agent, raw, staging, inputs, str(checkpoint))
         if result["top1_agreement"] < 1.0:
             raise ValueError(
                 f"The reloaded {format} export disagrees with the model on {1 - result['top1_agreement']:.1%} of the "
@@ -226,8 +241,9 @@ def trace(program: LogitsProgram, inputs: dict[str, Tensor]) -> torch.jit.Script
             return torch.jit.trace(program, (inputs["input_ids"][:2], inputs["attention_mask"][:2]), check_trace=False)
 
 
-@torch.inference_mode()
-def _export_int8(agent: Agent, raw: dict, staging: Path, inputs: dict[str, Tensor], source: str) -> dict:
+def _quantize(agent: Agent, raw: dict) -> dict:
+    """Compact the embeddings and convert the linears as the checkpoint's run recorded; the manifest entries that
+    say how."""
     compact = compact_from_checkpoint(agent, raw)
     if not converted_modules(agent):
         try:
@@ -238,23 +254,51 @@ def _export_int8(agent: Agent, raw: dict, staging: Path, inputs: dict[str, Tenso
         convert(agent)
     else:
         how = "already converted"
+    entries: dict = {"quantization": how, "max_length": agent.hparams.max_length}
+    if compact is not None:
+        entries["embeddings"] = {"kept_tokens": compact.kept_tokens, "vocab_size": compact.num_embeddings}
+    return entries
+
+
+def _write_common(agent: Agent, staging: Path, manifest: dict) -> None:
+    agent.tokenizer.save_pretrained(staging)
+    (staging / "labels.json").write_text(json.dumps(agent.labels, indent=1), encoding="utf-8")
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+
+
+@torch.inference_mode()
+def _export_int8(agent: Agent, raw: dict, staging: Path, inputs: dict[str, Tensor], source: str) -> dict:
+    manifest = {"format": "int8", "source": source, **_quantize(agent, raw)}
     program = LogitsProgram(agent.model).eval()
     expected = program(inputs["input_ids"], inputs["attention_mask"])
     traced = trace(program, inputs)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning, message=r"`torch\.jit\.")
         torch.jit.save(traced, str(staging / PROGRAM))
-    agent.tokenizer.save_pretrained(staging)
-    (staging / "labels.json").write_text(json.dumps(agent.labels, indent=1), encoding="utf-8")
-    manifest = {"format": "int8", "source": source, "quantization": how, "max_length": agent.hparams.max_length}
-    if compact is not None:
-        manifest["embeddings"] = {"kept_tokens": compact.kept_tokens, "vocab_size": compact.num_embeddings}
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    _write_common(agent, staging, manifest)
     reloaded = ExportedAgent(staging)
     parity = _compare(expected, reloaded.program(inputs["input_ids"], inputs["attention_mask"]))
     parity["quantized_layers"] = len(converted_modules(agent))
     (staging / MANIFEST).write_text(json.dumps({**manifest, "parity": parity}, indent=1), encoding="utf-8")
     return parity
+
+
+@torch.inference_mode()
+def _export_onnx(agent: Agent, raw: dict, staging: Path, inputs: dict[str, Tensor], source: str) -> dict:
+    manifest = {"format": "onnx", "source": source, **_quantize(agent, raw), "opset": ONNX_OPSET}
+    converted = LogitsProgram(agent.model).eval()
+    program = LogitsProgram(onnx_ready(agent.model, agent.hparams.max_length)).eval()
+    expected = program(inputs["input_ids"], inputs["attention_mask"])
+    write_onnx(program, (inputs["input_ids"][:2], inputs["attention_mask"][:2]), staging / ONNX_MODEL)
+    _write_common(agent, staging, manifest)
+    reloaded = ExportedAgent(staging)
+    parity = _compare(expected, reloaded.program(inputs["input_ids"], inputs["attention_mask"]))
+    parity["quantized_layers"] = len(int8_weights(staging / ONNX_MODEL))
+    # the same int8 weights and scales in PyTorch's fbgemm layers, whose activations use [0, 127] instead of [0, 255]
+    against_torch = _compare(converted(inputs["input_ids"], inputs["attention_mask"]), expected)
+    parity["torch_int8"] = {k: against_torch[k] for k in ("max_abs_logit_diff", "top1_agreement")}
+    (staging / MANIFEST).write_text(json.dumps({**manifest, "parity": parity}, indent=1), encoding="utf-8")
+    return {k: parity[k] for k in ("max_abs_logit_diff", "top1_agreement", "samples", "quantized_layers")}
 
 
 def describe(result: ExportResult) -> str:

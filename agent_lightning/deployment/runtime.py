@@ -1,4 +1,5 @@
-"""Run an exported int8 agent: a TorchScript program, its tokenizer and its labels; no training code needed."""
+"""Run an exported int8 agent: an ONNX model (ONNX Runtime) or a TorchScript program, its tokenizer and its labels;
+no training code needed."""
 
 from __future__ import annotations
 
@@ -12,51 +13,67 @@ import torch
 from torch import Tensor
 from transformers import AutoTokenizer
 
+from agent_lightning.deployment.onnx_program import ONNX_MODEL, OnnxProgram
 from agent_lightning.validation import as_texts
 
-__all__ = ["MANIFEST", "PROGRAM", "ExportedAgent"]
+__all__ = ["MANIFEST", "PROGRAM", "ExportedAgent", "model_file"]
 
 PROGRAM = "model.pt"
 MANIFEST = "export.json"
 
 
-class ExportedAgent:
-    """An agent exported with ``agent-lightning export --format int8``, loaded for inference.
+def model_file(folder: str | os.PathLike) -> Path:
+    """The model file of an int8 export folder: ``model.onnx`` (``--format onnx``) or ``model.pt`` (``--format
+    int8``)."""
+    folder = Path(folder)
+    return folder / ONNX_MODEL if (folder / ONNX_MODEL).is_file() else folder / PROGRAM
 
-    The folder holds ``model.pt`` (a TorchScript program: the int8 model, ``(input_ids, attention_mask) -> logits``),
-    the tokenizer files, ``labels.json`` and ``export.json`` (format, ``max_length``, source checkpoint and the
-    parity measured when it was written). Loading needs only ``torch`` and a ``transformers`` tokenizer.
+
+class ExportedAgent:
+    """An agent exported with ``agent-lightning export --format onnx`` or ``--format int8``, loaded for inference.
+
+    The folder holds the int8 model, ``(input_ids, attention_mask) -> logits``: ``model.onnx`` (run by ONNX Runtime)
+    or ``model.pt`` (a TorchScript program), the tokenizer files, ``labels.json`` and ``export.json`` (format,
+    ``max_length``, source checkpoint and the parity measured when it was written). :attr:`program` runs either with
+    torch tensors in and out.
 
     Args:
         folder: the export folder.
+        threads: ONNX Runtime's intra-op threads (default: torch's thread count); TorchScript uses torch's.
 
     Raises:
-        FileNotFoundError: the folder lacks ``model.pt`` or ``export.json`` (not an int8 export).
+        FileNotFoundError: the folder lacks its model file, ``export.json`` or ``labels.json`` (not an int8 export).
 
     Example:
         >>> ExportedAgent(getfixture("tmp_path"))  # an export is made by agent_lightning.deployment.export_agent
         Traceback (most recent call last):
-        FileNotFoundError: '...' is not an int8 agent export (missing model.pt, export.json, labels.json). ...
+        FileNotFoundError: '...' is not an int8 agent export (missing model.onnx or model.pt, export.json, ...). ...
     """
 
-    def __init__(self, folder: str | os.PathLike) -> None:
+    def __init__(self, folder: str | os.PathLike, threads: int | None = None) -> None:
         self.folder = Path(folder)
-        missing = [name for name in (PROGRAM, MANIFEST, "labels.json") if not (self.folder / name).is_file()]
+        self.format = "onnx" if (self.folder / ONNX_MODEL).is_file() else "int8"
+        missing = [name for name in (MANIFEST, "labels.json") if not (self.folder / name).is_file()]
+        if not model_file(self.folder).is_file():
+            missing.insert(0, f"{ONNX_MODEL} or {PROGRAM}")
         if missing:
             raise FileNotFoundError(
                 f"{str(self.folder)!r} is not an int8 agent export (missing {', '.join(missing)}). Write one with "
-                "`agent-lightning export CKPT --format int8 --output FOLDER`; an HF export (--format hf) loads with "
+                "`agent-lightning export CKPT --format onnx --output FOLDER`; an HF export (--format hf) loads with "
                 "AutoModelForSequenceClassification.from_pretrained instead."
             )
         self.manifest = json.loads((self.folder / MANIFEST).read_text(encoding="utf-8"))
         self.labels: list[str] = json.loads((self.folder / "labels.json").read_text(encoding="utf-8"))
         self.max_length = int(self.manifest.get("max_length", 128))
         self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
-        # see agent_lightning.deployment.export: TorchScript is the format that keeps fbgemm's int8 weights
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"`torch\.jit\.load` is deprecated", category=DeprecationWarning)
-            self.program = torch.jit.load(str(self.folder / PROGRAM), map_location="cpu")
-        self.program.eval()
+        self.program: OnnxProgram | torch.jit.ScriptModule
+        if self.format == "onnx":
+            self.program = OnnxProgram(self.folder / ONNX_MODEL, threads)
+        else:  # see agent_lightning.deployment.export: TorchScript is the format that keeps fbgemm's int8 weights
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", r"`torch\.jit\.load` is deprecated", DeprecationWarning)
+                self.program = torch.jit.load(str(self.folder / PROGRAM), map_location="cpu")
+            self.program.eval()
 
     def encode(self, texts: Sequence[str]) -> dict[str, Tensor]:
         """Token ids and attention mask ``(B, L)`` of ``texts``, as the agent was trained to read them."""

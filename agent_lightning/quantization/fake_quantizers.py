@@ -72,12 +72,16 @@ def linear_weight(module: nn.Module) -> Tensor:
 
 
 class DynamicActivationFakeQuantizer(nn.Module):
-    """Fake-quantize a layer's input the way fbgemm's dynamic int8 linear quantizes it at inference.
+    """Fake-quantize a layer's input the way a dynamic int8 linear kernel quantizes it at inference.
 
-    The whole input tensor gets one asymmetric scale and zero point over ``[0, 127]`` (the kernel's
-    ``reduce_range``), chosen from the tensor's min and max by ``torch._choose_qparams_per_tensor`` — the routine
-    the kernel itself calls — and ``torch.fake_quantize_per_tensor_affine`` rounds the values (straight-through
+    The whole input tensor gets one asymmetric scale and zero point, chosen from the tensor's min and max (the range
+    always holds 0) by ``torch._choose_qparams_per_tensor`` — the routine fbgemm itself calls — over ``[0, 127]``
+    (fbgemm's ``reduce_range``), or over ``[0, 255]`` with ``full_range=True`` (ONNX Runtime's
+    ``DynamicQuantizeLinear``); ``torch.fake_quantize_per_tensor_affine`` rounds the values (straight-through
     gradient inside the range). No state: ``state_dict`` keys of the layer do not change.
+
+    Args:
+        full_range: quantize over ``[0, 255]`` instead of ``[0, 127]``.
 
     Shapes:
         input: ``(*, in_features)``, any float dtype; output: same shape and dtype.
@@ -89,17 +93,22 @@ class DynamicActivationFakeQuantizer(nn.Module):
         True
     """
 
-    quant_min, quant_max = 0, 127
+    quant_min = 0
 
-    def __init__(self) -> None:
+    def __init__(self, full_range: bool = False) -> None:
         super().__init__()
+        self.full_range = full_range
+        self.quant_max = 255 if full_range else 127
         self.scale: float | None = None  # of the last call, for logging
 
     def forward(self, x: Tensor) -> Tensor:
-        scale, zero_point = torch._choose_qparams_per_tensor(x.detach().float(), True)
+        scale, zero_point = torch._choose_qparams_per_tensor(x.detach().float(), not self.full_range)
         self.scale = scale
         quantized = torch.fake_quantize_per_tensor_affine(x.float(), scale, zero_point, self.quant_min, self.quant_max)
         return quantized.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"uint8 [0, {self.quant_max}] per tensor"
 
 
 def fake_quantized_modules(model: nn.Module) -> dict[str, FakeQuantizedLinear]:

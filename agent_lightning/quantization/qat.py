@@ -106,8 +106,9 @@ def prepare(
             continue
         # each layer gets its own (freezable) config object
         module.weight_fake_quantizer.config = dataclasses.replace(module.weight_fake_quantizer.config)
-        if recipe.backend == "fbgemm" and module.activation_fake_quantizer is None:
-            module.activation_fake_quantizer = DynamicActivationFakeQuantizer()
+        if recipe.backend != "torchao" and module.activation_fake_quantizer is None:  # fbgemm's or ONNX Runtime's
+            full_range = recipe.backend == "onnxruntime"
+            module.activation_fake_quantizer = DynamicActivationFakeQuantizer(full_range=full_range)
     return list(targets)
 
 

@@ -15,7 +15,7 @@ __all__ = ["Activations", "Kernel", "QuantizationRecipe", "Weights"]
 
 Weights = Literal["int8", "int4"]
 Activations = Literal["int8", "none"]
-Kernel = Literal["auto", "fbgemm", "torchao"]
+Kernel = Literal["auto", "fbgemm", "onnxruntime", "torchao"]
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,9 @@ class QuantizationRecipe:
             does) or ``"none"`` (weight-only).
         group_size: inputs per scale for ``weights="int4"``; must divide every targeted layer's input width.
         kernel: the int8 kernel the converted model runs, which the fake quantization matches: ``"fbgemm"``
-            (``torch.ao`` dynamic quantized linear, fast on x86 CPUs, CPU only; int8 weights and activations only),
+            (``torch.ao`` dynamic quantized linear, fast on x86 CPUs, CPU only; int8 weights and activations only;
+            activations over ``[0, 127]``), ``"onnxruntime"`` (the same int8 layers, activations over ``[0, 255]`` as
+            ONNX Runtime's ``DynamicQuantizeLinear`` quantizes them: the scheme of ``export --format onnx``),
             ``"torchao"`` (torchao quantized tensors, any device, every scheme) or ``"auto"`` (fbgemm where it
             applies, else torchao).
 
@@ -66,24 +68,24 @@ class QuantizationRecipe:
             raise ValueError(
                 f"group_size={size!r} must be a power of two >= 2 (inputs per int4 scale), e.g. group_size=32."
             )
-        if self.kernel not in ("auto", "fbgemm", "torchao"):
+        if self.kernel not in ("auto", "fbgemm", "onnxruntime", "torchao"):
             raise ValueError(
-                f"kernel={self.kernel!r} is not supported; use 'auto', 'fbgemm' (fast int8 on x86 CPUs) or 'torchao', "
-                "e.g. QuantizationRecipe(kernel='auto')."
+                f"kernel={self.kernel!r} is not supported; use 'auto', 'fbgemm' (fast int8 on x86 CPUs), "
+                "'onnxruntime' (ONNX Runtime's int8 scheme) or 'torchao', e.g. QuantizationRecipe(kernel='auto')."
             )
-        if self.kernel == "fbgemm" and (self.weights, self.activations) != ("int8", "int8"):
+        if self.kernel in ("fbgemm", "onnxruntime") and (self.weights, self.activations) != ("int8", "int8"):
             raise ValueError(
-                f"kernel='fbgemm' runs int8 weights with int8 activations only, not weights={self.weights!r}, "
+                f"kernel={self.kernel!r} runs int8 weights with int8 activations only, not weights={self.weights!r}, "
                 f"activations={self.activations!r}. Use QuantizationRecipe(weights={self.weights!r}, "
-                f"activations={self.activations!r}, kernel='torchao') or QuantizationRecipe(kernel='fbgemm')."
+                f"activations={self.activations!r}, kernel='torchao') or QuantizationRecipe(kernel={self.kernel!r})."
             )
 
     @property
-    def backend(self) -> Literal["fbgemm", "torchao"]:
+    def backend(self) -> Literal["fbgemm", "onnxruntime", "torchao"]:
         """The kernel ``"auto"`` resolves to: fbgemm for int8 weights and activations, torchao otherwise."""
         if self.kernel == "torchao" or (self.weights, self.activations) != ("int8", "int8"):
             return "torchao"
-        return "fbgemm"
+        return "onnxruntime" if self.kernel == "onnxruntime" else "fbgemm"
 
     def fake_quantize_configs(self) -> tuple[IntxFakeQuantizeConfig | None, IntxFakeQuantizeConfig]:
         """``(activation_config, weight_config)`` for torchao's ``QATConfig``."""
@@ -92,7 +94,7 @@ class QuantizationRecipe:
         else:
             weight = IntxFakeQuantizeConfig(torch.int4, group_size=self.group_size, is_symmetric=True)
         activation = None
-        if self.activations == "int8" and self.backend == "torchao":  # fbgemm: DynamicActivationFakeQuantizer
+        if self.activations == "int8" and self.backend == "torchao":  # else DynamicActivationFakeQuantizer
             activation = IntxFakeQuantizeConfig(torch.int8, granularity="per_token", is_symmetric=False)
         return activation, weight
 

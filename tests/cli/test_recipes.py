@@ -13,7 +13,8 @@ from agent_lightning.cli import main
 from agent_lightning.cli.recipes import run_recipe
 from agent_lightning.deployment.compare import RecipeSummary, compare_with_teacher
 from agent_lightning.deployment.measure import file_bytes, saved_bytes
-from agent_lightning.deployment.runtime import PROGRAM, ExportedAgent
+from agent_lightning.deployment.onnx_program import ONNX_MODEL
+from agent_lightning.deployment.runtime import ExportedAgent
 from tests.conftest import REPO
 
 
@@ -45,9 +46,11 @@ def test_compress_trains_teacher_then_student_exports_and_measures(tmp_path, tin
     teacher_ckpt = callbacks["Distillation"]["teacher"]
     assert Path(teacher_ckpt).parent == teacher_run / "checkpoints" and "val_acc" in Path(teacher_ckpt).name
     assert callbacks["Pruning"]["sparsity"] == 0.5 and callbacks["QuantizationAwareTraining"]["start"] == 0.8
-    # the export is the int8, compacted one-block student
-    export = student_run / "export-int8"
+    # the export is the int8, compacted one-block student, for ONNX Runtime (QAT trained with its activation scheme)
+    assert callbacks["QuantizationAwareTraining"]["kernel"] == "onnxruntime"
+    export = student_run / "export-onnx"
     exported = ExportedAgent(export)
+    assert exported.format == "onnx"
     assert exported.manifest["parity"]["quantized_layers"] == 6 and exported.manifest["parity"]["top1_agreement"] == 1
     assert exported.manifest["embeddings"]["kept_tokens"] < 200
     # the summary's numbers are the measured ones
@@ -60,18 +63,24 @@ def test_compress_trains_teacher_then_student_exports_and_measures(tmp_path, tin
     assert summary.student_acc == sum(p == y for p, y in zip(predicted, labels)) / 20
     teacher = Agent.load_from_checkpoint(teacher_ckpt)
     assert summary.teacher_acc == sum(a == y for (a, _), y in zip(teacher.act(texts), labels)) / 20
-    assert (summary.student_bytes, summary.student_zipped) == file_bytes(export / PROGRAM)
+    assert (summary.student_bytes, summary.student_zipped) == file_bytes(export / ONNX_MODEL)
     assert (summary.teacher_bytes, summary.teacher_zipped) == saved_bytes(teacher.model)
     assert summary.student_zipped * 10 < summary.teacher_zipped
-    assert set(summary.latency_ms) == {"teacher_b1", "student_b1", "teacher_b32", "student_b32"}
+    models = ("teacher", "student", "ort_fp32", "ort_int8")
+    assert set(summary.latency_ms) == {f"{m}_b{b}" for m in models for b in (1, 32)}
     assert all(ms > 0 for ms in summary.latency_ms.values())
-    assert "| bytes zipped |" in (student_run / "summary.md").read_text()
+    # the teacher's ONNX Runtime peers: fp32 answers as the teacher does; quantize_dynamic's int8 file is smaller
+    assert summary.peers["ort_fp32"]["acc"] == summary.teacher_acc
+    assert summary.peers["ort_int8"]["zipped"] * 2 < summary.peers["ort_fp32"]["zipped"]
+    table = (student_run / "summary.md").read_text()
+    assert "| int8 teacher, ONNX Runtime `quantize_dynamic` (no training) |" in table
+    assert "x vs the ONNX Runtime int8 teacher" in table
     # abstention: the threshold chosen on validation for precision 0.95, measured on test
     a = summary.abstention
     kept = [(p, y) for (p, c), y in zip(exported.act(texts), labels) if c >= a["threshold"]]
     assert a["target_precision"] == 0.95 and a["coverage"] == len(kept) / 20
     assert a["precision"] == (sum(p == y for p, y in kept) / len(kept) if kept else None)
-    assert "| abstention: answers kept at confidence >=" in (student_run / "summary.md").read_text()
+    assert "Abstention: the student answers when its confidence is at least" in table
 
 
 def test_compress_with_a_given_teacher_skips_stage_one(tmp_path, tiny_bert, tiny_data_dir, capsys):
@@ -81,8 +90,8 @@ def test_compress_with_a_given_teacher_skips_stage_one(tmp_path, tiny_bert, tiny
     main(["compress", *common, "--teacher", str(teacher_ckpt), "--student-layers", "0", "--qat", "none"])
     assert not (tmp_path / "runs" / "teacher").exists()
     printed = capsys.readouterr().out
-    assert "Stage 1" not in printed and "Stage 4" in printed and "| bytes zipped |" in printed
-    exported = ExportedAgent(tmp_path / "runs" / "student" / "version_0" / "export-int8")
+    assert "Stage 1" not in printed and "Stage 4" in printed and "| fp32 teacher, ONNX Runtime |" in printed
+    exported = ExportedAgent(tmp_path / "runs" / "student" / "version_0" / "export-onnx")
     assert exported.manifest["quantization"].startswith("post-training")  # no QAT: quantized after training
 
 

@@ -1,4 +1,5 @@
-"""Export: int8 TorchScript program and HF folder, each verified by reloading; refusals leave nothing behind."""
+"""Export: int8 TorchScript program and HF folder, each verified by reloading; refusals leave nothing behind (the ONNX
+export: test_onnx_export.py)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def agent_checkpoint(tmp_path, tiny_bert):
 
 
 def test_int8_export_reloads_acts_and_matches_the_converted_model(tmp_path, agent_checkpoint):
-    result = export_agent(agent_checkpoint, tmp_path / "int8")
+    result = export_agent(agent_checkpoint, tmp_path / "int8", "int8")
     assert result.format == "int8" and result.top1_agreement == 1.0 and result.max_abs_logit_diff < 1e-5
     assert result.quantized_layers == 12 and result.samples == 16
     exported = ExportedAgent(tmp_path / "int8")
@@ -59,7 +60,7 @@ def test_int8_export_of_a_qat_checkpoint_uses_its_trained_ranges(tmp_path, agent
     trainer.fit(agent, datamodule=dm)
     checkpoint = tmp_path / "qat.ckpt"
     trainer.save_checkpoint(checkpoint)  # with the callback's state: started, frozen ranges
-    export_agent(checkpoint, tmp_path / "int8")
+    export_agent(checkpoint, tmp_path / "int8", "int8")
     exported = ExportedAgent(tmp_path / "int8")
     assert exported.manifest["quantization"] == "QAT ranges from the checkpoint"
     reference = Agent.load_from_checkpoint(checkpoint).eval()
@@ -86,8 +87,8 @@ def test_refusals_leave_nothing_behind(tmp_path, agent_checkpoint, monkeypatch):
     with pytest.raises(FileExistsError, match=r"output='.*taken' exists and is not empty.*--overwrite"):
         export_agent(agent_checkpoint, tmp_path / "taken")
     assert [p.name for p in (tmp_path / "taken").iterdir()] == ["keep.txt"]
-    with pytest.raises(ValueError, match=r"format='onnx' is not supported; use 'int8'"):
-        export_agent(agent_checkpoint, tmp_path / "x", format="onnx")
+    with pytest.raises(ValueError, match=r"format='tflite' is not supported; use 'onnx' .*, 'int8' .* or 'hf'"):
+        export_agent(agent_checkpoint, tmp_path / "x", format="tflite")
     boring = _save(BoringModel(), tmp_path / "boring.ckpt")
     with pytest.raises(ValueError, match=r"is not an agent_lightning Agent checkpoint"):
         export_agent(boring, tmp_path / "x")
@@ -103,17 +104,17 @@ def test_refusals_leave_nothing_behind(tmp_path, agent_checkpoint, monkeypatch):
 
     monkeypatch.setattr(torch.jit, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        export_agent(agent_checkpoint, tmp_path / "half")
+        export_agent(agent_checkpoint, tmp_path / "half", "int8")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["agent.ckpt", "boring.ckpt", "taken", "truncated.ckpt"]
 
 
 def test_export_from_the_command_line(tmp_path, agent_checkpoint, capsys):
     main(["export", str(agent_checkpoint), "--output", str(tmp_path / "out")])
     printed = capsys.readouterr().out
-    assert "exported int8" in printed and "top-1 agreement 1.000" in printed
-    assert len(ExportedAgent(tmp_path / "out").act(["hello"])) == 1
+    assert "exported onnx" in printed and "top-1 agreement 1.000" in printed  # the default format
+    assert ExportedAgent(tmp_path / "out").format == "onnx" and len(ExportedAgent(tmp_path / "out").act(["hi"])) == 1
     with pytest.raises(FileExistsError):
         main(["export", str(agent_checkpoint), "--output", str(tmp_path / "out")])
     main(["export", str(agent_checkpoint), "--output", str(tmp_path / "out"), "--overwrite", "--format", "hf"])
-    assert (tmp_path / "out" / "config.json").exists() and not (tmp_path / "out" / "model.pt").exists()
+    assert (tmp_path / "out" / "config.json").exists() and not (tmp_path / "out" / "model.onnx").exists()
     assert not converted_modules(AutoModelForSequenceClassification.from_pretrained(tmp_path / "out"))

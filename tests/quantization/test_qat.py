@@ -11,6 +11,7 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 from torchao.quantization import Int8Tensor, IntxUnpackedToInt8Tensor
 from torchao.quantization.qat import FakeQuantizedLinear
 
+from agent_lightning.deployment.onnx_program import _dynamic_quantize
 from agent_lightning.quantization import (
     DynamicActivationFakeQuantizer,
     QuantizationRecipe,
@@ -182,6 +183,23 @@ def test_only_linear_layers(model):
     assert "layers.0.0" not in prepared and prepared
     assert isinstance(model.get_submodule(prepared[0]), FakeQuantizedLinear)
     assert type(model.layers[0][0]) is NonDynamicallyQuantizableLinear
+
+
+def test_onnxruntime_kernel_fake_quantizes_activations_as_dynamic_quantize_linear():
+    """kernel='onnxruntime': 8-bit activations over [0, 255], as the ONNX export's DynamicQuantizeLinear computes."""
+    torch.manual_seed(1)
+    x = torch.randn(3, 9, 32) * 4 + 1
+    model = nn.Sequential(nn.Linear(32, 16))
+    prepare(model, QuantizationRecipe(kernel="onnxruntime"), include=["0"])
+    quantizer = model[0].activation_fake_quantizer
+    assert quantizer.full_range and quantizer.quant_max == 255
+    simulated = quantizer(x)
+    assert quantizer.scale == pytest.approx(float(x.max() - min(float(x.min()), 0.0)) / 255, rel=1e-6)
+    assert 128 < ((simulated - simulated.min()) / quantizer.scale).round().unique().numel() <= 256
+    quantized, scale, zero_point = _dynamic_quantize(x)
+    torch.testing.assert_close(simulated, (quantized - zero_point) * scale, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match=r"kernel='onnxruntime' runs int8 weights with int8 activations only"):
+        QuantizationRecipe(weights="int4", kernel="onnxruntime")
 
 
 def test_fbgemm_activation_fake_quantizer_matches_the_kernel():

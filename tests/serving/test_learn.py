@@ -90,4 +90,4 @@ def test_learn_then_compress_distils_the_learned_teacher_on_the_served_texts(tin
     assert student["data"]["train_file"] == str(output / "data" / "train.csv")
     assert student["data"]["unlabeled_file"] == str(output / "data" / "unlabeled.csv")
     assert (output / "compress" / "student" / "version_0" / "summary.md").is_file()
-    assert (output / "compress" / "student" / "version_0" / "export-int8" / "model.pt").is_file()
+    assert (output / "compress" / "student" / "version_0" / "export-onnx" / "model.onnx").is_file()

@@ -1,0 +1,135 @@
+"""The compressed agent against what a practitioner runs without training: the fp32 teacher under ONNX Runtime and
+ONNX Runtime's ``quantize_dynamic`` int8 of it, beside eager PyTorch; our student both as the ONNX export (the
+default) and as the TorchScript export, to pick the default format by measurement.
+
+Runs ``agent-lightning compress`` on a config (the teacher, then the student: blocks 0,2,4, distilled, 50 % sparse,
+int8 QAT with ONNX Runtime's activation scheme, int8 task vocabulary), exports the same student checkpoint as
+TorchScript too, then times every model round-robin in one loop on the test requests (tokenization excluded for
+all, ``torch.get_num_threads()`` threads for all, ONNX Runtime thread spinning off).
+
+    python -m benchmarks.pipeline.versus_onnxruntime                                   # built-in data (make demo)
+    python -m benchmarks.pipeline.versus_onnxruntime --config configs/banking77.yaml --name banking77 \\
+        --teacher-epochs 3 --student-epochs 3
+
+Writes benchmarks/pipeline/results/versus_onnxruntime_NAME.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from agent_lightning import Agent, TextClassificationDataModule  # noqa: E402
+from agent_lightning.cli.recipes import run_recipe  # noqa: E402
+from agent_lightning.deployment import ExportedAgent, ModelInputs, compare_latency, export_agent, file_bytes  # noqa: E402
+from agent_lightning.deployment.export import LogitsProgram  # noqa: E402
+from agent_lightning.deployment.peers import PEERS, onnx_runtime_peers  # noqa: E402
+from agent_lightning.deployment.runtime import model_file  # noqa: E402
+from agent_lightning.evaluation import action_accuracy  # noqa: E402
+from benchmarks.common import command_line, write_results  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(REPO / "configs" / "default.yaml"))
+    parser.add_argument("--name", default="builtin", help="results file suffix")
+    parser.add_argument("--teacher", help="a fine-tuned teacher checkpoint (skips the recipe's stage 1)")
+    parser.add_argument("--teacher-epochs", type=int, help="stage 1 epochs (default: the config's)")
+    parser.add_argument("--student-epochs", type=int, help="stage 2 epochs (default: the config's)")
+    parser.add_argument("--rounds", type=int, default=30, help="timed rounds per batch size")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="versus-ort-"))
+    recipe = ["-c", args.config, f"--trainer.default_root_dir={work}", "--output", str(work / "export-onnx")]
+    recipe += ["--teacher", args.teacher] if args.teacher else []
+    recipe += [f"--trainer.max_epochs={args.teacher_epochs}"] if args.teacher_epochs else []
+    recipe += ["--student-epochs", str(args.student_epochs)] if args.student_epochs else []
+    summary = run_recipe(recipe)
+    student_run = work / "student" / "version_0"
+    teacher_ckpt = args.teacher or next((work / "teacher" / "version_0" / "checkpoints").glob("epoch*.ckpt"))
+    teacher = Agent.load_from_checkpoint(teacher_ckpt, map_location="cpu").eval()
+    export_agent(student_run / "checkpoints" / "last.ckpt", work / "export-int8", "int8")
+    students = {"onnx": ExportedAgent(work / "export-onnx"), "torchscript": ExportedAgent(work / "export-int8")}
+    split = summary.split
+    data = _split(student_run, split)
+    peers = onnx_runtime_peers(teacher.model, teacher.tokenizer, work)
+    programs = {"eager": LogitsProgram(teacher.model).eval(), **peers}
+    programs.update({f"student_{kind}": student.program for kind, student in students.items()})
+    latency: dict[str, dict[int, float]] = {name: {} for name in programs}
+    for batch in (1, 32):
+        encoded = students["onnx"].encode([data[0][i % len(data[0])] for i in range(batch)])
+        inputs = ModelInputs((encoded["input_ids"], encoded["attention_mask"]))
+        for name, seconds in compare_latency(programs, inputs, args.rounds, 3).items():
+            latency[name][batch] = 1000 * seconds
+    rows = {
+        "fp32 teacher, PyTorch eager": {
+            "acc": summary.teacher_acc,
+            "zipped": summary.teacher_zipped,
+            "latency": latency["eager"],
+        },
+        **{
+            PEERS[key]: {"acc": summary.peers[key]["acc"], "zipped": summary.peers[key]["zipped"], "latency": ms}
+            for key, ms in ((key, latency[key]) for key in peers)
+        },
+        **{
+            f"our student, {kind} export": {
+                "acc": action_accuracy(student, *data),
+                "zipped": file_bytes(model_file(student.folder))[1],
+                "latency": latency[f"student_{kind}"],
+            }
+            for kind, student in students.items()
+        },
+    }
+    base, peer = rows["fp32 teacher, PyTorch eager"], rows[PEERS["ort_int8"]]
+    lines = [
+        f"# The compressed agent vs ONNX Runtime ({args.name})",
+        "",
+        f"Command: `{command_line()}`. {summary.split} split, {summary.examples} requests; "
+        f"{torch.get_num_threads()} threads for every model, ONNX Runtime thread spinning off, tokenization excluded "
+        f"for all, median of {args.rounds} round-robin rounds on the first test requests (padded to the longest). "
+        "The student: teacher blocks 0, 2, 4, distilled, 50 % unstructured sparsity, int8 QAT (ONNX Runtime's "
+        "activation scheme), int8 task vocabulary; one checkpoint, exported twice.",
+        "",
+        "| model | test accuracy | zipped | batch 1 | batch 32 | ORT int8 zipped / this | ORT int8 batch 1 / this | "
+        "ORT int8 batch 32 / this |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in rows.items():
+        ratios = [f"{base['latency'][b] / row['latency'][b]:.2f}x ({row['latency'][b]:.1f} ms)" for b in (1, 32)]
+        versus = [f"{peer['zipped'] / row['zipped']:.2f}x"]
+        versus += [f"{peer['latency'][b] / row['latency'][b]:.2f}x" for b in (1, 32)]
+        lines.append(
+            f"| {name} | {100 * row['acc']:.2f} % ({100 * (row['acc'] - base['acc']):+.2f} pt) | "
+            f"{row['zipped'] / 1e6:.2f} MB | {' | '.join(ratios)} | {' | '.join(versus)} |"
+        )
+    lines += [
+        "",
+        "Batch columns: speed-up over the eager fp32 teacher (median milliseconds per forward). Targets (issue 17): "
+        "student at least 2x faster than the ONNX Runtime int8 teacher at batch 1 and 32, at least 3x fewer zipped "
+        "bytes, test accuracy within 1.0 pt of the fp32 teacher.",
+        "",
+        "The recipe's own summary (its timing loop):",
+        "",
+        *summary.markdown(),
+    ]
+    write_results(RESULTS / f"versus_onnxruntime_{args.name}", lines, {"command": command_line(), "rows": rows})
+
+
+def _split(run: Path, split: str) -> tuple[list[str], list[str]]:
+    """The texts and labels of ``split`` as the student's datamodule read them (its saved config)."""
+    dm = TextClassificationDataModule(**yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["data"])
+    return dm.splits[split].texts, dm.splits[split].labels
+
+
+if __name__ == "__main__":
+    main()

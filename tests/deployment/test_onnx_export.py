@@ -1,0 +1,126 @@
+"""The ONNX export: a pruned, QAT-trained, vocabulary-compacted agent runs in ONNX Runtime with the int8 weights and
+scales QAT trained, and answers like the converted PyTorch model."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+from lightning.pytorch import seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from agent_lightning import Agent, TextClassificationDataModule
+from agent_lightning.callbacks import EmbeddingCompression, Pruning, QuantizationAwareTraining, prepare_from_checkpoint
+from agent_lightning.deployment.export import LogitsProgram, export_agent
+from agent_lightning.deployment.onnx_program import ONNX_MODEL, OnnxInt8Linear, int8_weights, onnx_ready
+from agent_lightning.deployment.runtime import ExportedAgent
+from agent_lightning.quantization import convert, fake_quantized_modules
+from agent_lightning.quantization.fake_quantizers import linear_weight
+from tests.conftest import quiet_trainer
+
+TEXTS = ["remind me to buy milk", "play some jazz in the kitchen please", "what's the weather", "call mom now"]
+
+
+@pytest.fixture(scope="module")
+def compressed(tmp_path_factory, tiny_bert, shared_tiny_data_dir):
+    """A tiny agent trained with 50 % pruning, QAT with ONNX Runtime's activation scheme (frozen ranges) and the
+    compacted int8 vocabulary: its last checkpoint, as the recipe exports it (before fit end converts the model)."""
+    folder = tmp_path_factory.mktemp("onnx-export")
+    seed_everything(0)
+    dm = TextClassificationDataModule(dataset=str(shared_tiny_data_dir), tokenizer=tiny_bert, batch_size=4)
+    agent = Agent(model=tiny_bert, labels=dm.label_names, learning_rate=1e-3)
+    callbacks = [
+        Pruning(sparsity=0.5, start=0, end=4, frequency=2),
+        QuantizationAwareTraining(start=4, freeze=6, kernel="onnxruntime"),
+        EmbeddingCompression(),
+        ModelCheckpoint(dirpath=folder, filename="last", monitor=None),
+    ]
+    quiet_trainer(folder, callbacks, max_steps=8, limit_val_batches=1, enable_checkpointing=True).fit(agent, dm)
+    return folder / "last.ckpt"
+
+
+def _reference(checkpoint):
+    """The agent as the checkpoint's QAT run converts it: its trained ranges, then int8 layers."""
+    agent = Agent.load_from_checkpoint(checkpoint).eval()
+    prepare_from_checkpoint(agent, checkpoint)
+    return agent
+
+
+def test_onnx_export_runs_in_onnx_runtime_like_the_converted_model(tmp_path, compressed):
+    result = export_agent(compressed, tmp_path / "onnx", "onnx")
+    assert result.format == "onnx" and result.top1_agreement == 1.0 and result.max_abs_logit_diff < 1e-4
+    exported = ExportedAgent(tmp_path / "onnx")
+    assert exported.format == "onnx" and exported.manifest["quantization"] == "QAT ranges from the checkpoint"
+    agent = _reference(compressed)
+    convert(agent)
+    encoded = exported.encode(TEXTS)
+    with torch.inference_mode():
+        graph_twin = LogitsProgram(onnx_ready(agent.model, agent.hparams.max_length))(**encoded)
+        fbgemm = agent(**encoded).logits
+    logits = exported.logits(TEXTS)
+    # ONNX Runtime computes what its PyTorch twin computes (float accumulation order aside) ...
+    torch.testing.assert_close(logits, graph_twin, rtol=0, atol=1e-4)
+    # ... and the fbgemm layers, with the same int8 weights but activations over [0, 127], differ by their rounding
+    assert (logits - fbgemm).abs().max() < 0.05 * fbgemm.abs().max()
+    assert [a for a, _ in exported.act(TEXTS)] == [agent.labels[i] for i in graph_twin.argmax(-1).tolist()]
+    assert exported.manifest["parity"]["torch_int8"]["top1_agreement"] == 1.0
+
+
+def test_onnx_int8_weights_are_the_qat_trained_ones(tmp_path, compressed):
+    export_agent(compressed, tmp_path / "onnx", "onnx")
+    agent = _reference(compressed)
+    trained = fake_quantized_modules(agent.model)
+    graph = int8_weights(tmp_path / "onnx" / ONNX_MODEL)
+    assert set(graph) == {f"model.{name}" for name in trained} and len(graph) == 12
+    for name, module in trained.items():
+        weight, scale = graph[f"model.{name}"]
+        frozen = module.weight_fake_quantizer.scale.reshape(-1)
+        torch.testing.assert_close(scale, frozen.float(), rtol=0, atol=0)  # the frozen QAT scales, read back
+        expected = torch.clamp(torch.round(linear_weight(module).detach() / frozen[:, None]), -128, 127)
+        assert torch.equal(weight.to(torch.int64), expected.to(torch.int64))
+        assert weight.shape == (module.out_features, module.in_features)
+        assert float((weight == 0).float().mean()) >= 0.5  # the pruned zeros stay zeros
+    model = onnx.load(str(tmp_path / "onnx" / ONNX_MODEL))
+    ops = {node.op_type for node in model.graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops
+    # the compacted vocabulary is in the graph: int8 rows of the kept tokens only
+    rows = next(t for t in model.graph.initializer if t.name.endswith("word_embeddings.weight"))
+    kept = ExportedAgent(tmp_path / "onnx").manifest["embeddings"]["kept_tokens"]
+    assert rows.data_type == onnx.TensorProto.INT8 and tuple(rows.dims)[0] == kept < 200
+
+
+def test_onnx_int8_linear_computes_dynamic_quantize_linear_arithmetic():
+    weight = torch.tensor([[1, -2, 3], [127, 0, -127]], dtype=torch.int8)
+    layer = OnnxInt8Linear(weight, torch.tensor([0.5, 0.01]), torch.tensor([1.0, 0.0]))
+    x = torch.tensor([[0.3, -1.2, 2.0]])
+    scale = (2.0 - -1.2) / 255  # the range holds 0; uint8 over [0, 255]
+    zero_point = round(1.2 / scale)
+    quantized = torch.clamp(torch.round(x / scale) + zero_point, 0, 255) - zero_point
+    expected = (quantized * scale) @ (weight.float() * torch.tensor([[0.5], [0.01]])).t() + torch.tensor([1.0, 0.0])
+    torch.testing.assert_close(layer(x), expected, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"weight must be a 2-D int8 tensor, got torch.float32"):
+        OnnxInt8Linear(weight.float(), torch.ones(2))
+
+
+def test_onnx_export_refuses_a_taken_folder_and_a_failure_leaves_nothing(tmp_path, compressed, monkeypatch):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError, match=r"output='.*taken' exists and is not empty.*--overwrite"):
+        export_agent(compressed, tmp_path / "taken", "onnx")
+    assert [p.name for p in (tmp_path / "taken").iterdir()] == ["keep.txt"]
+
+    def broken_export(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch.onnx, "export", broken_export)
+    with pytest.raises(OSError, match="disk full"):
+        export_agent(compressed, tmp_path / "half", "onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def test_an_int4_model_is_refused_with_the_format_that_carries_it(tmp_path, agent_and_data):
+    agent, dm = agent_and_data
+    qat = QuantizationAwareTraining(weights="int4", activations="none", group_size=16, start=0)
+    quiet_trainer(tmp_path, [qat], max_steps=2, limit_val_batches=0).fit(agent, datamodule=dm)
+    with pytest.raises(ValueError, match=r"the ONNX export carries int8 per-channel layers.*--format int8"):
+        onnx_ready(agent.model)
