@@ -11,6 +11,7 @@ import pytest
 
 from agent_lightning.cli import main
 from agent_lightning.cli.export import export_parser
+from agent_lightning.cli.learn import learn_parser
 from agent_lightning.cli.recipes import compress_parser
 from agent_lightning.cli.serve import serve_parser
 from tests.conftest import REPO
@@ -85,6 +86,10 @@ def test_every_readme_command_parses(args, capsys, monkeypatch):
     if name == "serve":
         options = serve_parser().parse_args(rest)  # the export itself is what a user's run writes
         assert options.model and options.port
+        return
+    if name == "learn":
+        options, recipe = learn_parser().parse_known_args(rest)  # the store is what a served run writes
+        assert options.feedback and options.ckpt and options.output and (options.compress or not recipe)
         return
     if name == "compress":
         _, rest = compress_parser().parse_known_args(rest)

@@ -239,7 +239,12 @@ class Pruning(CompressionCallback):
             "initial": dict(self._initial),
             "rewound": self._rewound,
             "schedule": self.schedule.state_dict(),
-            "config": {"method": self.method, "sparsity": self.sparsity, "head_sparsity": self.head_sparsity},
+            "config": {
+                "method": self.method,
+                "sparsity": self.sparsity,
+                "head_sparsity": self.head_sparsity,
+                "physically_remove": self.physically_remove,
+            },
         }
 
     @override

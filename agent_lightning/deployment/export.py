@@ -45,8 +45,8 @@ from agent_lightning.agent import Agent
 from agent_lightning.deployment.onnx_program import ONNX_MODEL, ONNX_OPSET, int8_weights, onnx_ready, write_onnx
 from agent_lightning.deployment.runtime import MANIFEST, PROGRAM, ExportedAgent
 from agent_lightning.io import atomic_directory, check_writable_directory
-from agent_lightning.pruning.removal import load_pretrained_pruned
-from agent_lightning.quantization.checkpoint import compact_from_checkpoint, prepare_from_checkpoint
+from agent_lightning.pruning.removal import load_pretrained_pruned, remove_structure
+from agent_lightning.quantization.checkpoint import callback_state, compact_from_checkpoint, prepare_from_checkpoint
 from agent_lightning.quantization.convert import convert, converted_modules
 from agent_lightning.quiet import messages_dropped
 
@@ -241,20 +241,36 @@ def trace(program: LogitsProgram, inputs: dict[str, Tensor]) -> torch.jit.Script
             return torch.jit.trace(program, (inputs["input_ids"][:2], inputs["attention_mask"][:2]), check_trace=False)
 
 
+def _remove_structure(agent: Agent, raw: dict) -> dict[str, dict[str, int]] | None:
+    """Cut out the heads and neurons a structured ``Pruning`` run recorded (it removes them at fit end, after the
+    last checkpoint was written); ``None`` when there is nothing to remove."""
+    state = callback_state(raw, "Pruning")
+    config = (state or {}).get("config", {})
+    if config.get("method") != "structured" or not config.get("physically_remove", True):
+        return None
+    if not (state["kept_neurons"] or state["kept_heads"]):
+        return None
+    return remove_structure(agent, state["kept_neurons"], state["kept_heads"])
+
+
 def _quantize(agent: Agent, raw: dict) -> dict:
-    """Compact the embeddings and convert the linears as the checkpoint's run recorded; the manifest entries that
-    say how."""
+    """Compact the embeddings, remove pruned heads and neurons and convert the linears as the checkpoint's run
+    recorded; the manifest entries that say how."""
     compact = compact_from_checkpoint(agent, raw)
+    structure = None
     if not converted_modules(agent):
         try:
             prepare_from_checkpoint(agent, raw)  # the QAT run's trained ranges
             how = "QAT ranges from the checkpoint"
         except ValueError:
             how = "post-training quantization (no QAT state in the checkpoint)"
+        structure = _remove_structure(agent, raw)  # fake-quantized layers keep their ranges, the kept rows' scales
         convert(agent)
     else:
         how = "already converted"
     entries: dict = {"quantization": how, "max_length": agent.hparams.max_length}
+    if structure:
+        entries["structure"] = structure
     if compact is not None:
         entries["embeddings"] = {"kept_tokens": compact.kept_tokens, "vocab_size": compact.num_embeddings}
     return entries

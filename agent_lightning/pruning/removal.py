@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 from torch import nn
+from torchao.quantization.qat import FakeQuantizedLinear
 from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig
 from transformers.pytorch_utils import prune_linear_layer
 
@@ -33,6 +34,23 @@ STRUCTURE_KEY = "agent_lightning_structure"
 def _set(root: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
+
+
+def _pruned_layer(module: nn.Module, index: torch.Tensor, dim: int) -> nn.Module:
+    """``prune_linear_layer``, keeping a fake-quantized layer (QAT) fake-quantized with its own quantizers: the kept
+    output channels (``dim=0``) keep their weight scales, so the ranges QAT froze stay the ones it converts with."""
+    pruned = prune_linear_layer(module, index, dim=dim)
+    if not isinstance(module, FakeQuantizedLinear):
+        return pruned
+    module.weight, module.bias = pruned.weight, pruned.bias
+    module.in_features, module.out_features = pruned.in_features, pruned.out_features
+    quantizer = module.weight_fake_quantizer
+    if dim == 0:
+        for name in ("scale", "zero_point"):
+            value = getattr(quantizer, name, None)
+            if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] > index.numel():  # per channel
+                setattr(quantizer, name, value[index.to(value.device)])
+    return module
 
 
 def _head_rows(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -61,15 +79,15 @@ def remove_structure(
         if index in kept_neurons and block.ffn_out is not None:
             keep = kept_neurons[index].to(torch.long)
             for name in block.ffn_in:
-                _set(model, name, prune_linear_layer(model.get_submodule(name), keep.to(_device(model, name)), dim=0))
-            _set(model, block.ffn_out, prune_linear_layer(model.get_submodule(block.ffn_out), keep, dim=1))
+                _set(model, name, _pruned_layer(model.get_submodule(name), keep.to(_device(model, name)), dim=0))
+            _set(model, block.ffn_out, _pruned_layer(model.get_submodule(block.ffn_out), keep, dim=1))
             entry["intermediate_size"] = int(keep.numel())
         if index in kept_heads and block.attention_out is not None:
             keep = kept_heads[index].to(torch.long)
             rows = _head_rows(keep, block.head_dim)
             for name in block.attention_in:
-                _set(model, name, prune_linear_layer(model.get_submodule(name), rows, dim=0))
-            _set(model, block.attention_out, prune_linear_layer(model.get_submodule(block.attention_out), rows, dim=1))
+                _set(model, name, _pruned_layer(model.get_submodule(name), rows, dim=0))
+            _set(model, block.attention_out, _pruned_layer(model.get_submodule(block.attention_out), rows, dim=1))
             _set_head_count(model.get_submodule(block.attention_module), int(keep.numel()), block.head_dim)
             entry["heads"] = int(keep.numel())
         if entry:

@@ -155,7 +155,7 @@ def main() -> None:
                 shipped[name] = LogitsProgram(student.model).eval()
             else:
                 export = Path(folder) / "export-int8"
-                parity = export_agent(checkpoints / "last.ckpt", export)
+                parity = export_agent(checkpoints / "last.ckpt", export, "int8")  # as results/ measured it
                 program = ExportedAgent(export)
                 size, zipped = file_bytes(export / PROGRAM)
                 params, nonzero = parameter_counts(student.model)

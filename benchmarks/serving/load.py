@@ -125,7 +125,7 @@ def main() -> None:
         trainer.fit(agent, datamodule=dm)
         checkpoint = work / "agent.ckpt"
         trainer.save_checkpoint(checkpoint)
-    export_agent(checkpoint, work / "int8")
+    export_agent(checkpoint, work / "int8", "int8")  # the format results/load.md measured
     texts = dm.splits["test"].texts
     rows = []
     for name, model in (("int8 export", work / "int8"), ("fp32 checkpoint", checkpoint)):

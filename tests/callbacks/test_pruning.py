@@ -8,8 +8,9 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 from torch import nn
 
 from agent_lightning import Agent, TextClassificationDataModule
-from agent_lightning.callbacks import Pruning, RandomState
+from agent_lightning.callbacks import Pruning, QuantizationAwareTraining, RandomState
 from agent_lightning.pruning.removal import load_pretrained_pruned
+from agent_lightning.quantization import converted_modules, fake_quantized_modules
 from agent_lightning.targets import select_modules
 from tests.conftest import StopAt, quiet_trainer
 
@@ -249,3 +250,27 @@ def test_patterns_must_be_lists_of_strings():
         Pruning(include="*.dense")
     with pytest.raises(TypeError, match=r"exclude=\[3\] must be a list of glob patterns"):
         Pruning(exclude=[3])
+
+
+class _FrozenScales(Callback):
+    """The QAT weight scales of every fake-quantized layer, as training ends (before removal and conversion)."""
+
+    def __init__(self) -> None:
+        self.scales: dict[str, torch.Tensor] = {}
+
+    def on_train_end(self, trainer, pl_module):
+        for name, module in fake_quantized_modules(pl_module).items():
+            self.scales[name] = module.weight_fake_quantizer.scale.detach().reshape(-1).clone()
+
+
+def test_removing_heads_and_neurons_keeps_the_qat_ranges_for_conversion(tmp_path, agent_and_data):
+    agent, dm = agent_and_data
+    frozen = _FrozenScales()  # runs first: Pruning's on_train_end removes the units, QAT converts at fit end
+    pruning = Pruning(method="structured", sparsity=0.5, head_sparsity=0.5, start=0, end=4, frequency=2)
+    qat = QuantizationAwareTraining(start=4, freeze=6)
+    quiet_trainer(tmp_path, [frozen, pruning, qat], max_steps=8, limit_val_batches=1).fit(agent, datamodule=dm)
+    converted = converted_modules(agent)
+    assert len(converted) == 12 and agent.model.config.intermediate_size == 32
+    for name, module in converted.items():
+        kept = frozen.scales[name][frozen.scales[name] > 1e-30]  # the rows of removed units had all-zero weights
+        torch.testing.assert_close(module.weight().q_per_channel_scales().float(), kept.float(), rtol=1e-6, atol=0)

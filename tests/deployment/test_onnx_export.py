@@ -1,5 +1,5 @@
-"""The ONNX export: a pruned, QAT-trained, vocabulary-compacted agent runs in ONNX Runtime with the int8 weights and
-scales QAT trained, and answers like the converted PyTorch model."""
+"""The ONNX export: a pruned (heads and neurons cut out), QAT-trained, vocabulary-compacted agent runs in ONNX Runtime
+with the int8 weights and scales QAT trained, and answers like the converted PyTorch model."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from agent_lightning.callbacks import EmbeddingCompression, Pruning, Quantizatio
 from agent_lightning.deployment.export import LogitsProgram, export_agent
 from agent_lightning.deployment.onnx_program import ONNX_MODEL, OnnxInt8Linear, int8_weights, onnx_ready
 from agent_lightning.deployment.runtime import ExportedAgent
+from agent_lightning.pruning.removal import remove_structure
 from agent_lightning.quantization import convert, fake_quantized_modules
+from agent_lightning.quantization.checkpoint import callback_state
 from agent_lightning.quantization.fake_quantizers import linear_weight
 from tests.conftest import quiet_trainer
 
@@ -23,14 +25,15 @@ TEXTS = ["remind me to buy milk", "play some jazz in the kitchen please", "what'
 
 @pytest.fixture(scope="module")
 def compressed(tmp_path_factory, tiny_bert, shared_tiny_data_dir):
-    """A tiny agent trained with 50 % pruning, QAT with ONNX Runtime's activation scheme (frozen ranges) and the
-    compacted int8 vocabulary: its last checkpoint, as the recipe exports it (before fit end converts the model)."""
+    """A tiny agent trained with structured pruning (half the heads and FFN neurons), QAT with ONNX Runtime's
+    activation scheme (frozen ranges) and the compacted int8 vocabulary: its last checkpoint, as the recipe exports
+    it (written before fit end removes the pruned units and converts the model)."""
     folder = tmp_path_factory.mktemp("onnx-export")
     seed_everything(0)
     dm = TextClassificationDataModule(dataset=str(shared_tiny_data_dir), tokenizer=tiny_bert, batch_size=4)
     agent = Agent(model=tiny_bert, labels=dm.label_names, learning_rate=1e-3)
     callbacks = [
-        Pruning(sparsity=0.5, start=0, end=4, frequency=2),
+        Pruning(method="structured", sparsity=0.5, head_sparsity=0.5, start=0, end=4, frequency=2),
         QuantizationAwareTraining(start=4, freeze=6, kernel="onnxruntime"),
         EmbeddingCompression(),
         ModelCheckpoint(dirpath=folder, filename="last", monitor=None),
@@ -40,9 +43,12 @@ def compressed(tmp_path_factory, tiny_bert, shared_tiny_data_dir):
 
 
 def _reference(checkpoint):
-    """The agent as the checkpoint's QAT run converts it: its trained ranges, then int8 layers."""
+    """The agent as the checkpoint's run ends: its trained QAT ranges, the pruned heads and neurons cut out (not yet
+    converted)."""
     agent = Agent.load_from_checkpoint(checkpoint).eval()
     prepare_from_checkpoint(agent, checkpoint)
+    state = callback_state(torch.load(checkpoint, weights_only=False), "Pruning")
+    remove_structure(agent, state["kept_neurons"], state["kept_heads"])
     return agent
 
 
@@ -52,6 +58,9 @@ def test_onnx_export_runs_in_onnx_runtime_like_the_converted_model(tmp_path, com
     exported = ExportedAgent(tmp_path / "onnx")
     assert exported.format == "onnx" and exported.manifest["quantization"] == "QAT ranges from the checkpoint"
     agent = _reference(compressed)
+    config = agent.model.config
+    assert config.intermediate_size == 32 and config.agent_lightning_structure  # half the neurons and heads cut
+    assert exported.manifest["structure"] == config.agent_lightning_structure
     convert(agent)
     encoded = exported.encode(TEXTS)
     with torch.inference_mode():
@@ -78,8 +87,9 @@ def test_onnx_int8_weights_are_the_qat_trained_ones(tmp_path, compressed):
         torch.testing.assert_close(scale, frozen.float(), rtol=0, atol=0)  # the frozen QAT scales, read back
         expected = torch.clamp(torch.round(linear_weight(module).detach() / frozen[:, None]), -128, 127)
         assert torch.equal(weight.to(torch.int64), expected.to(torch.int64))
-        assert weight.shape == (module.out_features, module.in_features)
-        assert float((weight == 0).float().mean()) >= 0.5  # the pruned zeros stay zeros
+        assert weight.shape == (module.out_features, module.in_features)  # the smaller matrices
+    neurons = graph["model.bert.encoder.layer.0.intermediate.dense"][0]
+    assert neurons.shape == (32, 32)  # 64 neurons -> 32, width 32
     model = onnx.load(str(tmp_path / "onnx" / ONNX_MODEL))
     ops = {node.op_type for node in model.graph.node}
     assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops
