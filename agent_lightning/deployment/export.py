@@ -7,9 +7,10 @@ Three formats:
   student's blocks, physically removed heads and neurons, the compacted int8 vocabulary, and each int8 linear as ONNX
   Runtime's dynamic int8 pattern with the int8 weights and per-channel scales the model was converted with
   (:mod:`~agent_lightning.deployment.onnx_program`). The fastest CPU format measured
-  (``benchmarks/pipeline/versus_onnxruntime.py``). Checked against the PyTorch model that computes exactly what the
-  graph does; the difference from the converted fbgemm model (activations over ``[0, 127]`` there) is in the
-  manifest too.
+  (``benchmarks/pipeline/versus_onnxruntime.py``). Checked against the PyTorch model that computes what the graph
+  computes, within :data:`ONNX_TOLERANCE` of the largest logit (dynamic quantization turns ulp-level float
+  differences into one-level rounding flips); the difference from the converted fbgemm model (activations over
+  ``[0, 127]`` there) is in the manifest too.
 - ``"hf"``: a Hugging Face folder (``save_pretrained``: float weights with the pruned zeros in them, physically
   smaller layers after structured pruning, tokenizer, ``labels.json``). Loads with
   ``AutoModelForSequenceClassification.from_pretrained`` (``agent_lightning.pruning.removal.load_pretrained_pruned`` for
@@ -61,6 +62,9 @@ __all__ = [
 ]
 
 ExportFormat = Literal["onnx", "int8", "hf"]
+#: The ONNX export's parity tolerance: the largest logit difference from its PyTorch twin, as a fraction of the
+#: twin's largest logit magnitude.
+ONNX_TOLERANCE = 0.05
 EXPORT_FORMATS = ("onnx", "int8", "hf")
 
 #: Requests the parity check runs (plus random token ids), whatever the agent's task.
@@ -175,10 +179,17 @@ def export_agent(
         else:
             writer = _export_onnx if format == "onnx" else _export_int8
             result = writer(agent, raw, staging, inputs, str(checkpoint))
-        if result["top1_agreement"] < 1.0:
+        tolerance = result.pop("tolerance", None)
+        if tolerance is None and result["top1_agreement"] < 1.0:
             raise ValueError(
                 f"The reloaded {format} export disagrees with the model on {1 - result['top1_agreement']:.1%} of the "
                 f"sample requests (largest logit difference {result['max_abs_logit_diff']:.3g}); nothing was written."
+            )
+        if tolerance is not None and result["max_abs_logit_diff"] > tolerance:
+            raise ValueError(
+                f"The reloaded {format} export's logits differ from the model's by up to "
+                f"{result['max_abs_logit_diff']:.3g}, over the tolerance {tolerance:.3g} (ONNX_TOLERANCE of the "
+                "largest logit); nothing was written."
             )
     return ExportResult(folder=str(target), format=format, **result)
 
@@ -313,8 +324,14 @@ def _export_onnx(agent: Agent, raw: dict, staging: Path, inputs: dict[str, Tenso
     # the same int8 weights and scales in PyTorch's fbgemm layers, whose activations use [0, 127] instead of [0, 255]
     against_torch = _compare(converted(inputs["input_ids"], inputs["attention_mask"]), expected)
     parity["torch_int8"] = {k: against_torch[k] for k in ("max_abs_logit_diff", "top1_agreement")}
+    # Dynamic quantization rounds each activation to one of 256 levels, so a float difference of one ulp between ONNX
+    # Runtime and PyTorch (a division done as a multiplication, a fused GELU) can move a value to the next level
+    # and the logits by about a level's worth: the check is a tolerance on the logits, not exact top-1 agreement
+    # (random-token samples can have near-tied logits, which any such difference flips).
+    parity["tolerance"] = ONNX_TOLERANCE * float(expected.abs().max())
     (staging / MANIFEST).write_text(json.dumps({**manifest, "parity": parity}, indent=1), encoding="utf-8")
-    return {k: parity[k] for k in ("max_abs_logit_diff", "top1_agreement", "samples", "quantized_layers")}
+    keys = ("max_abs_logit_diff", "top1_agreement", "samples", "quantized_layers", "tolerance")
+    return {k: parity[k] for k in keys}
 
 
 def describe(result: ExportResult) -> str:

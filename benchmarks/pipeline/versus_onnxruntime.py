@@ -29,7 +29,14 @@ import yaml  # noqa: E402
 
 from agent_lightning import Agent, TextClassificationDataModule  # noqa: E402
 from agent_lightning.cli.recipes import run_recipe  # noqa: E402
-from agent_lightning.deployment import ExportedAgent, ModelInputs, compare_latency, export_agent, file_bytes  # noqa: E402
+from agent_lightning.deployment import (  # noqa: E402
+    ExportedAgent,
+    ModelInputs,
+    compare_latency,
+    compare_with_teacher,
+    export_agent,
+    file_bytes,
+)
 from agent_lightning.deployment.export import LogitsProgram  # noqa: E402
 from agent_lightning.deployment.peers import PEERS, onnx_runtime_peers  # noqa: E402
 from agent_lightning.deployment.runtime import model_file  # noqa: E402
@@ -47,21 +54,35 @@ def main() -> None:
     parser.add_argument("--teacher", help="a fine-tuned teacher checkpoint (skips the recipe's stage 1)")
     parser.add_argument("--teacher-epochs", type=int, help="stage 1 epochs (default: the config's)")
     parser.add_argument("--student-epochs", type=int, help="stage 2 epochs (default: the config's)")
+    parser.add_argument(
+        "--student-checkpoint",
+        type=Path,
+        help="a student the recipe trained (its run's checkpoints/last.ckpt; needs --teacher): export and measure "
+        "it without training",
+    )
     parser.add_argument("--rounds", type=int, default=30, help="timed rounds per batch size")
     args = parser.parse_args()
+    if args.student_checkpoint and not args.teacher:
+        parser.error("--student-checkpoint needs --teacher (the checkpoint it was distilled from)")
     work = Path(tempfile.mkdtemp(prefix="versus-ort-"))
-    recipe = ["-c", args.config, f"--trainer.default_root_dir={work}", "--output", str(work / "export-onnx")]
-    recipe += ["--teacher", args.teacher] if args.teacher else []
-    recipe += [f"--trainer.max_epochs={args.teacher_epochs}"] if args.teacher_epochs else []
-    recipe += ["--student-epochs", str(args.student_epochs)] if args.student_epochs else []
-    summary = run_recipe(recipe)
-    student_run = work / "student" / "version_0"
-    teacher_ckpt = args.teacher or next((work / "teacher" / "version_0" / "checkpoints").glob("epoch*.ckpt"))
-    teacher = Agent.load_from_checkpoint(teacher_ckpt, map_location="cpu").eval()
+    if args.student_checkpoint:
+        student_run = args.student_checkpoint.parent.parent
+        teacher = Agent.load_from_checkpoint(args.teacher, map_location="cpu").eval()
+        export_agent(args.student_checkpoint, work / "export-onnx", "onnx")
+        test, val = _split(student_run, "test"), _split(student_run, "val")
+        summary = compare_with_teacher(teacher, work / "export-onnx", *test, "test", abstain=(*val, 0.95))
+    else:
+        recipe = ["-c", args.config, f"--trainer.default_root_dir={work}", "--output", str(work / "export-onnx")]
+        recipe += ["--teacher", args.teacher] if args.teacher else []
+        recipe += [f"--trainer.max_epochs={args.teacher_epochs}"] if args.teacher_epochs else []
+        recipe += ["--student-epochs", str(args.student_epochs)] if args.student_epochs else []
+        summary = run_recipe(recipe)
+        student_run = work / "student" / "version_0"
+        teacher_ckpt = args.teacher or next((work / "teacher" / "version_0" / "checkpoints").glob("epoch*.ckpt"))
+        teacher = Agent.load_from_checkpoint(teacher_ckpt, map_location="cpu").eval()
     export_agent(student_run / "checkpoints" / "last.ckpt", work / "export-int8", "int8")
     students = {"onnx": ExportedAgent(work / "export-onnx"), "torchscript": ExportedAgent(work / "export-int8")}
-    split = summary.split
-    data = _split(student_run, split)
+    data = _split(student_run, summary.split)
     peers = onnx_runtime_peers(teacher.model, teacher.tokenizer, work)
     programs = {"eager": LogitsProgram(teacher.model).eval(), **peers}
     programs.update({f"student_{kind}": student.program for kind, student in students.items()})

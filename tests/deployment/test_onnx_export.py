@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from agent_lightning import Agent, TextClassificationDataModule
 from agent_lightning.callbacks import EmbeddingCompression, Pruning, QuantizationAwareTraining, prepare_from_checkpoint
+from agent_lightning.deployment import export as export_module
 from agent_lightning.deployment.export import LogitsProgram, export_agent
 from agent_lightning.deployment.onnx_program import ONNX_MODEL, OnnxInt8Linear, int8_weights, onnx_ready
 from agent_lightning.deployment.runtime import ExportedAgent
@@ -73,6 +74,7 @@ def test_onnx_export_runs_in_onnx_runtime_like_the_converted_model(tmp_path, com
     assert (logits - fbgemm).abs().max() < 0.05 * fbgemm.abs().max()
     assert [a for a, _ in exported.act(TEXTS)] == [agent.labels[i] for i in graph_twin.argmax(-1).tolist()]
     assert exported.manifest["parity"]["torch_int8"]["top1_agreement"] == 1.0
+    assert exported.manifest["parity"]["tolerance"] == pytest.approx(0.05 * float(graph_twin.abs().max()), rel=0.5)
 
 
 def test_onnx_int8_weights_are_the_qat_trained_ones(tmp_path, compressed):
@@ -118,6 +120,11 @@ def test_onnx_export_refuses_a_taken_folder_and_a_failure_leaves_nothing(tmp_pat
     with pytest.raises(FileExistsError, match=r"output='.*taken' exists and is not empty.*--overwrite"):
         export_agent(compressed, tmp_path / "taken", "onnx")
     assert [p.name for p in (tmp_path / "taken").iterdir()] == ["keep.txt"]
+
+    monkeypatch.setattr(export_module, "ONNX_TOLERANCE", 0.0)  # any difference from the PyTorch twin is too much
+    with pytest.raises(ValueError, match=r"logits differ from the model's by up to .*over the tolerance 0 .*; nothing was written"):
+        export_agent(compressed, tmp_path / "off", "onnx")
+    monkeypatch.undo()
 
     def broken_export(*args, **kwargs):
         raise OSError("disk full")
