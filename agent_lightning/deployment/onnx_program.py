@@ -67,7 +67,7 @@ class _DynamicQuantizedMatMul(torch.autograd.Function):
         return (accumulated * (scale * weight_scale) + bias).to(x.dtype)
 
     @staticmethod
-    def symbolic(g, x, weight_t, weight_scale, bias):  # noqa: ANN001, ANN205 (the TorchScript ONNX exporter's API)
+    def symbolic(g, x, weight_t, weight_scale, bias):  # the TorchScript-based ONNX exporter calls this
         quantized, scale, zero_point = g.op("DynamicQuantizeLinear", x, outputs=3)
         accumulated = g.op("Cast", g.op("MatMulInteger", quantized, weight_t, zero_point), to_i=1)  # to float
         return g.op("Add", g.op("Mul", accumulated, g.op("Mul", scale, weight_scale)), bias)

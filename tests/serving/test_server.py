@@ -97,13 +97,15 @@ def server(export, tmp_path_factory):
 
 
 def test_answers_equal_the_export_and_lists_are_answered_in_one_request(server, export):
-    expected = ExportedAgent(export).act(TEXTS)
+    # Activations are quantized per batch (one int8 range per tensor), so a text is compared with the export answering
+    # the same batch; the server's ONNX Runtime threads may sum in another order (a few 1e-5 after quantization).
+    single, expected = ExportedAgent(export).act(TEXTS[:1]), ExportedAgent(export).act(TEXTS)
     status, body = _call(f"{server.url}/predict", {"text": TEXTS[0]})
-    assert status == 200 and body["action"] == expected[0][0]
-    assert body["confidence"] == pytest.approx(expected[0][1], abs=1e-5) and len(body["id"]) == 32
+    assert status == 200 and body["action"] == single[0][0]
+    assert body["confidence"] == pytest.approx(single[0][1], abs=1e-4) and len(body["id"]) == 32
     status, body = _call(f"{server.url}/predict", {"text": TEXTS})
     assert status == 200 and [a["action"] for a in body["answers"]] == [a for a, _ in expected]
-    assert [a["confidence"] for a in body["answers"]] == pytest.approx([c for _, c in expected], abs=1e-5)
+    assert [a["confidence"] for a in body["answers"]] == pytest.approx([c for _, c in expected], abs=1e-4)
     assert len({a["id"] for a in body["answers"]}) == len(TEXTS)
     assert {a for a, _ in expected} > {expected[0][0]}  # the tiny agent tells the actions apart
 
