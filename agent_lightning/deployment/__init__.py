@@ -1,10 +1,15 @@
 """Deployment: exporting a trained agent (verified by reloading), running the export, and measuring models the same
 way everywhere (bytes, parameters, round-robin CPU latency, the export against its teacher).
 
-- :mod:`~agent_lightning.deployment.export`: :func:`export_agent` (``"int8"`` TorchScript program, ``"hf"`` folder).
-- :mod:`~agent_lightning.deployment.runtime`: :class:`ExportedAgent`, which runs an int8 export.
+- :mod:`~agent_lightning.deployment.export`: :func:`export_agent` (``"onnx"`` int8 ONNX model, ``"int8"`` TorchScript
+  program, ``"hf"`` folder).
+- :mod:`~agent_lightning.deployment.onnx_program`: the int8 layers as ONNX Runtime's dynamic int8 pattern, tracing,
+  the ONNX Runtime session.
+- :mod:`~agent_lightning.deployment.runtime`: :class:`ExportedAgent`, which runs an int8 export (either format).
+- :mod:`~agent_lightning.deployment.peers`: the teacher under ONNX Runtime, fp32 and ``quantize_dynamic`` int8.
 - :mod:`~agent_lightning.deployment.measure`: :func:`parameter_counts`, :func:`saved_bytes`, :func:`compare_latency`.
-- :mod:`~agent_lightning.deployment.compare`: :func:`compare_with_teacher` and its :class:`RecipeSummary`.
+- :mod:`~agent_lightning.deployment.compare`: :func:`compare_with_teacher` (with the peers) and its
+  :class:`RecipeSummary`.
 """
 
 from agent_lightning.deployment.compare import RecipeSummary, compare_with_teacher
