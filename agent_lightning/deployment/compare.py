@@ -6,11 +6,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
 
 from agent_lightning.deployment.abstention import calibrate_abstention
 from agent_lightning.deployment.export import LogitsProgram
@@ -144,8 +143,9 @@ def compare_with_teacher(
     teacher_bytes, teacher_zipped = saved_bytes(teacher.model)
     student_bytes, student_zipped = file_bytes(model_file(export_folder))
     with tempfile.TemporaryDirectory(prefix="peers-") as folder:
-        others = onnx_runtime_peers(teacher.model, teacher.tokenizer, folder) if peers else {}
-        programs = {"teacher": LogitsProgram(teacher.model).eval(), "student": exported.program, **others}
+        others = onnx_runtime_peers(teacher, folder) if peers else {}
+        programs = {"teacher": LogitsProgram(teacher.model).eval(), "student": exported.program}
+        programs.update({key: peer.program for key, peer in others.items()})
         latency: dict[str, float] = {}
         for batch in (1, 32):
             encoded = exported.encode([texts[i % len(texts)] for i in range(batch)])
@@ -153,9 +153,9 @@ def compare_with_teacher(
             seconds = compare_latency(programs, inputs, 30, 3, latency_budget_s)
             latency.update({f"{name}_b{batch}": 1000 * s for name, s in seconds.items()})
         measured = {}
-        for key, program in others.items():
-            acc = _accuracy(program, exported.encode, teacher.labels, texts, labels)
-            measured[key] = {"acc": acc, **dict(zip(("bytes", "zipped"), file_bytes(program.path)))}
+        for key, peer in others.items():
+            size, zipped = file_bytes(model_file(peer.folder))
+            measured[key] = {"acc": action_accuracy(peer, texts, labels), "bytes": size, "zipped": zipped}
     decisions = exported.act(list(texts))  # the student's answers, for its accuracy and its abstention
     abstention = None
     if abstain is not None:
@@ -178,21 +178,3 @@ def compare_with_teacher(
         student_format=exported.format,
         peers=measured,
     )
-
-
-@torch.inference_mode()
-def _accuracy(
-    program: Callable[[Tensor, Tensor], Tensor],
-    encode: Callable[[Sequence[str]], dict[str, Tensor]],
-    actions: Sequence[str],
-    texts: Sequence[str],
-    labels: Sequence[str],
-    batch_size: int = 64,
-) -> float:
-    """Accuracy of a ``(input_ids, attention_mask) -> logits`` program whose outputs are ``actions``."""
-    right = 0
-    for start in range(0, len(texts), batch_size):
-        encoded = encode(texts[start : start + batch_size])
-        predicted = program(encoded["input_ids"], encoded["attention_mask"]).argmax(-1).tolist()
-        right += sum(actions[i] == label for i, label in zip(predicted, labels[start : start + batch_size]))
-    return right / len(texts)

@@ -37,7 +37,7 @@ import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -59,13 +59,14 @@ __all__ = [
     "export_agent",
     "load_agent_checkpoint",
     "trace",
+    "write_export_files",
 ]
 
 ExportFormat = Literal["onnx", "int8", "hf"]
 #: The ONNX export's parity tolerance: the largest logit difference from its PyTorch twin, as a fraction of the
 #: twin's largest logit magnitude.
 ONNX_TOLERANCE = 0.05
-EXPORT_FORMATS = ("onnx", "int8", "hf")
+EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
 
 #: Requests the parity check runs (plus random token ids), whatever the agent's task.
 SAMPLE_TEXTS = (
@@ -287,7 +288,8 @@ def _quantize(agent: Agent, raw: dict) -> dict:
     return entries
 
 
-def _write_common(agent: Agent, staging: Path, manifest: dict) -> None:
+def write_export_files(agent: Agent, staging: Path, manifest: dict) -> None:
+    """What every int8 export folder holds beside its model file: the tokenizer, ``labels.json`` and the manifest."""
     agent.tokenizer.save_pretrained(staging)
     (staging / "labels.json").write_text(json.dumps(agent.labels, indent=1), encoding="utf-8")
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
@@ -302,7 +304,7 @@ def _export_int8(agent: Agent, raw: dict, staging: Path, inputs: dict[str, Tenso
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning, message=r"`torch\.jit\.")
         torch.jit.save(traced, str(staging / PROGRAM))
-    _write_common(agent, staging, manifest)
+    write_export_files(agent, staging, manifest)
     reloaded = ExportedAgent(staging)
     parity = _compare(expected, reloaded.program(inputs["input_ids"], inputs["attention_mask"]))
     parity["quantized_layers"] = len(converted_modules(agent))
@@ -317,7 +319,7 @@ def _export_onnx(agent: Agent, raw: dict, staging: Path, inputs: dict[str, Tenso
     program = LogitsProgram(onnx_ready(agent.model, agent.hparams.max_length)).eval()
     expected = program(inputs["input_ids"], inputs["attention_mask"])
     write_onnx(program, (inputs["input_ids"][:2], inputs["attention_mask"][:2]), staging / ONNX_MODEL)
-    _write_common(agent, staging, manifest)
+    write_export_files(agent, staging, manifest)
     reloaded = ExportedAgent(staging)
     parity = _compare(expected, reloaded.program(inputs["input_ids"], inputs["attention_mask"]))
     parity["quantized_layers"] = len(int8_weights(staging / ONNX_MODEL))

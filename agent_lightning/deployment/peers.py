@@ -12,11 +12,11 @@ import os
 from pathlib import Path
 
 from onnxruntime.quantization import QuantType, quantize_dynamic
-from torch import nn
-from transformers import PreTrainedTokenizerBase
 
-from agent_lightning.deployment.export import LogitsProgram
-from agent_lightning.deployment.onnx_program import OnnxProgram, onnx_ready, write_onnx
+from agent_lightning.agent import Agent
+from agent_lightning.deployment.export import LogitsProgram, write_export_files
+from agent_lightning.deployment.onnx_program import ONNX_MODEL, onnx_ready, write_onnx
+from agent_lightning.deployment.runtime import ExportedAgent
 from agent_lightning.quiet import messages_dropped
 
 __all__ = ["PEERS", "onnx_runtime_peers"]
@@ -29,22 +29,27 @@ PEERS = {
 
 
 def onnx_runtime_peers(
-    model: nn.Module, tokenizer: PreTrainedTokenizerBase, folder: str | os.PathLike, threads: int | None = None
-) -> dict[str, OnnxProgram]:
-    """Write ``teacher-fp32.onnx`` and its ``quantize_dynamic`` int8 ``teacher-int8.onnx`` into ``folder`` and open
-    both: ``{"ort_fp32": program, "ort_int8": program}`` (``(input_ids, attention_mask) -> logits``).
+    teacher: Agent, folder: str | os.PathLike, threads: int | None = None
+) -> dict[str, ExportedAgent]:
+    """Write the fp32 teacher as an ONNX export folder (``folder/ort_fp32``) and its ``quantize_dynamic`` int8
+    (``folder/ort_int8``), each with the teacher's tokenizer and labels, and open both:
+    ``{"ort_fp32": ExportedAgent, "ort_int8": ExportedAgent}``, answering as the student's export does.
 
     Args:
-        model: the fp32 sequence classifier (a Hugging Face model), left unchanged.
-        tokenizer: its tokenizer (for the tracing example).
-        folder: where the two files go (an existing folder).
+        teacher: the fp32 agent (a Hugging Face sequence classifier inside), left unchanged.
+        folder: where the two export folders go (an existing folder).
         threads: ONNX Runtime's intra-op threads (default: torch's).
     """
     folder = Path(folder)
-    example = tokenizer(["set an alarm for seven", "hi"], padding=True, return_tensors="pt")
-    fp32, int8 = folder / "teacher-fp32.onnx", folder / "teacher-int8.onnx"
-    write_onnx(LogitsProgram(onnx_ready(model)).eval(), (example["input_ids"], example["attention_mask"]), fp32)
+    fp32, int8 = folder / "ort_fp32", folder / "ort_int8"
+    example = teacher.tokenizer(["set an alarm for seven", "hi"], padding=True, return_tensors="pt")
+    for export, how in ((fp32, "none (fp32)"), (int8, "onnxruntime.quantization.quantize_dynamic, int8 weights")):
+        export.mkdir()
+        manifest = {"format": "onnx", "quantization": how, "max_length": teacher.hparams.max_length}
+        write_export_files(teacher, export, manifest)
+    program = LogitsProgram(onnx_ready(teacher.model)).eval()
+    write_onnx(program, (example["input_ids"], example["attention_mask"]), fp32 / ONNX_MODEL)
     # its advice to run shape inference first concerns static quantization; dynamic needs none
     with messages_dropped("root", "Please consider to run pre-processing"):
-        quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
-    return {"ort_fp32": OnnxProgram(fp32, threads), "ort_int8": OnnxProgram(int8, threads)}
+        quantize_dynamic(fp32 / ONNX_MODEL, int8 / ONNX_MODEL, weight_type=QuantType.QInt8)
+    return {"ort_fp32": ExportedAgent(fp32, threads), "ort_int8": ExportedAgent(int8, threads)}

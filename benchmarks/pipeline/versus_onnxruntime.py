@@ -83,8 +83,8 @@ def main() -> None:
     export_agent(student_run / "checkpoints" / "last.ckpt", work / "export-int8", "int8")
     students = {"onnx": ExportedAgent(work / "export-onnx"), "torchscript": ExportedAgent(work / "export-int8")}
     data = _split(student_run, summary.split)
-    peers = onnx_runtime_peers(teacher.model, teacher.tokenizer, work)
-    programs = {"eager": LogitsProgram(teacher.model).eval(), **peers}
+    peers = onnx_runtime_peers(teacher, work)
+    programs = {"eager": LogitsProgram(teacher.model).eval(), **{key: peer.program for key, peer in peers.items()}}
     programs.update({f"student_{kind}": student.program for kind, student in students.items()})
     latency: dict[str, dict[int, float]] = {name: {} for name in programs}
     for batch in (1, 32):
