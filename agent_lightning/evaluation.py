@@ -10,6 +10,11 @@ What a foreign module must provide (callbacks raise :class:`TypeError` naming it
   and ``-100`` marks positions to ignore (the Hugging Face convention);
 - or, for a module whose answers are not the argmax of its logits (a generative agent decodes them), a
   ``score_batch(batch) -> (correct, counted)`` method, which accuracy uses instead (``None``: score the logits).
+
+A module that wraps a Hugging Face causal language model (:func:`is_causal_lm`) follows the Hugging Face causal-LM
+convention instead: labels ``(B, L)`` are aligned with ``input_ids`` and position ``t`` predicts label ``t + 1``;
+logits may cover only the last ``K`` positions (``logits_to_keep``). :func:`next_token_labels` lines the labels up
+with such logits.
 """
 
 from __future__ import annotations
@@ -22,16 +27,21 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import Strategy
 from torch import Tensor, nn
+from transformers import GenerationMixin
 
 __all__ = [
     "GENERATION",
     "UNLABELED",
     "accuracy",
     "action_accuracy",
+    "batch_to_device",
     "count_correct",
     "device_of",
+    "forward_batches",
+    "is_causal_lm",
     "labelled_rows",
     "logits_of",
+    "next_token_labels",
     "split_batch",
 ]
 
@@ -105,16 +115,12 @@ def count_correct(module: nn.Module, batches: Iterable[Any], max_batches: int | 
     """
     was_training = module.training
     module.eval()
-    device = device_of(module)
     correct = counted = 0
     try:
         for index, batch in enumerate(batches):
             if max_batches is not None and index >= max_batches:
                 break
-            if isinstance(module, LightningModule):
-                batch = module.transfer_batch_to_device(batch, device, 0)
-            else:
-                batch = move_data_to_device(batch, device)
+            batch = batch_to_device(module, batch)
             scored = module.score_batch(batch) if callable(getattr(module, "score_batch", None)) else None
             if scored is not None:  # the module decodes its own answers
                 correct, counted = correct + scored[0], counted + scored[1]
@@ -129,6 +135,61 @@ def count_correct(module: nn.Module, batches: Iterable[Any], max_batches: int | 
     finally:
         module.train(was_training)
     return correct, counted
+
+
+def is_causal_lm(module: nn.Module) -> bool:
+    """Whether ``module`` is or wraps a Hugging Face causal language model (a ``GenerationMixin`` decoder)."""
+    return any(
+        isinstance(m, GenerationMixin) and not getattr(getattr(m, "config", None), "is_encoder_decoder", False)
+        for m in module.modules()
+    )
+
+
+def next_token_labels(labels: Tensor, positions: int) -> Tensor:
+    """``(B, positions)``: the label each of the last ``positions`` positions of a causal LM predicts (the next
+    token's), :data:`UNLABELED` where there is none.
+
+    Example:
+        >>> next_token_labels(torch.tensor([[-100, -100, 7, 8]]), 3).tolist()  # logits of the last 3 positions
+        [[7, 8, -100]]
+    """
+    shifted = torch.full_like(labels, UNLABELED)
+    shifted[:, :-1] = labels[:, 1:]
+    return shifted[:, labels.shape[1] - positions :]
+
+
+def batch_to_device(module: nn.Module, batch: Any) -> Any:
+    """``batch`` on ``module``'s device: through a LightningModule's ``transfer_batch_to_device``, else every tensor
+    moved to the device of the module's first parameter."""
+    device = device_of(module)
+    if isinstance(module, LightningModule):
+        return module.transfer_batch_to_device(batch, device, 0)
+    return move_data_to_device(batch, device)
+
+
+@torch.no_grad()
+def forward_batches(module: nn.Module, batches: Iterable[Any], max_batches: int | None = None) -> int:
+    """Call ``module`` on each batch (eval mode, no gradients, moved to its device, labels held back as
+    :func:`split_batch` does), for whatever forward hooks observe; returns the number of batches read.
+
+    Raises:
+        ValueError: no batch was read.
+    """
+    was_training = module.training
+    module.eval()
+    count = 0
+    try:
+        for batch in batches:
+            if max_batches is not None and count >= max_batches:
+                break
+            args, kwargs, _ = split_batch(batch_to_device(module, batch))
+            module(*args, **kwargs)
+            count += 1
+    finally:
+        module.train(was_training)
+    if not count:
+        raise ValueError("No calibration batch was read: give at least one batch (e.g. a training dataloader).")
+    return count
 
 
 def accuracy(strategy: Strategy, module: nn.Module, loaders: Any, max_batches: int | None = None) -> float | None:

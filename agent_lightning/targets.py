@@ -129,7 +129,8 @@ class TransformerBlock:
     ``ffn_in`` produce the hidden neurons (one output row each: BERT ``intermediate.dense``, Llama ``gate_proj`` and
     ``up_proj``); ``ffn_out`` consume them (one input column each). ``attention_in`` are the query/key/value
     projections (output rows grouped by head) and ``attention_out`` the output projection (input columns grouped by
-    head). Names are relative to the model given to :func:`find_blocks`.
+    head). Under grouped-query attention (Llama, SmolLM2) the key/value projections have ``num_kv_heads`` heads, each
+    shared by ``group_size`` consecutive query heads. Names are relative to the model given to :func:`find_blocks`.
     """
 
     index: int
@@ -141,6 +142,14 @@ class TransformerBlock:
     attention_module: str | None
     num_heads: int | None
     head_dim: int | None
+    num_kv_heads: int | None = None
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per key/value head (1 for multi-head attention)."""
+        if not self.num_heads or not self.num_kv_heads:
+            return 1
+        return self.num_heads // self.num_kv_heads
 
 
 _FFN_LAYOUTS = (  # (producers, consumer)
@@ -170,17 +179,28 @@ def find_blocks(model: nn.Module) -> list[TransformerBlock]:
                 if all(prefix + p in modules for p in producers) and prefix + consumer in modules:
                     ffn_in, ffn_out = [prefix + p for p in producers], prefix + consumer
                     break
-            attention_in, attention_out, attention_module, heads, head_dim = [], None, None, None, None
+            attention_in, attention_out, attention_module, heads, head_dim, kv_heads = [], None, None, None, None, None
             for owner, projections, output in _ATTENTION_LAYOUTS:
                 if all(prefix + p in modules for p in projections) and prefix + output in modules:
                     attention_module = prefix + owner
                     attention_in, attention_out = [prefix + p for p in projections], prefix + output
                     heads, head_dim = _head_geometry(modules[attention_module], modules[attention_in[0]])
+                    if head_dim:
+                        kv_heads = linear_in_out(modules[attention_in[1]])[1] // head_dim
                     break
             if ffn_out or attention_out:
                 blocks.append(
                     TransformerBlock(
-                        index, prefix, ffn_in, ffn_out, attention_in, attention_out, attention_module, heads, head_dim
+                        index,
+                        prefix,
+                        ffn_in,
+                        ffn_out,
+                        attention_in,
+                        attention_out,
+                        attention_module,
+                        heads,
+                        head_dim,
+                        kv_heads,
                     )
                 )
     return blocks

@@ -236,6 +236,29 @@ def tiny_llama(tmp_path_factory, smollm2) -> str:
     return str(folder)
 
 
+@pytest.fixture(scope="session")
+def trained_tiny_llama(tiny_llama, shared_tiny_data_dir, tmp_path_factory):
+    """The tiny Llama fine-tuned on the four tiny actions (``task="generation"``, 60 epochs, seeded) and tested:
+    ``(agent, datamodule, test metrics, checkpoint path)``. Shared by the session: load the checkpoint for an agent
+    to change."""
+    from lightning.pytorch import seed_everything
+
+    from agent_lightning import Agent, TextClassificationDataModule
+
+    seed_everything(0)
+    dm = TextClassificationDataModule(
+        dataset=str(shared_tiny_data_dir), tokenizer=tiny_llama, task="generation", batch_size=8
+    )
+    agent = Agent(model=tiny_llama, task="generation", labels=dm.label_names, learning_rate=3e-3, warmup_fraction=0.1)
+    folder = tmp_path_factory.mktemp("generation-fit")
+    trainer = quiet_trainer(folder, max_epochs=60, enable_checkpointing=True)
+    trainer.fit(agent, datamodule=dm)
+    trainer.test(agent, datamodule=dm, verbose=False)
+    path = folder / "trained.ckpt"
+    trainer.save_checkpoint(path)
+    return agent, dm, dict(trainer.callback_metrics), path
+
+
 def trained_tiny_agent(tiny_bert: str, data_dir: Path, checkpoint: Path, epochs: int):
     """The tiny BERT agent fitted on ``data_dir`` (batches of 8, learning rate 3e-3, seeded), saved to
     ``checkpoint``; returns the agent."""

@@ -53,17 +53,8 @@ def test_untrained_answers_are_actions_with_probabilities(tiny_llama):
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_llama, shared_tiny_data_dir, tmp_path_factory):
-    """The tiny Llama fine-tuned on the four tiny actions, with its checkpoint."""
-    seed_everything(0)
-    agent, dm = _pair(tiny_llama, shared_tiny_data_dir, learning_rate=3e-3, warmup_fraction=0.1)
-    folder = tmp_path_factory.mktemp("generation-fit")
-    trainer = quiet_trainer(folder, max_epochs=60, enable_checkpointing=True)
-    trainer.fit(agent, datamodule=dm)
-    trainer.test(agent, datamodule=dm, verbose=False)
-    path = folder / "trained.ckpt"
-    trainer.save_checkpoint(path)
-    return agent, dm, dict(trainer.callback_metrics), path
+def trained(trained_tiny_llama):
+    return trained_tiny_llama
 
 
 @pytest.mark.slow
@@ -110,16 +101,6 @@ def test_the_real_smollm2_trains_and_answers_within_the_actions(smollm2, tiny_da
     assert not torch.equal(before, agent.model.model.layers[0].mlp.down_proj.weight)
     answers = agent.act(["wake me up at 6 tomorrow", "will it rain in paris"])
     assert all(action in dm.label_names and 0 < p <= 1 for action, p in answers)
-
-
-def test_distillation_refuses_a_generative_agent_before_training(tiny_llama, tiny_data_dir):
-    from agent_lightning.callbacks import Distillation
-
-    agent, dm = _pair(tiny_llama, tiny_data_dir)
-    before = agent.model.model.layers[0].mlp.up_proj.weight.detach().clone()
-    with pytest.raises(ValueError, match=r"Distillation of a generative agent .*Drop --distill"):
-        quiet_trainer(None, max_steps=1, callbacks=[Distillation(tiny_llama)]).fit(agent, datamodule=dm)
-    assert torch.equal(before, agent.model.model.layers[0].mlp.up_proj.weight)
 
 
 def _tool_call_files(folder):

@@ -17,12 +17,25 @@ from agent_lightning.callbacks.strategy_support import refuse_sharded_strategies
 from agent_lightning.distillation.augmentation import replace_tokens
 from agent_lightning.distillation.cache import TeacherLogitCache
 from agent_lightning.distillation.layers import even_map, hidden_width, keep_output
-from agent_lightning.distillation.losses import AttentionDistillationLoss, HiddenStateLoss, LogitDistillationLoss
+from agent_lightning.distillation.losses import (
+    DIVERGENCES,
+    AttentionDistillationLoss,
+    Divergence,
+    HiddenStateLoss,
+    LogitDistillationLoss,
+)
 from agent_lightning.distillation.teachers import check_compatible, fingerprint, freeze, load_teacher
-from agent_lightning.evaluation import labelled_rows, logits_of, split_batch
+from agent_lightning.evaluation import (
+    UNLABELED,
+    is_causal_lm,
+    labelled_rows,
+    logits_of,
+    next_token_labels,
+    split_batch,
+)
 from agent_lightning.targets import block_list, find_blocks
 from agent_lightning.tensorboard import plain_settings
-from agent_lightning.validation import check_choice, check_number
+from agent_lightning.validation import check_choice, check_int, check_number
 
 __all__ = ["Distillation"]
 
@@ -50,10 +63,18 @@ class Distillation(CompressionCallback):
     ``distill/kd_loss_unlabeled`` is KD on those rows. Labels are read from the ``labels`` the forward was called
     with, else from the batch (a dict's ``labels``, or the second item of an ``(inputs, labels)`` pair).
 
+    Decoders (a module wrapping a Hugging Face causal LM, e.g. ``Agent(task="generation")``): KD is token-level, on
+    the positions that predict a labelled token only (the response of a chat example; the Hugging Face labels
+    ``(B, L)``, shifted by one, also when the forward kept only the last logits with ``logits_to_keep``), with the
+    ``divergence`` of choice: forward KL, reverse KL (MiniLLM) or DistiLLM's skewed KLs. The teacher is usually the
+    fine-tuned full model and the student a pruned copy (``Agent(student_layers="auto:N")``).
+
     Teacher-output cache: with logit-only KD, the teacher's logits for each example are computed once and reused in
     later epochs (keyed by the example's content, so reshuffling and re-padding still hit; changed inputs miss). In
     memory (``cache="memory"``) or also on disk (``cache="disk"``, under ``cache_dir``, reused by later runs with the
-    same teacher). Hidden-state and attention KD need the teacher's forward every step and do not use the cache.
+    same teacher). A decoder's logits are cached at the KD positions only, as their ``cache_top_k`` largest logits
+    and the tail's total (:class:`~agent_lightning.distillation.TeacherLogitCache`). Hidden-state and attention KD
+    need the teacher's forward every step and do not use the cache.
 
     Args:
         teacher: a Lightning checkpoint of the same module class (an agent ``.ckpt``), a Hugging Face model folder or
@@ -70,6 +91,11 @@ class Distillation(CompressionCallback):
             spaced, ending with the teacher's last block. A learned projection is added when the widths differ.
         cache: ``"memory"``, ``"disk"`` or ``"none"``.
         cache_dir: folder for ``cache="disk"`` (one file per teacher fingerprint and rank).
+        cache_top_k: sequence logits (decoders) are cached as this many largest logits per position plus the
+            tail's total; ``None`` caches every logit.
+        divergence: ``"forward"`` (``KL(teacher || student)``), ``"reverse"`` (``KL(student || teacher)``),
+            ``"skew"`` or ``"skew_reverse"`` (:class:`~agent_lightning.distillation.LogitDistillationLoss`).
+        skew: the mixing weight of the skewed divergences, in ``(0, 1)``.
         projection_lr: learning rate (AdamW) of the width projections, trained alongside the student.
         augment: with a value ``p`` > 0, each step also builds a copy of the batch in which about ``p`` of the inner
             tokens are replaced by other tokens of the batch (:func:`~agent_lightning.distillation.augmentation.
@@ -109,6 +135,9 @@ class Distillation(CompressionCallback):
         layer_map: list[int] | None = None,
         cache: Literal["memory", "disk", "none"] = "memory",
         cache_dir: str | None = None,
+        cache_top_k: int | None = 64,
+        divergence: Divergence = "forward",
+        skew: float = 0.1,
         projection_lr: float = 1e-3,
         augment: float = 0.0,
     ) -> None:
@@ -142,6 +171,10 @@ class Distillation(CompressionCallback):
                 f"Distillation(cache='disk', cache_dir={cache_dir!r}): the disk cache needs a folder: pass one, e.g. "
                 "cache_dir='runs/teacher_cache'."
             )
+        check_int("cache_top_k", cache_top_k, 1, owner, optional=True)
+        check_choice("divergence", divergence, DIVERGENCES, owner)
+        tail = ": the mixture weight of the skewed divergences, e.g. skew=0.1"
+        check_number("skew", skew, owner, minimum=0, maximum=1, strict_minimum=True, strict_maximum=True, tail=tail)
         check_number("projection_lr", projection_lr, owner, minimum=0, strict_minimum=True, tail=", e.g. 1e-3")
         tail = (
             ": the fraction of tokens replaced in the augmented copy of each batch (0 turns it off), e.g. augment=0.2"
@@ -154,10 +187,12 @@ class Distillation(CompressionCallback):
         self.attention_weight = float(attention_weight)
         self.attention_loss = AttentionDistillationLoss()
         self.layer_map = list(layer_map) if layer_map is not None else None
-        self.cache_kind, self.cache_dir = cache, cache_dir
+        self.cache_kind, self.cache_dir, self.cache_top_k = cache, cache_dir, cache_top_k
+        self.divergence, self.skew = divergence, float(skew)
         self.projection_lr = float(projection_lr)
         self.augment = float(augment)
-        self.kd_loss = LogitDistillationLoss()
+        self.kd_loss = LogitDistillationLoss(divergence, float(skew))
+        self._causal = False
         self.hidden_loss: HiddenStateLoss | None = None
         self.teacher: nn.Module | None = None
         self.teacher_fingerprint: str | None = None
@@ -190,12 +225,7 @@ class Distillation(CompressionCallback):
         if stage != "fit":
             return
         refuse_sharded_strategies(trainer, "Distillation", "it runs a whole teacher beside the student")
-        if getattr(pl_module, "hparams", {}).get("task") == "generation":
-            raise ValueError(
-                "Distillation of a generative agent (task='generation') would match logits at every prompt and "
-                "padding position; token-level KD on the answer positions is not built yet. Drop --distill / "
-                "Distillation for this agent, or distil a task='classification' agent."
-            )
+        self._causal = is_causal_lm(pl_module)
         if self.teacher is None:
             teacher = load_teacher(self.teacher_source, pl_module)
             check_compatible(teacher, pl_module, self._source_name())
@@ -207,7 +237,7 @@ class Distillation(CompressionCallback):
             path = None
             if self.cache_kind == "disk":
                 path = Path(self.cache_dir) / f"teacher-{self.teacher_fingerprint[:16]}-rank{trainer.global_rank}.pt"
-            self.cache = TeacherLogitCache(path)
+            self.cache = TeacherLogitCache(path, top_k=self.cache_top_k)
         self._install(pl_module)
 
     def _setup_layers(self, pl_module: LightningModule) -> None:
@@ -246,6 +276,13 @@ class Distillation(CompressionCallback):
             raise ValueError(
                 "Distillation(attention_weight>0) needs BERT-like or Llama-like attention (separate query/key "
                 "projections and a known head size) in both models; set attention_weight=0 for this model."
+            )
+        grouped = [b.index for b in [*student_blocks.values(), *teacher_blocks.values()] if b.group_size > 1]
+        if grouped:
+            raise ValueError(
+                "Distillation(attention_weight>0) rebuilds attention from query and key projections of one head each, "
+                "but these models use grouped-query attention (several query heads per key/value head, e.g. "
+                "Llama, SmolLM2). Set attention_weight=0 and distil logits (divergence=...) or hidden states."
             )
         for i, j in self._layer_pairs:
             student, teacher = student_blocks[i], teacher_blocks[j]
@@ -314,7 +351,8 @@ class Distillation(CompressionCallback):
         rank_zero_info(
             f"[Distillation] teacher {self._source_name()} (fingerprint {self.teacher_fingerprint[:12]}), "
             f"T={self.temperature}, alpha={self.alpha}, hidden_weight={self.hidden_weight}, "
-            f"attention_weight={self.attention_weight}, cache={self.cache_kind}, augment={self.augment}"
+            f"attention_weight={self.attention_weight}, cache={self.cache_kind}, augment={self.augment}, "
+            f"divergence={self.divergence}" + (" (token-level, response positions)" if self._causal else "")
         )
 
     # -- the loss ----------------------------------------------------------------------------------------------------
@@ -336,9 +374,9 @@ class Distillation(CompressionCallback):
             )
         args, kwargs, student_output = self._student_call
         student_logits = logits_of(student_output)
-        teacher_logits = self._teacher_logits(args, kwargs, student_logits.device)
+        mask = self._positions(kwargs.get("labels", self._step_labels), kwargs, student_logits)
+        teacher_logits = self._teacher_logits(args, kwargs, student_logits.device, mask)
         temperature, alpha = self.current_temperature(pl_module), self.current_alpha(pl_module)
-        mask = _token_mask(kwargs, student_logits)
         teacher_logits = teacher_logits.to(student_logits.dtype)
         kd = self.kd_loss(student_logits, teacher_logits, temperature, mask)  # every row, labelled or not
         metrics = {"distill/kd_loss": kd, "distill/temperature": temperature}
@@ -381,7 +419,7 @@ class Distillation(CompressionCallback):
             loss = loss + self.attention_weight * attention
             metrics["distill/attention_loss"] = attention
         if self.augment:
-            augmented = self._augmented_kd(pl_module, args, kwargs, temperature)
+            augmented = self._augmented_kd(pl_module, args, kwargs, temperature, mask)
             loss = loss + (1.0 - alpha) * augmented
             metrics["distill/augmented_kd_loss"] = augmented
         metrics["distill/alpha"] = alpha
@@ -397,7 +435,9 @@ class Distillation(CompressionCallback):
             return loss
         return {**output, "loss": loss}
 
-    def _augmented_kd(self, pl_module: LightningModule, args: tuple, kwargs: dict, temperature: float) -> Tensor:
+    def _augmented_kd(
+        self, pl_module: LightningModule, args: tuple, kwargs: dict, temperature: float, mask: Tensor | None
+    ) -> Tensor:
         """KD on a token-replaced copy of the step's inputs (runs after the hidden/attention terms read their hooks)."""
         ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
         if not isinstance(ids, Tensor) or ids.dtype not in (torch.int32, torch.int64):
@@ -411,22 +451,39 @@ class Distillation(CompressionCallback):
         student_logits = logits_of(pl_module(*args, **inputs))
         with torch.no_grad():
             teacher_logits = logits_of(self.teacher(*args, **inputs))
-        token_mask = _token_mask(inputs, student_logits)
-        return self.kd_loss(student_logits, teacher_logits.to(student_logits.dtype), temperature, token_mask)
+        return self.kd_loss(student_logits, teacher_logits.to(student_logits.dtype), temperature, mask)
+
+    def _positions(self, labels: Any, kwargs: dict, logits: Tensor) -> Tensor | None:
+        """Which rows of ``logits`` KD covers: for a causal LM the positions that predict a labelled token (the
+        response), else the real tokens of sequence logits (the attention mask), else every row (``None``)."""
+        if (
+            self._causal
+            and logits.ndim == 3
+            and isinstance(labels, Tensor)
+            and labels.ndim == 2
+            and labels.shape[0] == logits.shape[0]
+            and labels.shape[1] >= logits.shape[1]
+        ):
+            positions = next_token_labels(labels, logits.shape[1]) != UNLABELED
+            if bool(positions.any()):
+                return positions
+        return _token_mask(kwargs, logits)
 
     @torch.no_grad()
-    def _teacher_logits(self, args: tuple, kwargs: dict, device: torch.device) -> Tensor:
+    def _teacher_logits(self, args: tuple, kwargs: dict, device: torch.device, mask: Tensor | None = None) -> Tensor:
+        """The teacher's logits on the student's inputs; sequence logits are cached at the ``mask``-ed positions."""
         inputs = {k: v for k, v in kwargs.items() if k != "labels"}
         # hidden-state and attention KD read the teacher's internals: it must run every step
         use_cache = self.cache is not None and not (self.hidden_weight or self.attention_weight)
         keys = TeacherLogitCache.keys(args, inputs) if use_cache else None
+        sequence_mask = mask if mask is not None and mask.ndim == 2 else None
         if keys is not None:
-            cached = self.cache.get(keys, device)
+            cached = self.cache.get(keys, device, sequence_mask)
             if cached is not None:
                 return cached
         logits = logits_of(self.teacher(*args, **inputs))
-        if keys is not None and logits.ndim == 2:
-            self.cache.put(keys, logits)
+        if keys is not None and (logits.ndim == 2 or (logits.ndim == 3 and sequence_mask is not None)):
+            self.cache.put(keys, logits, sequence_mask if logits.ndim == 3 else None)
         return logits
 
     def current_temperature(self, pl_module: LightningModule) -> float:
@@ -458,15 +515,20 @@ class Distillation(CompressionCallback):
         if self._student_call is None or trainer.sanity_checking or self.teacher is None:
             return
         args, kwargs, output = self._student_call
-        student = logits_of(output).argmax(-1)
-        teacher = self._teacher_logits(args, kwargs, student.device).argmax(-1)
-        self._agree += int((student == teacher).sum())
-        self._seen += student.numel()
+        logits = logits_of(output)
         labels = kwargs.get("labels")
         if labels is None:
             labels = split_batch(batch)[2]
+        mask = self._positions(labels, kwargs, logits)
+        student = logits.argmax(-1)
+        teacher = self._teacher_logits(args, kwargs, student.device, mask).argmax(-1)
+        counted = torch.ones_like(student, dtype=torch.bool) if mask is None else mask.bool()
+        self._agree += int(((student == teacher) & counted).sum())
+        self._seen += int(counted.sum())
+        if self._causal and isinstance(labels, Tensor) and labels.ndim == 2 and teacher.ndim == 2:
+            labels = next_token_labels(labels, teacher.shape[1])
         if isinstance(labels, Tensor) and labels.shape == teacher.shape:
-            valid = labels != -100
+            valid = (labels != UNLABELED) & counted
             self._teacher_correct += int(((teacher == labels) & valid).sum())
             self._labelled += int(valid.sum())
 

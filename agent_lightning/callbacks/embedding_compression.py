@@ -18,7 +18,7 @@ from agent_lightning.quantization.embedding import (
     EmbeddingWeights,
     Unseen,
     Vocabulary,
-    check_untied,
+    check_tied_output,
     compact_seen_vocabulary,
     count_tokens,
     fallback_token,
@@ -43,6 +43,11 @@ class EmbeddingCompression(CompressionCallback):
         and the token ids stay as they are, so the compacted model takes the same inputs. Evaluate after fit (the CLI
         tests the final model) to see what unseen tokens cost; :class:`CompressionReport` measures the bytes saved.
 
+        A decoder whose output layer is tied to the table (SmolLM2, GPT-2) keeps one table: the output layer becomes
+        a :class:`~agent_lightning.quantization.CompactLMHead` over the same compacted rows, so the output softmax
+        covers the kept tokens only (the tokens of every training answer, so decoding constrained to the actions is
+        unaffected; a free answer can only use kept tokens).
+
         The counts are summed over DDP ranks at every step (all ranks hold the same counts) and saved in the callback's
         checkpoint state, so a resumed run keeps them; checkpoints always hold the float table under its usual key (also
         one saved after fit end), so they load into a plain model; ``agent-lightning export --format int8`` applies the
@@ -61,8 +66,8 @@ class EmbeddingCompression(CompressionCallback):
         Raises:
             TypeError: an argument of the wrong type (at construction); at the first training batch, a batch without
                 token ids.
-            ValueError: a bad value (at construction); at ``setup``: no input embedding found, input embeddings tied
-                to the output layer, or no fallback token for ``unseen="fallback"``.
+            ValueError: a bad value (at construction); at ``setup``: no input embedding found, an input table shared
+                with a module other than one linear output layer, or no fallback token for ``unseen="fallback"``.
 
         Example:
             >>> from lightning.pytorch import Trainer
@@ -102,20 +107,23 @@ class EmbeddingCompression(CompressionCallback):
         self.weights, self.vocabulary, self.unseen, self.fallback_token = weights, vocabulary, unseen, fallback_token
         # state (checkpointed)
         self._counts: Tensor | None = None
-        # the float table, kept after fit end: checkpoints hold it, and test/validate/predict load into it
-        self._float_embedding: nn.Module | None = None
+        # the float table (and a tied output layer), kept after fit end by name: checkpoints hold them, and
+        # test/validate/predict load into them
+        self._float_modules: dict[str, nn.Module] = {}
 
     # -- setup -------------------------------------------------------------------------------------------------------
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
-            name, embedding = input_embeddings(pl_module)
-            if isinstance(embedding, CompactEmbedding) and self._float_embedding is not None:
-                self.set_aside({name: embedding})  # loading a float checkpoint needs the float module
-                pl_module.set_submodule(name, self._float_embedding)
+            if self._float_modules:  # loading a float checkpoint needs the float modules
+                aside = {name: pl_module.get_submodule(name) for name in self._float_modules}
+                if isinstance(aside[next(iter(aside))], CompactEmbedding):
+                    self.set_aside(aside)
+                    for name, module in self._float_modules.items():
+                        pl_module.set_submodule(name, module)
             return
         refuse_sharded_strategies(trainer, "EmbeddingCompression", "it replaces the whole input embedding table")
-        _, embedding = check_untied(pl_module)
+        _, embedding, _ = check_tied_output(pl_module)
         if self.vocabulary == "seen" and self.unseen == "fallback":
             self.fallback_token = fallback_token(pl_module, self.fallback_token)
         if self._counts is None:
@@ -141,9 +149,12 @@ class EmbeddingCompression(CompressionCallback):
                 "process must keep its float embeddings; export the checkpoint to apply the compaction."
             )
             return
-        self._float_embedding = input_embeddings(pl_module)[1]
+        name, embedding, head = check_tied_output(pl_module)
+        self._float_modules = {name: embedding}
+        if head is not None:
+            self._float_modules[head] = pl_module.get_submodule(head)
         compact = self._compact(pl_module, self._counts)
-        before = self._float_embedding.weight.numel() * self._float_embedding.weight.element_size()
+        before = embedding.weight.numel() * embedding.weight.element_size()
         after = sum(b.numel() * b.element_size() for b in compact.buffers())
         metrics = {
             "embeddings/kept_tokens": float(compact.kept_tokens),
@@ -187,14 +198,15 @@ class EmbeddingCompression(CompressionCallback):
 
     @override
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
-        # A checkpoint saved after fit end holds the float table, so it loads into a plain model; the recorded
-        # counts re-apply the compaction (export, test with ckpt_path).
-        name, embedding = input_embeddings(pl_module)
-        if isinstance(embedding, CompactEmbedding) and self._float_embedding is not None:
-            state = checkpoint["state_dict"]
-            for key in ("weight", "token_rows", "scale"):
-                state.pop(f"{name}.{key}", None)
-            state[f"{name}.weight"] = self._float_embedding.weight.detach()
+        # A checkpoint saved after fit end holds the float table (and tied head), so it loads into a plain model;
+        # the recorded counts re-apply the compaction (export, test with ckpt_path).
+        if not self._float_modules or not isinstance(input_embeddings(pl_module)[1], CompactEmbedding):
+            return
+        state = checkpoint["state_dict"]
+        for name, module in self._float_modules.items():
+            for key in [key for key in state if key.startswith(f"{name}.")]:
+                del state[key]
+            state.update({f"{name}.{key}": value.detach() for key, value in module.state_dict().items()})
 
     @override
     def restore(self, state: dict[str, Any], pl_module: LightningModule) -> None:

@@ -12,9 +12,10 @@ from typing_extensions import override
 
 from agent_lightning.callbacks.base import CompressionCallback
 from agent_lightning.callbacks.strategy_support import refuse_sharded_strategies
-from agent_lightning.pruning.config import Importance, Method, PruningConfig, Scope
+from agent_lightning.pruning.config import Criterion, Method, PruningConfig, Scope
 from agent_lightning.pruning.pruner import Pruner
 from agent_lightning.pruning.schedule import StepSchedule
+from agent_lightning.pruning.units import HeadUnit
 from agent_lightning.targets import check_patterns, short_name
 from agent_lightning.tensorboard import plain_settings
 from agent_lightning.validation import check_bool
@@ -37,10 +38,16 @@ class Pruning(CompressionCallback):
       (``scope="global"``). Saves bytes once compressed, not CPU time (dense kernels).
     - ``"n:m"``: semi-structured; in every group of ``M`` consecutive input weights at most ``N`` stay
       (``pattern="2:4"``: 50 %).
-    - ``"structured"``: whole feed-forward neurons (``sparsity`` of them) and attention heads (``head_sparsity``),
-      the same number in every block, scored by weight norm or by accumulated ``|W * grad|``
-      (``importance="first_order"``). At fit end they are physically removed (``physically_remove``): smaller
-      ``nn.Linear`` layers, faster on CPU.
+    - ``"structured"``: whole feed-forward neurons (``sparsity`` of them; SwiGLU's gate and up rows with the down
+      column) and attention heads (``head_sparsity``), the same number in every block, scored by weight norm or by
+      accumulated ``|W * grad|`` (``criterion="first_order"``); grouped-query attention keeps its groups equal
+      (``gqa``). At fit end they are physically removed (``physically_remove``): smaller ``nn.Linear`` layers,
+      faster on CPU; a Llama-like model's config then says the new sizes, so its folder loads with plain
+      ``from_pretrained``.
+
+    Criteria: ``"magnitude"`` (``|W|``), ``"wanda"`` (``|W| * ||X||``, the input-feature norms observed over the
+    training steps since the previous mask update, compared within each output row; unstructured and N:M) and
+    ``"first_order"`` (structured).
 
     Args:
         sparsity: target fraction of zero weights in the targeted layers (``"magnitude"``), or of FFN neurons
@@ -48,8 +55,11 @@ class Pruning(CompressionCallback):
         method: ``"magnitude"``, ``"n:m"`` or ``"structured"``.
         scope: ``"layer"`` (each layer reaches the target) or ``"global"`` (one threshold for all), magnitude only.
         pattern: ``"N:M"`` for ``method="n:m"``.
-        head_sparsity: fraction of attention heads removed per block (``"structured"`` only).
-        importance: ``"magnitude"`` or ``"first_order"`` (``|W * grad|`` accumulated over steps), structured only.
+        head_sparsity: fraction of attention (query) heads removed per block (``"structured"`` only).
+        criterion: ``"magnitude"``, ``"wanda"`` (magnitude and N:M) or ``"first_order"`` (``|W * grad|``
+            accumulated over steps, structured only).
+        gqa: grouped-query attention: remove ``"queries"`` (query heads evenly within each key/value group) or whole
+            key/value ``"groups"`` with their query heads (structured only).
         include: glob patterns over module names to prune; default: the linear layers of the transformer blocks
             (never embeddings, norms, biases or the classification head).
         exclude: glob patterns removed from the targets.
@@ -89,7 +99,8 @@ class Pruning(CompressionCallback):
         scope: Scope = "layer",
         pattern: str = "2:4",
         head_sparsity: float = 0.0,
-        importance: Importance = "magnitude",
+        criterion: Criterion = "magnitude",
+        gqa: HeadUnit = "queries",
         include: list[str] | None = None,
         exclude: list[str] | None = None,
         start: int | float = 0.0,
@@ -102,7 +113,7 @@ class Pruning(CompressionCallback):
     ) -> None:
         super().__init__()
         self.settings = plain_settings(locals())  # the constructor arguments, for the HParams tab
-        self.config = PruningConfig(sparsity, method, scope, pattern, head_sparsity, importance)
+        self.config = PruningConfig(sparsity, method, scope, pattern, head_sparsity, criterion, gqa)
         check_patterns("include", include)
         check_patterns("exclude", exclude)
         self.schedule = StepSchedule(start=start, end=end, frequency=frequency, kind=schedule, owner="Pruning")
@@ -148,13 +159,19 @@ class Pruning(CompressionCallback):
 
     # -- every step --------------------------------------------------------------------------------------------------
     @override
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx) -> None:
+        if self.config.criterion == "wanda" and self._before_end(trainer):
+            self.pruner.inputs.start()  # the step's forward adds its inputs' norms
+
+    @override
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
-        if self.config.importance == "first_order" and self.method == "structured" and self._before_end(trainer):
+        if self.config.criterion == "first_order" and self._before_end(trainer):
             self.pruner.accumulate_first_order()
         self.pruner.mask_gradients()
 
     @override
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
+        self.pruner.inputs.stop()
         step = trainer.global_step
         if step == self._last_step:
             return
@@ -178,6 +195,7 @@ class Pruning(CompressionCallback):
             ({k: v.cpu() for k, v in masks.items()}, kept_neurons, kept_heads), src=0
         )
         self.pruner.set(masks, kept_neurons, kept_heads, fraction)
+        self.pruner.inputs.reset()  # the next update scores with the inputs seen from now on
         self.pruner.zero_optimizer_moments(trainer.optimizers)
         zeros = sum(int((~m).sum()) for m in self.pruner.masks.values())
         rank_zero_info(

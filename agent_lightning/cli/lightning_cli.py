@@ -182,6 +182,12 @@ class AgentLightningCLI(LightningCLI):
                     callbacks = [*callbacks, kind()]
         return super()._instantiate_trainer(config, callbacks)
 
+    def before_fit(self) -> None:
+        # --student-layers auto:N: pick the blocks now, so that the compression callbacks set up on the student
+        if isinstance(self.model, Agent) and self.model.pending_student_layers is not None:
+            chosen = self.model.select_student_layers(self.datamodule)
+            _print_student_layers(chosen, self.model.block_scores)
+
     def after_fit(self) -> None:
         trainer = self.trainer
         wants_test = self.config[self.subcommand].get("test_after_fit", True) and not trainer.fast_dev_run
@@ -232,3 +238,9 @@ class AgentLightningCLI(LightningCLI):
             value = trainer.callback_metrics.get(key)
             if value is not None:
                 console.print(f"[bold]{title}:[/bold] {float(value):.4f}")
+
+
+@rank_zero_only
+def _print_student_layers(chosen: list[int], scores: list[float]) -> None:
+    shown = ", ".join(f"{i}: {score:.3f}" for i, score in enumerate(scores))
+    Console(soft_wrap=True).print(f"[bold]Student blocks[/bold] (highest block influence): {chosen}   ({shown})")

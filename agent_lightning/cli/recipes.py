@@ -8,17 +8,26 @@
    (``--student-layers``, initialised from the fine-tuned teacher's weights) and the compression short flags:
    ``--distill TEACHER`` (every step), ``--prune`` (ramps to its target by 60 % of training, then holds), ``--qat``
    (from 80 % of training, on the pruned weights, converted at fit end) and ``--embeddings`` (the vocabulary
-   training used, int8 rows). Its ``config.yaml`` spells all of it out. With ``--labels-per-class N`` both stages
+   training used, int8 rows). Its ``config.yaml`` spells all of it out. A generative agent (``configs/llm.yaml``)
+   gets other defaults: the student keeps the half of the teacher's blocks with the highest block influence
+   (``--student-layers auto:N``), distils token by token on the answers (``--distill.divergence``, temperature 1),
+   is not pruned within its blocks (``--prune none``: unstructured zeros save no CPU time) and trains for int8
+   from half-way (``--qat.start 0.5``) except SwiGLU's down projections (``--qat.exclude``: their inputs hold
+   activation outliers no int8 range per tensor can hold); its tied embedding table is trimmed to the training
+   vocabulary once.
+   With ``--labels-per-class N`` both stages
    train on N labelled examples per label, and ``--unlabeled FILE|rest`` gives the student (only) texts without
    labels to distil on, with mostly soft labels (``--distill.temperature 1 --distill.alpha 0.1`` unless given: the
    setting that paid in ``benchmarks/distillation/few_labels_banking77.py``). Detail flags of the compression
    (``--distill.temperature``, ``--prune.end``, ...) apply to the student only.
 3. **Export**: the student's last checkpoint becomes the int8 ONNX model for ONNX Runtime (``--format onnx``, the
    default; QAT then trains with ONNX Runtime's activation scheme, ``--qat.kernel onnxruntime``) or the int8
-   TorchScript program (``--format int8``), verified by reloading (``agent-lightning export``).
+   TorchScript program (``--format int8``), verified by reloading (``agent-lightning export``); a generative agent's
+   is a decoding step with a key/value cache.
 4. **Measure**: the export, the fp32 teacher and the teacher's ONNX Runtime peers (fp32, and ``quantize_dynamic``
    int8: what one would run without training) side by side on the test split (the validation split if there is
-   none): accuracy, bytes on disk (zipped), CPU latency at batch 1 and 32 on real requests (round-robin), and the
+   none): accuracy, bytes on disk (zipped), CPU latency at batch 1 and 32 on real requests (round-robin; for a
+   generative agent the time to answer a request, decoding included, and answer tokens per second), and the
    student's abstention threshold chosen on validation (``--abstain-precision``) with its coverage and precision
    on test. Written as ``summary.md``/``summary.json`` beside the student's logs and printed.
 """
@@ -40,6 +49,8 @@ from agent_lightning.cli.short_flags import expand_short_flags
 from agent_lightning.deployment.compare import RecipeSummary, compare_with_teacher
 from agent_lightning.deployment.export import describe, export_agent
 from agent_lightning.io import atomic_write_text, check_writable_directory
+from agent_lightning.quantization.recipe import DECODER_FLOAT_LAYERS
+from agent_lightning.targets import block_list
 from agent_lightning.validation import check_number
 
 __all__ = ["compress_parser", "run_recipe"]
@@ -53,8 +64,15 @@ def compress_parser() -> argparse.ArgumentParser:
         "--trainer.*, --model.*) go to both fits.",
     )
     parser.add_argument("--teacher", help="a fine-tuned agent checkpoint to use as the teacher (skips stage 1)")
-    parser.add_argument("--student-layers", default="0,2,4", help="teacher blocks the student keeps (default 0,2,4)")
-    parser.add_argument("--prune", default="0.5", help="unstructured sparsity of the student's block linears")
+    parser.add_argument(
+        "--student-layers",
+        help="teacher blocks the student keeps: indices, or auto:N (the N with the highest block influence); default "
+        "0,2,4, or auto:(half the teacher's blocks) for a generative agent",
+    )
+    parser.add_argument(
+        "--prune",
+        help="unstructured sparsity of the student's block linears, or none; default 0.5, none for a generative agent",
+    )
     parser.add_argument("--qat", default="int8", choices=["int8", "int4", "none"], help="default int8")
     parser.add_argument("--embeddings", default="int8", choices=["int8", "float", "none"], help="default int8")
     parser.add_argument(
@@ -100,6 +118,38 @@ def _student_details(args: list[str]) -> tuple[list[str], list[str]]:
     return rest, details
 
 
+def _compression(
+    options: argparse.Namespace, details: list[str], generative: bool, blocks: int
+) -> tuple[list[str], list[str]]:
+    """The student's compression flags and detail flags, the defaults depending on the kind of agent (a teacher of
+    ``blocks`` blocks)."""
+    details = list(details)
+    given = {detail.split("=")[0] for detail in details}
+
+    def default(flag: str, value: str) -> None:
+        if flag not in given:
+            details.append(f"{flag}={value}")
+
+    layers = options.student_layers or (f"auto:{max(1, blocks // 2)}" if generative else "0,2,4")
+    prune = options.prune or ("none" if generative else "0.5")
+    compression = ["--student-layers", layers]
+    if prune != "none":
+        compression += ["--prune", prune, "--prune.end", "0.6"]
+    compression += ["--qat", options.qat, "--embeddings", options.embeddings]
+    if options.qat == "int8" and options.format == "onnx":
+        default("--qat.kernel", "onnxruntime")  # train with the activation scheme ONNX Runtime runs
+    if generative:  # token-level KD on the answers, the setting that paid on SmolLM2 (benchmarks/llm)
+        default("--distill.temperature", "1.0")
+        if options.qat != "none" and prune == "none":
+            default("--qat.start", "0.5")
+        if options.qat == "int8":  # SwiGLU's products have outliers no int8 activation range holds: kept float
+            default("--qat.exclude", json.dumps(list(DECODER_FLOAT_LAYERS)))
+    if options.unlabeled is not None:  # mostly soft labels on the unlabelled rows, unless the user chose
+        default("--distill.temperature", "1.0")
+        default("--distill.alpha", "0.1")
+    return compression, details
+
+
 def run_recipe(args: Sequence[str]) -> RecipeSummary:
     """``agent-lightning compress [OPTIONS] [LightningCLI arguments]``: the four stages above.
 
@@ -117,19 +167,12 @@ def run_recipe(args: Sequence[str]) -> RecipeSummary:
     """
     options, common = compress_parser().parse_known_args(list(args))
     common, details = _student_details(common)
-    compression = ["--student-layers", options.student_layers, "--prune", options.prune, "--prune.end", "0.6"]
-    compression += ["--qat", options.qat, "--embeddings", options.embeddings]
-    if options.qat == "int8" and options.format == "onnx" and not any(d.startswith("--qat.kernel") for d in details):
-        compression.append("--qat.kernel=onnxruntime")  # train with the activation scheme ONNX Runtime runs
     few_labels = [] if options.labels_per_class is None else ["--labels-per-class", options.labels_per_class]
     unlabeled = [] if options.unlabeled is None else ["--unlabeled", options.unlabeled]
-    if unlabeled:  # mostly soft labels on the unlabelled rows, unless the user chose
-        given = {detail.split("=")[0] for detail in details}
-        for flag, value in (("--distill.temperature", "1.0"), ("--distill.alpha", "0.1")):
-            if flag not in given:
-                details += [f"{flag}={value}"]
     common = expand_short_flags(["fit", *few_labels, *common])[1:]  # bad values fail now, before the teacher trains
-    expand_short_flags(["fit", "--distill", "teacher", *compression, *details, *unlabeled])
+    for generative in (False, True):  # the flags of either kind of student are checked now
+        compression, student_details = _compression(options, details, generative, blocks=2)
+        expand_short_flags(["fit", "--distill", "teacher", *compression, *student_details, *unlabeled])
     check_number("--abstain-precision", options.abstain_precision, minimum=0, maximum=1, strict_minimum=True)
     if options.output:
         check_writable_directory(Path(options.output), options.overwrite, argument="--output")
@@ -142,6 +185,8 @@ def run_recipe(args: Sequence[str]) -> RecipeSummary:
     teacher = Agent.load_from_checkpoint(teacher_ckpt, map_location="cpu").eval()
     teacher_folder = Path(teacher_ckpt).parent.parent / "teacher-hf"
     teacher.save_pretrained(teacher_folder, overwrite=True)
+    generative = teacher.hparams.task == "generation"
+    compression, details = _compression(options, details, generative, blocks=len(block_list(teacher.model)[1]))
 
     console.rule("[bold]Stage 2: distil, prune and quantize the student")
     student_args = ["fit", *common, "--trainer.logger.init_args.name=student", f"--model.model={teacher_folder}"]

@@ -9,7 +9,9 @@
 - ``--embeddings int8|float|none`` becomes ``--trainer.callbacks+=agent_lightning.callbacks.EmbeddingCompression
   --trainer.callbacks.weights=int8`` (the input embeddings cut to the tokens training saw, int8 rows, at fit end);
   ``--embeddings.vocabulary full`` etc.
-- ``--student-layers 0,2,4`` becomes ``--model.student_layers=[0,2,4]``.
+- ``--student-layers 0,2,4`` becomes ``--model.student_layers=[0,2,4]``; ``--student-layers auto:15`` becomes
+  ``--model.student_layers=auto:15`` (the 15 blocks with the highest block influence on training batches, picked
+  before training starts).
 - ``--labels-per-class 10`` becomes ``--data.labels_per_class=10`` (the few-label setting) and ``--unlabeled FILE``
   ``--data.unlabeled_file=FILE`` (texts without labels, learnt from through distillation; ``rest``: the training
   texts ``--labels-per-class`` left out).
@@ -134,7 +136,7 @@ def expand_short_flags(args: Sequence[str]) -> list[str]:
     expanded = list(rest)
     expanded += [f"--data.{DATA_FLAGS[flag]}={value}" for flag, value in data.items()]
     if student_layers is not None:
-        expanded.append(f"--model.student_layers=[{','.join(str(i) for i in _layers(student_layers))}]")
+        expanded.append(f"--model.student_layers={_layers(student_layers)}")
     for flag in SHORT_FLAGS:  # distillation, pruning, QAT, embeddings: the documented order
         if flag not in main:
             continue
@@ -151,14 +153,17 @@ def _is_fraction(value: str) -> bool:
         return False
 
 
-def _layers(value: str) -> list[int]:
+def _layers(value: str) -> str:
+    """``--student-layers``' value as the Agent's argument: ``[0,2,4]``, or ``auto:N`` as it is."""
+    if re.fullmatch(r"auto:[1-9]\d*", value.strip()):
+        return value.strip()
     parts = [part.strip() for part in value.strip("[]").split(",") if part.strip()]
     if not parts or not all(re.fullmatch(r"\d+", part) for part in parts):
         raise ValueError(
             f"--student-layers {value!r} must be comma-separated block indices of the teacher, e.g. --student-layers "
-            "0,2,4."
+            "0,2,4, or auto:N (the N blocks that matter most on training batches), e.g. --student-layers auto:3."
         )
-    return [int(part) for part in parts]
+    return f"[{','.join(parts)}]"
 
 
 def _example(flag: str) -> str:

@@ -89,8 +89,9 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
             tensors += [bias] if isinstance(bias, Tensor) else []
         elif any(name.startswith(f"{c}.") for c in converted):
             continue
-        elif isinstance(module, CompactEmbedding):
-            tensors = [module.dequantized()]
+        elif isinstance(module, CompactEmbedding):  # a tied CompactLMHead holds the same one: counted once
+            tensors = [module.dequantized()] if id(module) not in seen else []
+            seen.add(id(module))
         else:
             tensors = [p for p in module.parameters(recurse=False) if id(p) not in seen]
             seen.update(id(p) for p in tensors)
@@ -127,7 +128,7 @@ def compare_latency(
     """Median forward seconds of each model on the same ``inputs``, measured round-robin.
 
     Args:
-        models: the models by name, put in eval mode (and left there).
+        models: the models by name, put in eval mode (and left there); any callable that ``inputs`` can call.
         inputs: one forward call's inputs, on the models' device.
         rounds: timed passes of every model (at most).
         warmup: untimed passes of every model first.
@@ -143,7 +144,8 @@ def compare_latency(
         True
     """
     for model in models.values():
-        model.eval()
+        if callable(getattr(model, "eval", None)):
+            model.eval()
     started = time.perf_counter()
     over = lambda: budget_s is not None and time.perf_counter() - started > budget_s  # noqa: E731
     for _ in range(warmup):

@@ -1,19 +1,24 @@
 """Run an exported int8 agent: an ONNX model (ONNX Runtime) or a TorchScript program, its tokenizer and its labels;
-no training code needed."""
+no training code needed. A generative agent's export is a decoding step with a key/value cache
+(:mod:`~agent_lightning.deployment.decoder_program`), decoded here as the agent decodes: constrained to the action
+set, or free."""
 
 from __future__ import annotations
 
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 from transformers import AutoTokenizer
 
+from agent_lightning.deployment.decoder_program import OnnxDecoder
 from agent_lightning.deployment.onnx_program import ONNX_MODEL, OnnxProgram
+from agent_lightning.generation import ActionTrie, ChatPrompt, decode_answers, left_padded
 from agent_lightning.validation import as_texts
 
 __all__ = ["MANIFEST", "PROGRAM", "ExportedAgent", "model_file"]
@@ -36,6 +41,11 @@ class ExportedAgent:
     or ``model.pt`` (a TorchScript program), the tokenizer files, ``labels.json`` and ``export.json`` (format,
     ``max_length``, source checkpoint and the parity measured when it was written). :attr:`program` runs either with
     torch tensors in and out.
+
+    A generative agent's export (``"task": "generation"`` in ``export.json``) holds a decoding step instead
+    (:class:`~agent_lightning.deployment.decoder_program.OnnxDecoder`, also :attr:`program`): :meth:`act` builds the
+    agent's chat prompts (its system prompt, the listed actions if it listed them) and decodes within the action set
+    (``labels.json``), or freely for an agent of free answers (``labels.json`` empty), with the key/value cache.
 
     Args:
         folder: the export folder.
@@ -66,8 +76,18 @@ class ExportedAgent:
         self.labels: list[str] = json.loads((self.folder / "labels.json").read_text(encoding="utf-8"))
         self.max_length = int(self.manifest.get("max_length", 128))
         self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
-        self.program: OnnxProgram | torch.jit.ScriptModule
-        if self.format == "onnx":
+        self.task = self.manifest.get("task", "classification")
+        self.program: OnnxProgram | OnnxDecoder | torch.jit.ScriptModule
+        if self.task == "generation":
+            self.program = OnnxDecoder(self.folder / ONNX_MODEL, threads)
+            settings = self.manifest["prompt"]
+            actions = self.labels if settings["list_actions"] else None
+            self.chat = ChatPrompt(
+                self.tokenizer, self.max_length, system_prompt=settings["system_prompt"], actions=actions
+            )
+            self.trie = ActionTrie(self.chat.action_ids(self.labels)) if self.labels else None
+            self.max_new_tokens = int(settings["max_new_tokens"])
+        elif self.format == "onnx":
             self.program = OnnxProgram(self.folder / ONNX_MODEL, threads)
         else:  # see agent_lightning.deployment.export: TorchScript is the format that keeps fbgemm's int8 weights
             with warnings.catch_warnings():
@@ -89,7 +109,8 @@ class ExportedAgent:
         return self.program(encoded["input_ids"], encoded["attention_mask"])
 
     def act(self, texts: str | Sequence[str], batch_size: int = 64) -> list[tuple[str, float]]:
-        """``(action, confidence)`` for each raw request, like :meth:`agent_lightning.Agent.act`.
+        """``(action, confidence)`` for each raw request, like :meth:`agent_lightning.Agent.act` (a generative
+        agent's answer and its sequence probability).
 
         Raises:
             TypeError: ``texts`` is not a string or a sequence of strings.
@@ -97,6 +118,32 @@ class ExportedAgent:
         texts = as_texts(texts)
         decisions: list[tuple[str, float]] = []
         for start in range(0, len(texts), batch_size):
-            confidence, index = self.logits(texts[start : start + batch_size]).float().softmax(-1).max(-1)
+            chunk = texts[start : start + batch_size]
+            if self.task == "generation":
+                answers, confidence = self.answer(chunk)
+                decisions += list(zip(answers, confidence.tolist()))
+                continue
+            confidence, index = self.logits(chunk).float().softmax(-1).max(-1)
             decisions += [(self.labels[i], c) for i, c in zip(index.tolist(), confidence.tolist())]
         return decisions
+
+    def prompts(self, texts: Sequence[str]) -> dict[str, Tensor]:
+        """A generative export's left-padded chat prompts ``(B, L)`` for ``texts`` (``input_ids``,
+        ``attention_mask``)."""
+        room = self.trie.depth if self.trie is not None else self.max_new_tokens
+        return left_padded([self.chat.prompt_ids(text, room) for text in texts], self.tokenizer.pad_token_id)
+
+    def answer(self, texts: Sequence[str], decoder: Callable[..., Any] | None = None) -> tuple[list[str], Tensor]:
+        """A generative export's answers to ``texts`` and their confidences ``(B,)``, decoded by ``decoder`` (default:
+        the exported ONNX step; any step with its call convention, e.g. the PyTorch program it was traced from)."""
+        encoded = self.prompts(texts)
+        return decode_answers(
+            decoder or self.program,
+            encoded["input_ids"],
+            encoded["attention_mask"],
+            self.tokenizer,
+            self.trie,
+            self.labels,
+            self.max_new_tokens,
+            self.chat.end_id,
+        )

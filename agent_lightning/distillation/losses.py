@@ -2,18 +2,38 @@
 
 from __future__ import annotations
 
+import math
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["AttentionDistillationLoss", "HiddenStateLoss", "LogitDistillationLoss"]
+__all__ = ["DIVERGENCES", "AttentionDistillationLoss", "Divergence", "HiddenStateLoss", "LogitDistillationLoss"]
+
+Divergence = Literal["forward", "reverse", "skew", "skew_reverse"]
+DIVERGENCES: tuple[str, ...] = ("forward", "reverse", "skew", "skew_reverse")
 
 
 class LogitDistillationLoss(nn.Module):
-    """Hinton et al. (2015) logit distillation: ``T^2 * KL(softmax(teacher / T) || softmax(student / T))``.
+    """Logit distillation: ``T^2 * D(teacher_T, student_T)`` for a divergence ``D`` between the temperature-``T``
+    softmaxes of teacher (``p``) and student (``q``), averaged over the (unmasked) rows.
+
+    Divergences (``divergence``):
+
+    - ``"forward"``: ``KL(p || q)`` (Hinton et al. 2015): mean-seeking, the student covers every mode of the teacher;
+    - ``"reverse"``: ``KL(q || p)`` (MiniLLM, Gu et al. 2024): mode-seeking, the student puts no mass where the
+      teacher puts none, which suits generation by a small decoder;
+    - ``"skew"``: skew forward KL ``KL(p || a p + (1 - a) q)`` with ``a = skew`` (DistiLLM, Ko et al. 2024): bounded
+      and smoother gradients than forward KL while the student is far from the teacher;
+    - ``"skew_reverse"``: skew reverse KL ``KL(q || a q + (1 - a) p)`` (DistiLLM's other variant).
 
     The ``T^2`` factor keeps the gradient scale independent of the temperature. Positions whose ``mask`` is false
-    (e.g. padding in a language model) are left out of the mean.
+    (e.g. padding, or the prompt of a chat example) are left out of the mean.
+
+    Args:
+        divergence: ``"forward"``, ``"reverse"``, ``"skew"`` or ``"skew_reverse"``.
+        skew: the mixing weight ``a`` of the skewed divergences, in ``(0, 1)``.
 
     Shapes:
         - ``student_logits``: ``(B, C)`` or ``(B, L, C)``
@@ -21,11 +41,26 @@ class LogitDistillationLoss(nn.Module):
         - ``mask``: optional, the leading shape ``(B,)`` or ``(B, L)``
         - output: a scalar, the mean over the (unmasked) rows
 
+    Raises:
+        ValueError: an unknown divergence or a skew outside ``(0, 1)``.
+
     Example:
         >>> loss = LogitDistillationLoss()
         >>> loss(torch.zeros(2, 3), torch.zeros(2, 3), temperature=2.0)
         tensor(0.)
+        >>> student, teacher = torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 0.0]])
+        >>> reverse = LogitDistillationLoss("reverse")(student, teacher, 1.0)
+        >>> bool(reverse == LogitDistillationLoss()(teacher, student, 1.0))  # KL(q || p): the arguments swapped
+        True
     """
+
+    def __init__(self, divergence: Divergence = "forward", skew: float = 0.1) -> None:
+        super().__init__()
+        if divergence not in DIVERGENCES:
+            raise ValueError(f"divergence={divergence!r} is not a choice; use one of {', '.join(DIVERGENCES)}.")
+        if isinstance(skew, bool) or not isinstance(skew, (int, float)) or not 0 < skew < 1:
+            raise ValueError(f"skew={skew!r} must be a number in (0, 1), the weight of the mixture, e.g. skew=0.1.")
+        self.divergence, self.skew = divergence, float(skew)
 
     def forward(
         self, student_logits: Tensor, teacher_logits: Tensor, temperature: float, mask: Tensor | None = None
@@ -35,12 +70,30 @@ class LogitDistillationLoss(nn.Module):
                 f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} "
                 "differ in shape: the teacher must predict the same classes (or vocabulary) as the student."
             )
-        log_student = F.log_softmax(student_logits.float() / temperature, dim=-1)
-        log_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-        per_row = (log_teacher.exp() * (log_teacher - log_student)).sum(-1)
+        log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
+        log_p = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+        if self.divergence == "forward":
+            per_row = _kl(log_p, log_q)
+        elif self.divergence == "reverse":
+            per_row = _kl(log_q, log_p)
+        elif self.divergence == "skew":
+            per_row = _kl(log_p, _mixture(log_p, log_q, self.skew))
+        else:
+            per_row = _kl(log_q, _mixture(log_q, log_p, self.skew))
         if mask is not None:
             per_row = per_row[mask.bool()]
         return per_row.mean() * temperature**2
+
+
+def _kl(log_a: Tensor, log_b: Tensor) -> Tensor:
+    """``KL(a || b)`` over the last dimension from log-probabilities (``0 * log 0 = 0``, also for ``-inf`` logits)."""
+    a = log_a.exp()
+    return torch.where(a > 0, a * (log_a - log_b), torch.zeros_like(a)).sum(-1)
+
+
+def _mixture(log_a: Tensor, log_b: Tensor, weight: float) -> Tensor:
+    """``log(weight * a + (1 - weight) * b)`` from log-probabilities."""
+    return torch.logaddexp(log_a + math.log(weight), log_b + math.log(1 - weight))
 
 
 class HiddenStateLoss(nn.Module):

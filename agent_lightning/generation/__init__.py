@@ -2,7 +2,13 @@
 batches, and decoding constrained to a closed action set (or free)."""
 
 from agent_lightning.generation.batches import ChatCollator, ChatExamples, LeftPaddingCollator, left_pad, left_padded
-from agent_lightning.generation.decoding import ActionTrie, constrained_greedy, free_greedy, position_ids
+from agent_lightning.generation.decoding import (
+    ActionTrie,
+    constrained_greedy,
+    decode_answers,
+    free_greedy,
+    position_ids,
+)
 from agent_lightning.generation.prompts import (
     IGNORE_INDEX,
     PLAIN_TEMPLATE,
@@ -21,6 +27,7 @@ __all__ = [
     "LeftPaddingCollator",
     "constrained_greedy",
     "continuation_prompt",
+    "decode_answers",
     "end_token_id",
     "free_greedy",
     "left_pad",

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ActionTrie", "constrained_greedy", "free_greedy", "position_ids"]
+__all__ = ["ActionTrie", "constrained_greedy", "decode_answers", "free_greedy", "position_ids"]
 
 
 class ActionTrie:
@@ -129,26 +129,73 @@ def free_greedy(
     end_token_id: int,
     pad_token_id: int,
 ) -> tuple[Tensor, Tensor]:
-    """Unconstrained greedy generation (``model.generate``) until the end token or ``max_new_tokens``.
+    """Unconstrained greedy generation, with the model's key/value cache, until every row has written the end token
+    or ``max_new_tokens`` tokens.
+
+    Args:
+        model: a Hugging Face causal LM, or a decoding step with its call convention (e.g.
+            :class:`~agent_lightning.deployment.decoder_program.OnnxDecoder`).
+        input_ids: left-padded prompts ``(B, P)``.
+        attention_mask: ``(B, P)``.
+        max_new_tokens: the most tokens written per row.
+        end_token_id: the token that ends an answer (written, then the row stops).
+        pad_token_id: written after a row's end.
 
     Returns:
         ``(new_tokens, mean_probability)``: the generated ids ``(B, N)`` (``pad_token_id`` after the end) and the
-        mean probability of each row's generated tokens ``(B,)``.
+        mean probability of each row's generated tokens up to and including its end token ``(B,)``.
     """
-    generated = model.generate(
+    batch = input_ids.shape[0]
+    finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
+    total = torch.zeros(batch, device=input_ids.device)
+    counted = torch.zeros(batch, device=input_ids.device)
+    written: list[Tensor] = []
+    output = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        eos_token_id=end_token_id,
-        pad_token_id=pad_token_id,
-        output_scores=True,
-        return_dict_in_generate=True,
+        position_ids=position_ids(attention_mask),
+        use_cache=True,
+        logits_to_keep=1,
     )
-    new_tokens = generated.sequences[:, input_ids.shape[1] :]
-    scores = torch.stack(generated.scores, dim=1).float().log_softmax(-1)  # (B, N, V)
-    token_logp = scores.gather(-1, new_tokens[..., None]).squeeze(-1)
-    finished_before = torch.cumsum(new_tokens == end_token_id, dim=1) - (new_tokens == end_token_id).long()
-    real = finished_before == 0  # tokens up to and including the first end token
-    mean_logp = (token_logp * real).sum(1) / real.sum(1).clamp(min=1)
-    return new_tokens, mean_logp.exp()
+    for _ in range(max_new_tokens):
+        log_probability = output.logits[:, -1].float().log_softmax(-1)
+        chosen = log_probability.argmax(-1)
+        live = ~finished
+        total += torch.where(live, log_probability.gather(-1, chosen[:, None])[:, 0], 0.0)
+        counted += live.float()
+        chosen = torch.where(live, chosen, torch.full_like(chosen, pad_token_id))
+        written.append(chosen)
+        finished |= chosen == end_token_id
+        if bool(finished.all()):
+            break
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
+        output = model(
+            input_ids=chosen[:, None],
+            attention_mask=attention_mask,
+            position_ids=position_ids(attention_mask)[:, -1:],
+            cache=output.cache,
+            use_cache=True,
+        )
+    tokens = torch.stack(written, dim=1) if written else input_ids.new_zeros(batch, 0)
+    return tokens, (total / counted.clamp(min=1)).exp()
+
+
+def decode_answers(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    tokenizer: Any,
+    trie: ActionTrie | None,
+    actions: Sequence[str],
+    max_new_tokens: int,
+    end_token_id: int,
+) -> tuple[list[str], Tensor]:
+    """Answers to left-padded prompts: within the action set (``trie`` of ``actions``' token ids) or, with ``trie``
+    ``None``, free text of up to ``max_new_tokens`` tokens; and each answer's confidence ``(B,)`` (the sequence
+    probability among the actions, or the mean token probability of the free answer)."""
+    pad = tokenizer.pad_token_id
+    if trie is not None:
+        index, probability = constrained_greedy(model, input_ids, attention_mask, trie, pad)
+        return [actions[i] for i in index.tolist()], probability
+    tokens, probability = free_greedy(model, input_ids, attention_mask, max_new_tokens, end_token_id, pad)
+    return [text.strip() for text in tokenizer.batch_decode(tokens, skip_special_tokens=True)], probability

@@ -6,13 +6,14 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from agent_lightning.pruning.units import HeadUnit
 from agent_lightning.validation import check_choice, check_fraction
 
-__all__ = ["Importance", "Method", "PruningConfig", "Scope"]
+__all__ = ["Criterion", "HeadUnit", "Method", "PruningConfig", "Scope"]
 
 Method = Literal["magnitude", "n:m", "structured"]
 Scope = Literal["layer", "global"]
-Importance = Literal["magnitude", "first_order"]
+Criterion = Literal["magnitude", "wanda", "first_order"]
 
 
 @dataclass(frozen=True)
@@ -26,8 +27,15 @@ class PruningConfig:
             ``"structured"`` (whole neurons and heads).
         scope: ``"layer"`` (each layer reaches the target) or ``"global"`` (one threshold for all), magnitude only.
         pattern: ``"N:M"`` for ``method="n:m"``.
-        head_sparsity: fraction of attention heads removed per block (``"structured"`` only).
-        importance: ``"magnitude"`` (weight norms) or ``"first_order"`` (accumulated ``|W * grad|``), structured only.
+        head_sparsity: fraction of attention (query) heads removed per block (``"structured"`` only).
+        criterion: what scores a weight or unit: ``"magnitude"`` (``|W|``; weight norms for structured units),
+            ``"wanda"`` (``|W| * ||X||``: the weight times the L2 norm of its input feature over the tokens seen, Sun
+            et al. 2023; compared within each output row, the paper's comparison group; ``"magnitude"`` and
+            ``"n:m"`` only) or ``"first_order"`` (accumulated ``|W * grad|`` per unit, structured only).
+        gqa: under grouped-query attention (fewer key/value heads than query heads), what a removed head is:
+            ``"queries"`` (query heads, the same number within every key/value group; the key/value projections
+            stay) or ``"groups"`` (whole key/value groups with their query heads). Multi-head attention removes
+            heads with their key/value rows either way.
 
     Raises:
         TypeError: a number that is not a number.
@@ -47,12 +55,14 @@ i.e. sparsity=0.5. Use Pruning(sparsity=0.5, method='n:m', pattern='2:4') or ano
     scope: Scope = "layer"
     pattern: str = "2:4"
     head_sparsity: float = 0.0
-    importance: Importance = "magnitude"
+    criterion: Criterion = "magnitude"
+    gqa: HeadUnit = "queries"
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, ("magnitude", "n:m", "structured"))
         check_choice("scope", self.scope, ("layer", "global"))
-        check_choice("importance", self.importance, ("magnitude", "first_order"))
+        check_choice("criterion", self.criterion, ("magnitude", "wanda", "first_order"))
+        check_choice("gqa", self.gqa, ("queries", "groups"))
         check_fraction("sparsity", self.sparsity, allow_zero=self.method == "structured")
         check_fraction("head_sparsity", self.head_sparsity, allow_zero=True)
         n, m = self.group
@@ -72,6 +82,21 @@ i.e. sparsity=0.5. Use Pruning(sparsity=0.5, method='n:m', pattern='2:4') or ano
             raise ValueError("method='structured' needs sparsity (FFN neurons) or head_sparsity (heads) above 0.")
         if self.method == "n:m" and self.scope == "global":
             raise ValueError("scope='global' applies to method='magnitude'; N:M groups are always per layer.")
+        if self.criterion == "first_order" and self.method != "structured":
+            raise ValueError(
+                f"criterion='first_order' scores whole heads and neurons (method='structured'), not method="
+                f"{self.method!r}. Use criterion='magnitude' or 'wanda' for it, or method='structured'."
+            )
+        if self.criterion == "wanda" and self.method == "structured":
+            raise ValueError(
+                "criterion='wanda' scores single weights (method='magnitude' or 'n:m'); for method='structured' use "
+                "criterion='magnitude' or 'first_order'."
+            )
+        if self.criterion == "wanda" and self.scope == "global":
+            raise ValueError(
+                "criterion='wanda' compares weights within each output row (its comparison group), so scope='global' "
+                "does not apply. Use Pruning(criterion='wanda') with the default scope='layer'."
+            )
 
     @property
     def group(self) -> tuple[int, int]:

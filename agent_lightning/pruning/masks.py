@@ -17,6 +17,7 @@ __all__ = [
     "magnitude_masks",
     "mask_gradients",
     "n_m_masks",
+    "row_masks",
     "scores_with_history",
     "zero_optimizer_moments",
 ]
@@ -37,7 +38,8 @@ def keep_largest(score: Tensor, prune: int) -> Tensor:
 
 
 def scores_with_history(weight: Tensor, previous: Tensor | None) -> Tensor:
-    """``|weight|`` as float, with the weights ``previous`` already pruned scored below every kept one (-1)."""
+    """``|weight|`` (or the absolute value of any other score) as float, with the weights ``previous`` already pruned
+    scored below every kept one (-1)."""
     score = weight.detach().abs().float()
     if previous is not None:
         score = score.masked_fill(~previous, -1.0)
@@ -62,6 +64,27 @@ def magnitude_masks(scores: Mapping[str, Tensor], target: float, scope: str = "l
         masks[name] = keep_flat[offset : offset + score.numel()].view_as(score)
         offset += score.numel()
     return masks
+
+
+def row_masks(score: Tensor, target: float, transposed: bool = False) -> Tensor:
+    """The mask that prunes the ``target`` fraction of lowest scores within each output row (Wanda's comparison
+    group: every output neuron keeps the same share of its inputs).
+
+    Args:
+        score: ``(out, in)`` scores (``(in, out)`` with ``transposed``, as GPT-2's ``Conv1D`` stores weights).
+        target: fraction pruned in every row.
+        transposed: ``score`` is stored ``(in, out)``.
+
+    Example:
+        >>> row_masks(torch.tensor([[4.0, 1.0, 3.0, 2.0], [1.0, 2.0, 3.0, 4.0]]), 0.5).tolist()
+        [[True, False, True, False], [False, False, True, True]]
+    """
+    rows = score.t() if transposed else score
+    keep = torch.ones_like(rows, dtype=torch.bool)
+    prune = round(target * rows.shape[1])
+    if prune:
+        keep.scatter_(1, rows.topk(prune, dim=1, largest=False).indices, False)
+    return keep.t().contiguous() if transposed else keep
 
 
 def n_m_masks(score: Tensor, n: int, m: int, fraction: float = 1.0, transposed: bool = False) -> Tensor:

@@ -8,12 +8,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from agent_lightning.pruning.activations import InputNorms
 from agent_lightning.pruning.config import PruningConfig
 from agent_lightning.pruning.masks import (
     apply_masks,
     magnitude_masks,
     mask_gradients,
     n_m_masks,
+    row_masks,
     scores_with_history,
     zero_optimizer_moments,
 )
@@ -21,7 +23,10 @@ from agent_lightning.pruning.removal import remove_structure
 from agent_lightning.pruning.units import (
     accumulate_first_order,
     expand_units,
+    first_order_head_scores,
+    head_masks,
     head_scores,
+    keep_heads,
     keep_units,
     neuron_scores,
     structured_blocks,
@@ -43,6 +48,10 @@ class Pruner:
     :meth:`mask_gradients` and :meth:`zero_optimizer_moments` keep training from growing them back, and
     :meth:`remove_structure` cuts pruned neurons and heads out of the layers. Parameters keep their names and module
     types, so the masks survive other code swapping modules (QAT) as long as the parameters stay.
+
+    ``criterion="wanda"`` scores each weight by ``|W| * ||X||`` (:class:`~agent_lightning.pruning.activations.
+    InputNorms` of the targeted layers' inputs): call :meth:`calibrate` with batches first (one shot), or
+    :meth:`observe` while the model trains (the callback does).
 
     Args:
         model: any module with ``nn.Linear`` or GPT-2 ``Conv1D`` layers.
@@ -77,7 +86,9 @@ class Pruner:
         self.ffn_widths: dict[int, int] = {}
         self.head_counts: dict[int, int] = {}
         if config.method == "structured":
-            self.blocks = structured_blocks(model, list(self.targets), config.sparsity, config.head_sparsity)
+            self.blocks = structured_blocks(
+                model, list(self.targets), config.sparsity, config.head_sparsity, config.gqa
+            )
             self.ffn_widths = {
                 b.index: model.get_submodule(b.ffn_in[0]).weight.shape[0] for b in self.blocks if b.ffn_out
             }
@@ -86,6 +97,7 @@ class Pruner:
         self.kept_neurons: Units = {}
         self.kept_heads: Units = {}
         self.scores: dict[str, Tensor] = {}  # first-order importance accumulators
+        self.inputs = InputNorms(model, list(self.targets))  # criterion="wanda": the targets' input norms
         self.fraction_applied = 0.0
 
     def _check_groups(self) -> None:
@@ -113,33 +125,62 @@ class Pruner:
         """``(masks, kept neurons, kept heads)`` for ``fraction`` of the way to the target, without setting them."""
         parameters = self.parameters()
         config = self.config
+        if config.method == "magnitude" and config.criterion == "wanda":  # per output row, as Wanda compares
+            masks = {}
+            for name, score in self._weight_scores().items():
+                masks[name] = row_masks(score, fraction * config.sparsity, self._transposed(name))
+            return masks, {}, {}
         if config.method == "magnitude":
-            scores = {name: scores_with_history(w, self.masks.get(name)) for name, w in self.weights().items()}
-            return magnitude_masks(scores, fraction * config.sparsity, config.scope), {}, {}
+            return magnitude_masks(self._weight_scores(), fraction * config.sparsity, config.scope), {}, {}
         if config.method == "n:m":
             n, m = config.group
-            masks = {}
-            for name, weight in self.weights().items():
-                transposed = not isinstance(self.targets[name[: -len(".weight")]], nn.Linear)  # Conv1D: (in, out)
-                score = scores_with_history(weight, self.masks.get(name))
-                masks[name] = n_m_masks(score, n, m, fraction, transposed)
-            return masks, {}, {}
+            scores = self._weight_scores()
+            return {name: n_m_masks(scores[name], n, m, fraction, self._transposed(name)) for name in scores}, {}, {}
         masks, kept_neurons, kept_heads = {}, dict(self.kept_neurons), dict(self.kept_heads)
-        first_order = config.importance == "first_order"
+        first_order = config.criterion == "first_order"
         for block in self.blocks:
             if config.sparsity and block.ffn_out:
                 score = self.scores.get(f"ffn.{block.index}") if first_order else neuron_scores(block, parameters)
-                score = torch.zeros(1) if score is None else score
+                score = torch.zeros(self.ffn_widths[block.index]) if score is None else score
                 keep = keep_units(score, kept_neurons.get(block.index), fraction * config.sparsity)
                 kept_neurons[block.index] = keep.nonzero().flatten().cpu()
                 expand_units(masks, parameters, block.ffn_in, block.ffn_out, keep, 1)
             if config.head_sparsity and block.attention_out and block.head_dim:
-                score = self.scores.get(f"heads.{block.index}") if first_order else head_scores(block, parameters)
-                score = torch.zeros(1) if score is None else score
-                keep = keep_units(score, kept_heads.get(block.index), fraction * config.head_sparsity)
+                if first_order:
+                    score = first_order_head_scores(block, self.scores, config.gqa)
+                else:
+                    score = head_scores(block, parameters, config.gqa)
+                if score is None:  # no gradient seen yet: every unit ties
+                    score = head_scores(block, parameters, config.gqa).zero_()
+                target = fraction * config.head_sparsity
+                keep = keep_heads(block, score, kept_heads.get(block.index), target, config.gqa)
                 kept_heads[block.index] = keep.nonzero().flatten().cpu()
-                expand_units(masks, parameters, block.attention_in, block.attention_out, keep, block.head_dim)
+                head_masks(masks, parameters, block, keep)
         return masks, kept_neurons, kept_heads
+
+    def _transposed(self, weight_name: str) -> bool:
+        """Whether a targeted weight is stored ``(in, out)`` (GPT-2's ``Conv1D``)."""
+        return not isinstance(self.targets[weight_name.removesuffix(".weight")], nn.Linear)
+
+    def _weight_scores(self) -> dict[str, Tensor]:
+        """Each targeted weight's score, weights pruned before scored below every kept one: ``|W|``, or with
+        ``criterion="wanda"`` ``|W|`` times the norm of the input feature each weight reads."""
+        norms = self.inputs.norms() if self.config.criterion == "wanda" else {}
+        scores = {}
+        for name, weight in self.weights().items():
+            layer = name.removesuffix(".weight")
+            score = weight.detach().abs().float()
+            if self.config.criterion == "wanda":
+                if layer not in norms:
+                    raise ValueError(
+                        f"Pruning(criterion='wanda') scores weights by their inputs' norms, and layer {layer!r} has "
+                        "seen no input yet. Run the model on calibration batches first (Pruner.calibrate(batches), "
+                        "prune(..., calibration=batches)), or let Pruning observe training steps before it prunes."
+                    )
+                norm = norms[layer].to(score.device)
+                score = score * (norm[:, None] if self._transposed(name) else norm[None, :])
+            scores[name] = scores_with_history(score, self.masks.get(name))
+        return scores
 
     def set(self, masks: Masks, kept_neurons: Units, kept_heads: Units, fraction: float) -> None:
         """Make these the masks (moved to the parameters' devices); ``fraction`` is where they stand."""
@@ -166,9 +207,14 @@ class Pruner:
         zero_optimizer_moments(optimizers, self.parameters(), self.masks)
 
     def accumulate_first_order(self) -> None:
-        """Add this step's ``|W * grad|`` to the neuron and head scores (``importance="first_order"``)."""
+        """Add this step's ``|W * grad|`` to the neuron and head scores (``criterion="first_order"``)."""
         neurons, heads = bool(self.config.sparsity), bool(self.config.head_sparsity)
         accumulate_first_order(self.blocks, self.parameters(), self.scores, neurons, heads)
+
+    def calibrate(self, batches: Iterable[Any], max_batches: int | None = None) -> int:
+        """Run the model (eval mode, no gradients) over ``batches`` and record its targeted layers' input norms, for
+        ``criterion="wanda"``; returns the number of batches read (see :meth:`InputNorms.calibrate`)."""
+        return self.inputs.calibrate(batches, max_batches)
 
     # -- measuring ---------------------------------------------------------------------------------------------------
     def layer_sparsity(self) -> dict[str, float]:
@@ -201,6 +247,7 @@ class Pruner:
             "kept_neurons": dict(self.kept_neurons),
             "kept_heads": dict(self.kept_heads),
             "scores": {k: v.cpu() for k, v in self.scores.items()},
+            "inputs": self.inputs.state_dict(),
             "fraction_applied": self.fraction_applied,
         }
 
@@ -220,6 +267,7 @@ class Pruner:
         self.set(state["keep"], state["kept_neurons"], state["kept_heads"], state["fraction_applied"])
         device = next(iter(parameters.values())).device if parameters else torch.device("cpu")
         self.scores = {k: v.to(device) for k, v in state["scores"].items()}
+        self.inputs.load_state_dict(state.get("inputs", {}))
 
 
 def prune(
@@ -228,6 +276,8 @@ def prune(
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
     physically_remove: bool = False,
+    calibration: Iterable[Any] | None = None,
+    max_batches: int | None = None,
 ) -> Pruner:
     """Prune ``model`` to ``config``'s target in one shot, without training (in place).
 
@@ -237,6 +287,9 @@ def prune(
         include: glob patterns over module names (default: the transformer blocks' linear layers).
         exclude: glob patterns removed from the targets.
         physically_remove: structured only: cut the pruned neurons and heads out of the layers.
+        calibration: batches the model is run on first to score weights by their inputs (``criterion="wanda"``,
+            which needs them), e.g. a training dataloader.
+        max_batches: read at most this many calibration batches.
 
     Returns:
         The :class:`Pruner` holding the masks (to keep enforcing them if the model trains on).
@@ -247,6 +300,8 @@ def prune(
         0.5
     """
     pruner = Pruner(model, config, include, exclude)
+    if calibration is not None:
+        pruner.calibrate(calibration, max_batches)
     pruner.update(1.0)
     pruner.apply()
     if physically_remove and config.method == "structured":

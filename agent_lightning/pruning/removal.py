@@ -4,11 +4,15 @@ Structured pruning first *masks* heads and neurons (zeros, same shapes) while tr
 and columns are cut out of the ``nn.Linear`` layers so the model is really smaller and faster. What was kept is
 recorded in the Hugging Face config, so that a saved folder or checkpoint can be rebuilt:
 
-- ``config.intermediate_size`` is updated when every block keeps the same number of neurons (then the folder loads
-  with plain ``from_pretrained``);
-- ``config.agent_lightning_structure`` records, per block, the number of heads and neurons kept (needed whenever
-  heads were removed, since HF configs cannot express fewer heads of the same width). :func:`load_pretrained_pruned`
-  and :class:`~agent_lightning.Agent` read it.
+- ``config.intermediate_size`` is updated when every block keeps the same number of neurons, and for Llama-like
+  configs (``num_key_value_heads``, ``head_dim``) ``num_attention_heads``, ``num_key_value_heads`` and ``head_dim`` when
+  every block keeps the same heads: then the folder loads with plain ``from_pretrained``;
+- ``config.agent_lightning_structure`` records, per block, the number of heads, key/value heads and neurons kept
+  (needed when blocks differ, or when heads were removed from a BERT-like model, whose config cannot express fewer
+  heads of the same width). :func:`load_pretrained_pruned` and :class:`~agent_lightning.Agent` read it.
+
+Under grouped-query attention the kept heads are query heads; a key/value head stays while its group keeps a query
+head, and every group must keep the same number (:mod:`agent_lightning.pruning.units`).
 """
 
 from __future__ import annotations
@@ -67,10 +71,14 @@ def remove_structure(
     Args:
         model: the module whose blocks :func:`find_blocks` finds (the same root used while masking).
         kept_neurons: block index -> sorted indices of the FFN neurons to keep.
-        kept_heads: block index -> sorted indices of the attention heads to keep.
+        kept_heads: block index -> sorted indices of the attention (query) heads to keep.
 
     Returns:
-        The structure record ``{block index: {"heads": n, "intermediate_size": m}}`` (as strings for JSON).
+        The structure record ``{block index: {"heads": n, "kv_heads": k, "intermediate_size": m}}`` (keys as
+        strings for JSON).
+
+    Raises:
+        ValueError: under grouped-query attention, the kept heads leave the key/value groups unequal.
     """
     blocks = {block.index: block for block in find_blocks(model)}
     record: dict[str, dict[str, int]] = {}
@@ -83,13 +91,27 @@ def remove_structure(
             _set(model, block.ffn_out, _pruned_layer(model.get_submodule(block.ffn_out), keep, dim=1))
             entry["intermediate_size"] = int(keep.numel())
         if index in kept_heads and block.attention_out is not None:
-            keep = kept_heads[index].to(torch.long)
+            keep = kept_heads[index].to(torch.long).cpu()
+            groups = keep // block.group_size
+            kv_keep = torch.unique(groups)
+            counts = torch.bincount(groups)[kv_keep]
+            if bool((counts != counts[0]).any()):
+                raise ValueError(
+                    f"Block {index} keeps query heads {keep.tolist()}: under grouped-query attention every key/value "
+                    f"group must keep the same number of its {block.group_size} query heads (Pruning(gqa='queries') "
+                    "prunes them evenly)."
+                )
             rows = _head_rows(keep, block.head_dim)
-            for name in block.attention_in:
-                _set(model, name, _pruned_layer(model.get_submodule(name), rows, dim=0))
+            query, key, value = block.attention_in
+            _set(model, query, _pruned_layer(model.get_submodule(query), rows, dim=0))
+            kv_rows = _head_rows(kv_keep, block.head_dim)
+            for name in (key, value):
+                _set(model, name, _pruned_layer(model.get_submodule(name), kv_rows, dim=0))
             _set(model, block.attention_out, _pruned_layer(model.get_submodule(block.attention_out), rows, dim=1))
-            _set_head_count(model.get_submodule(block.attention_module), int(keep.numel()), block.head_dim)
+            attention = model.get_submodule(block.attention_module)
+            _set_head_count(attention, int(keep.numel()), int(kv_keep.numel()), block.head_dim)
             entry["heads"] = int(keep.numel())
+            entry["kv_heads"] = int(kv_keep.numel())
         if entry:
             record[str(index)] = entry
     _record_in_config(model, record)
@@ -100,12 +122,18 @@ def _device(model: nn.Module, name: str) -> torch.device:
     return model.get_submodule(name).weight.device
 
 
-def _set_head_count(attention: nn.Module, heads: int, head_dim: int) -> None:
-    # BERT-like modules keep these as attributes; Llama-like ones reshape with -1 and need nothing.
+def _set_head_count(attention: nn.Module, heads: int, kv_heads: int, head_dim: int) -> None:
+    # BERT-like modules keep these as attributes; Llama-like ones reshape with -1 and repeat each key/value head
+    # num_key_value_groups times.
     if hasattr(attention, "num_attention_heads"):
         attention.num_attention_heads = heads
     if hasattr(attention, "all_head_size"):
         attention.all_head_size = heads * head_dim
+    for name, value in (("num_heads", heads), ("num_key_value_heads", kv_heads)):
+        if isinstance(getattr(attention, name, None), int):
+            setattr(attention, name, value)
+    if hasattr(attention, "num_key_value_groups"):
+        attention.num_key_value_groups = heads // kv_heads
 
 
 def _configs(model: nn.Module):
@@ -121,10 +149,17 @@ def _record_in_config(model: nn.Module, record: dict[str, dict[str, int]]) -> No
     for config in _configs(model):
         merged = {**getattr(config, STRUCTURE_KEY, {}), **record}
         setattr(config, STRUCTURE_KEY, merged)
-        sizes = {entry.get("intermediate_size") for entry in merged.values()}
         blocks = getattr(config, "num_hidden_layers", None)
-        if len(sizes) == 1 and None not in sizes and len(merged) == blocks and hasattr(config, "intermediate_size"):
+        every_block = len(merged) == blocks
+        sizes = {entry.get("intermediate_size") for entry in merged.values()}
+        if len(sizes) == 1 and None not in sizes and every_block and hasattr(config, "intermediate_size"):
             config.intermediate_size = sizes.pop()
+        heads = {(entry.get("heads"), entry.get("kv_heads")) for entry in merged.values()}
+        llama_like = all(hasattr(config, name) for name in ("num_key_value_heads", "head_dim", "num_attention_heads"))
+        if len(heads) == 1 and None not in next(iter(heads)) and every_block and llama_like:
+            head_dim = config.head_dim or config.hidden_size // config.num_attention_heads
+            config.num_attention_heads, config.num_key_value_heads = heads.pop()
+            config.head_dim = head_dim  # explicit: no longer hidden_size // num_attention_heads
 
 
 def shrink_to_structure(model: nn.Module, record: Mapping[str, Mapping[str, int]]) -> None:
@@ -132,15 +167,19 @@ def shrink_to_structure(model: nn.Module, record: Mapping[str, Mapping[str, int]
 
     The kept rows are the first ones; the weights are overwritten by the load that follows.
     """
+    blocks = {b.index: b for b in find_blocks(model)}
     kept_neurons, kept_heads = {}, {}
     for key, entry in record.items():
-        if "intermediate_size" in entry:
+        block = blocks[int(key)]
+        # Only shrink what differs from the built size (the config may already say the pruned sizes).
+        if "intermediate_size" in entry and _ffn_width(model, block) != entry["intermediate_size"]:
             kept_neurons[int(key)] = torch.arange(entry["intermediate_size"])
-        if "heads" in entry:
-            kept_heads[int(key)] = torch.arange(entry["heads"])
-    blocks = {b.index: b for b in find_blocks(model)}
-    # Only shrink what differs from the built size (intermediate_size may already be the pruned one).
-    kept_neurons = {i: k for i, k in kept_neurons.items() if _ffn_width(model, blocks[i]) != len(k)}
+        if "heads" in entry and block.num_heads != entry["heads"]:
+            kv_heads = entry.get("kv_heads", entry["heads"] if block.group_size == 1 else block.num_kv_heads)
+            per_group = entry["heads"] // kv_heads  # the first kv_heads groups, each keeping its first queries
+            kept_heads[int(key)] = torch.tensor(
+                [group * block.group_size + j for group in range(kv_heads) for j in range(per_group)]
+            )
     remove_structure(model, kept_neurons, kept_heads)
 
 
@@ -163,7 +202,7 @@ def load_pretrained_pruned(folder: str | os.PathLike, model_class=None, config=N
         >>> config = BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
         >>> model = AutoModelForSequenceClassification.from_config(config)
         >>> remove_structure(model.bert, {0: torch.arange(4)}, {0: torch.tensor([1])})
-        {'0': {'intermediate_size': 4, 'heads': 1}}
+        {'0': {'intermediate_size': 4, 'heads': 1, 'kv_heads': 1}}
         >>> folder = getfixture("tmp_path")
         >>> model.save_pretrained(folder)
         >>> load_pretrained_pruned(folder).bert.encoder.layer[0].intermediate.dense.out_features

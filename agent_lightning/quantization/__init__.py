@@ -58,9 +58,10 @@ from agent_lightning.quantization.qat import (
     quantization_targets,
     weight_error,
 )
-from agent_lightning.quantization.recipe import Activations, Kernel, QuantizationRecipe, Weights
+from agent_lightning.quantization.recipe import DECODER_FLOAT_LAYERS, Activations, Kernel, QuantizationRecipe, Weights
 
 __all__ = [
+    "DECODER_FLOAT_LAYERS",
     "Activations",
     "CompactEmbedding",
     "DynamicActivationFakeQuantizer",

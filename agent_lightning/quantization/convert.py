@@ -84,16 +84,16 @@ def _fbgemm_linear(name: str, module: FakeQuantizedLinear) -> DynamicQuantizedLi
             "model.cpu() before convert(model), or quantize with kernel='torchao' for other devices."
         )
     scale, _ = _weight_scales(module)
+    scale = scale.reshape(-1)
+    with torch.no_grad():  # the integers training computed with: the fake-quantized weight over its scales
+        values = torch.round(module.weight_fake_quantizer(weight).float() / scale.float()[:, None])
+    scale = scale.double()
     with warnings.catch_warnings():
         # torch 2.13 announces that its quantized tensors (which fbgemm's packed int8 weights are built from) will be
         # removed in a future release (pytorch/pytorch#184982); documented in the module docstring.
         warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel")
-        quantized = torch.quantize_per_channel(
-            weight.float(),
-            scale.reshape(-1).double(),
-            torch.zeros(weight.shape[0], dtype=torch.long),
-            axis=0,
-            dtype=torch.qint8,
+        quantized = torch._make_per_channel_quantized_tensor(
+            values.to(torch.int8), scale, torch.zeros(weight.shape[0], dtype=torch.long), axis=0
         )
     linear = DynamicQuantizedLinear(module.in_features, module.out_features, module.bias is not None)
     bias = None if module.bias is None else module.bias.detach().float()

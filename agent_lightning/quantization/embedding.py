@@ -13,9 +13,17 @@ ways, usable together:
 
 :class:`CompactEmbedding` replaces the model's input embedding module (``get_input_embeddings`` /
 ``set_input_embeddings`` of a Hugging Face model, or a named ``nn.Embedding``); it is plain tensor code, so a traced
-TorchScript program carries it. :class:`~agent_lightning.callbacks.EmbeddingCompression` applies it at the end of
-training from the token ids it saw in the training batches (:func:`compact_seen_vocabulary`, with the counts
-:func:`count_tokens` collects).
+TorchScript program carries it.
+
+**Tied tables** (most decoders, e.g. SmolLM2: the output layer's weight *is* the input embedding table): the table is
+compacted once, and the output layer becomes a :class:`CompactLMHead` over the *same* :class:`CompactEmbedding`, so
+the model keeps one table (quantized once, never two diverging copies). The output softmax then covers the kept
+tokens only: every other token gets the lowest logit of the dtype (probability 0). That is safe when answers are
+made of tokens training saw, which decoding constrained to the action set guarantees (each action's tokens are in
+its training answers); free generation can only write kept tokens.
+
+:class:`~agent_lightning.callbacks.EmbeddingCompression` applies it at the end of training from the token ids it saw
+in the training batches (:func:`compact_seen_vocabulary`, with the counts :func:`count_tokens` collects).
 """
 
 from __future__ import annotations
@@ -31,10 +39,11 @@ from agent_lightning.evaluation import split_batch
 
 __all__ = [
     "CompactEmbedding",
+    "CompactLMHead",
     "EmbeddingWeights",
     "Unseen",
     "Vocabulary",
-    "check_untied",
+    "check_tied_output",
     "compact_input_embeddings",
     "compact_seen_vocabulary",
     "count_tokens",
@@ -56,6 +65,8 @@ class CompactEmbedding(nn.Module):
         weight: ``(rows, embedding_dim)`` rows of the kept tokens (float, or int8 with ``scale``).
         token_rows: ``(vocab_size,)`` the row of each original token id (int32).
         scale: ``(rows, 1)`` float scale of each int8 row; ``None`` for float rows.
+        kept_ids: ``(rows,)`` the token id each row belongs to (what a tied :class:`CompactLMHead` scores);
+            default: the lowest token id mapped to the row.
 
     Buffers, not parameters: a compacted embedding is for inference (it is applied when training ends).
 
@@ -66,11 +77,18 @@ class CompactEmbedding(nn.Module):
         torch.Size([1, 2, 4])
     """
 
-    def __init__(self, weight: Tensor, token_rows: Tensor, scale: Tensor | None = None) -> None:
+    def __init__(
+        self, weight: Tensor, token_rows: Tensor, scale: Tensor | None = None, kept_ids: Tensor | None = None
+    ) -> None:
         super().__init__()
         self.register_buffer("weight", weight)
         self.register_buffer("token_rows", token_rows.to(torch.int32))
         self.register_buffer("scale", scale)
+        if kept_ids is None:  # not given: the lowest token id that maps to each row
+            kept_ids = torch.full((weight.shape[0],), token_rows.shape[0], dtype=torch.long)
+            kept_ids = kept_ids.scatter_reduce(0, token_rows.long().cpu(), torch.arange(token_rows.shape[0]), "amin")
+        # the token id each row stores (what a tied output layer scores); derived, so not in the state_dict
+        self.register_buffer("kept_ids", kept_ids.to(torch.long), persistent=False)
         self.num_embeddings = int(token_rows.shape[0])
         self.embedding_dim = int(weight.shape[1])
 
@@ -126,7 +144,8 @@ class CompactEmbedding(nn.Module):
             rows = torch.round(rows / scale).clamp(-127, 127).to(torch.int8)
             scale = scale.to(table.dtype)  # the lookup returns the table's dtype
         device = table.device
-        return cls(rows.to(device), token_rows.to(device), None if scale is None else scale.to(device))
+        scale = None if scale is None else scale.to(device)
+        return cls(rows.to(device), token_rows.to(device), scale, keep_ids.to(device))
 
     @property
     def kept_tokens(self) -> int:
@@ -146,6 +165,44 @@ class CompactEmbedding(nn.Module):
     def extra_repr(self) -> str:
         kind = "float" if self.scale is None else "int8"
         return f"{self.num_embeddings} tokens -> {self.kept_tokens} {kind} rows of {self.embedding_dim}"
+
+
+class CompactLMHead(nn.Module):
+    """The output layer of a model whose output weight was tied to a compacted input table: logits over the
+    :class:`CompactEmbedding`'s rows (the same tensors, not a copy), scattered back to the full vocabulary, every
+    token without a row at the dtype's lowest value (probability 0 after a softmax).
+
+    Shapes: ``hidden (*, embedding_dim)`` -> ``(*, vocab_size)``.
+
+    Args:
+        embedding: the compacted input table it shares.
+        bias: the output layer's bias over the full vocabulary, or ``None``.
+
+    Example:
+        >>> table = nn.Embedding(6, 4)
+        >>> head = CompactLMHead(CompactEmbedding.from_embedding(table, keep=[1, 4], weights="float"))
+        >>> logits = head(torch.randn(2, 4))
+        >>> logits.shape, logits.argmax(-1).tolist() in ([1, 1], [1, 4], [4, 1], [4, 4])
+        (torch.Size([2, 6]), True)
+    """
+
+    def __init__(self, embedding: CompactEmbedding, bias: Tensor | None = None) -> None:
+        super().__init__()
+        self.embedding = embedding
+        kept_bias = None if bias is None else bias.detach()[embedding.kept_ids.to(bias.device)].clone()
+        self.register_buffer("bias", kept_bias)
+        self.out_features = embedding.num_embeddings
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        rows = self.embedding.dequantized().to(hidden.dtype)
+        logits = hidden @ rows.t()
+        if self.bias is not None:
+            logits = logits + self.bias
+        full = logits.new_full((*logits.shape[:-1], self.out_features), torch.finfo(logits.dtype).min)
+        return full.scatter(-1, self.embedding.kept_ids.expand(*logits.shape[:-1], -1), logits)
+
+    def extra_repr(self) -> str:
+        return f"{self.embedding.kept_tokens} tied rows -> {self.out_features} logits"
 
 
 def input_embeddings(model: nn.Module) -> tuple[str, nn.Module]:
@@ -194,17 +251,19 @@ def compact_input_embeddings(
         fallback: the token id for ``unseen="fallback"`` (e.g. ``tokenizer.unk_token_id``).
 
     Returns:
-        The new module.
+        The new module. An output layer tied to the table becomes a :class:`CompactLMHead` over it.
 
     Raises:
-        ValueError: see :func:`input_embeddings` and :meth:`CompactEmbedding.from_embedding`; or the embeddings are
-            already compacted.
+        ValueError: see :func:`input_embeddings`, :func:`check_tied_output` and
+            :meth:`CompactEmbedding.from_embedding`; or the embeddings are already compacted.
     """
-    name, embedding = input_embeddings(model)
+    name, embedding, head = check_tied_output(model)
     if isinstance(embedding, CompactEmbedding):
         raise ValueError(f"The input embeddings ({name}) are already compacted.")
     compact = CompactEmbedding.from_embedding(embedding, keep, weights, unseen, fallback)
     model.set_submodule(name, compact)
+    if head is not None:  # a tied output layer shares the compacted table
+        model.set_submodule(head, CompactLMHead(compact, model.get_submodule(head).bias))
     return compact
 
 
@@ -270,28 +329,32 @@ def compact_seen_vocabulary(
     return compact_input_embeddings(model, keep, weights, unseen, fallback)
 
 
-def check_untied(model: nn.Module) -> tuple[str, nn.Module]:
-    """``(name, module)`` of the input embeddings, refusing embeddings tied to an output layer.
+def check_tied_output(model: nn.Module) -> tuple[str, nn.Module, str | None]:
+    """``(name, module)`` of the input embeddings, and the name of the linear output layer tied to them (``None``
+    when untied).
 
     Raises:
-        ValueError: see :func:`input_embeddings`; or the table is shared with another module (tied input/output
-            embeddings): compacting it would leave the full table in the output layer.
+        ValueError: see :func:`input_embeddings`; or the table is shared with a module that is not a linear output
+            layer (compacting it would leave that module with the full table).
     """
     name, embedding = input_embeddings(model)
     weight = getattr(embedding, "weight", None)
     sharing = [
-        module_name
+        (module_name, module)
         for module_name, module in model.named_modules()
-        if module is not embedding and any(p is weight for p in module.parameters(recurse=False))
+        if module is not embedding
+        and not isinstance(module, CompactLMHead)
+        and any(p is weight for p in module.parameters(recurse=False))
     ]
-    if sharing:
+    heads = [module_name for module_name, module in sharing if isinstance(module, nn.Linear)]
+    others = [module_name for module_name, module in sharing if not isinstance(module, nn.Linear)]
+    if others or len(heads) > 1:
         raise ValueError(
-            f"EmbeddingCompression: the input embeddings ({name}) share their weight with {', '.join(sharing)} (tied "
-            "input/output embeddings, as in GPT-2 and most causal LMs). Compacting them would untie the two and "
-            "leave the full table in the output layer, so the model would not shrink. Use it on models whose input "
-            "embeddings are their own (encoders, classifiers, LMs with tie_word_embeddings=False)."
+            f"EmbeddingCompression: the input embeddings ({name}) share their weight with "
+            f"{', '.join(n for n, _ in sharing)}; only one linear output layer tied to them (a causal LM's head) can "
+            "share the compacted table. Use it on models whose table is their own or tied to one output layer."
         )
-    return name, embedding
+    return name, embedding, heads[0] if heads else None
 
 
 def fallback_token(model: nn.Module, given: int | None) -> int:

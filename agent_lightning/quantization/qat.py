@@ -45,7 +45,7 @@ def quantization_targets(
 
     Raises:
         ValueError: nothing matches; the default targets hold no quantizable layer; an included layer is not
-            quantizable; or the group size does not fit a layer.
+            quantizable or is tied to an embedding table; or the group size does not fit a layer.
     """
     targets = select_modules(model, include, exclude, argument="QuantizationAwareTraining(include=...)")
     if include is None:
@@ -59,7 +59,22 @@ def quantization_targets(
         targets = usable
     for name, module in targets.items():
         recipe.check_layer(name, module)
+    _refuse_tied(model, targets)
     return targets
+
+
+def _refuse_tied(model: nn.Module, targets: dict[str, nn.Module]) -> None:
+    """A targeted layer whose weight is also an embedding table (a tied output layer) would be quantized apart from
+    the table it shares: two diverging copies of one tensor."""
+    tables = {id(m.weight): name for name, m in model.named_modules() if isinstance(m, nn.Embedding)}
+    for name, module in targets.items():
+        table = tables.get(id(getattr(module, "weight", None)))
+        if table is not None:
+            raise ValueError(
+                f"QAT would quantize {name!r}, whose weight is tied to the embedding table {table!r}: the layer and "
+                f"the table would become two different tensors. Leave it float (exclude=['{name}']), or quantize the "
+                "shared table once with EmbeddingCompression(weights='int8'), which keeps the tie."
+            )
 
 
 def prepare(

@@ -11,11 +11,15 @@ from torchao.quantization.qat import IntxFakeQuantizeConfig
 
 from agent_lightning.quantization.fake_quantizers import linear_weight, quantizable
 
-__all__ = ["Activations", "Kernel", "QuantizationRecipe", "Weights"]
+__all__ = ["DECODER_FLOAT_LAYERS", "Activations", "Kernel", "QuantizationRecipe", "Weights"]
 
 Weights = Literal["int8", "int4"]
 Activations = Literal["int8", "none"]
 Kernel = Literal["auto", "fbgemm", "onnxruntime", "torchao"]
+#: The layers of a Llama-like decoder that int8 activation quantization should leave float: the inputs of SwiGLU's
+#: down projection (the products ``silu(gate) * up``) hold outliers of a few thousand beside values near 1 (measured
+#: on SmolLM2-135M-Instruct: in some blocks every other value rounds to zero under one int8 range per tensor).
+DECODER_FLOAT_LAYERS: tuple[str, ...] = ("*.mlp.down_proj",)
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,10 @@ class QuantizationRecipe:
         kernel: the int8 kernel the converted model runs, which the fake quantization matches: ``"fbgemm"``
             (``torch.ao`` dynamic quantized linear, fast on x86 CPUs, CPU only; int8 weights and activations only;
             activations over ``[0, 127]``), ``"onnxruntime"`` (the same int8 layers, activations over ``[0, 255]`` as
-            ONNX Runtime's ``DynamicQuantizeLinear`` quantizes them: the scheme of ``export --format onnx``),
+            ONNX Runtime's ``DynamicQuantizeLinear`` quantizes them, and weights over ``[-64, 63]``: ONNX Runtime's
+            uint8 x int8 kernels on CPUs without VNNI (AVX2) add pairs of products in 16 bits, which full-range
+            weights overflow; 7-bit weights are what its own ``quantize_dynamic(reduce_range=True)`` uses for it:
+            the scheme of ``export --format onnx``),
             ``"torchao"`` (torchao quantized tensors, any device, every scheme) or ``"auto"`` (fbgemm where it
             applies, else torchao).
 
@@ -90,7 +97,8 @@ class QuantizationRecipe:
     def fake_quantize_configs(self) -> tuple[IntxFakeQuantizeConfig | None, IntxFakeQuantizeConfig]:
         """``(activation_config, weight_config)`` for torchao's ``QATConfig``."""
         if self.weights == "int8":
-            weight = IntxFakeQuantizeConfig(torch.int8, granularity="per_channel", is_symmetric=True)
+            dtype = torch.int7 if self.backend == "onnxruntime" else torch.int8  # see ``kernel``
+            weight = IntxFakeQuantizeConfig(dtype, granularity="per_channel", is_symmetric=True)
         else:
             weight = IntxFakeQuantizeConfig(torch.int4, group_size=self.group_size, is_symmetric=True)
         activation = None

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from agent_lightning import Agent, LanguageModelingDataModule
 from agent_lightning.callbacks import Distillation, EmbeddingCompression, Pruning, QuantizationAwareTraining
 from agent_lightning.quantization import converted_modules
-from agent_lightning.quantization.embedding import CompactEmbedding
+from agent_lightning.quantization.embedding import CompactEmbedding, CompactLMHead
 from agent_lightning.targets import select_modules
 
 
@@ -155,13 +155,27 @@ def test_embedding_compression_on_modules_with_their_own_input_embeddings(kind, 
     assert len(compact) == 1 and compact[0].kept_tokens < compact[0].num_embeddings
 
 
-@pytest.mark.parametrize(
-    ("kind", "message"),
-    [
-        ("gpt2", r"share their weight with model.lm_head \(tied input/output embeddings"),
-        ("cnn", r"Cannot tell which module holds the input token embeddings"),
-    ],
-)
-def test_embedding_compression_says_what_a_module_must_provide(kind, message, tmp_path, causal_lm_folders, lm_texts):
-    with pytest.raises(ValueError, match=message):
-        _fit(_make(kind, causal_lm_folders), [EmbeddingCompression()], tmp_path, causal_lm_folders, lm_texts, kind)
+def test_embedding_compression_of_a_tied_table_compacts_it_once_for_input_and_output(
+    tmp_path, causal_lm_folders, lm_texts
+):
+    module = _make("gpt2", causal_lm_folders)
+    _fit(module, [EmbeddingCompression()], tmp_path, causal_lm_folders, lm_texts, "gpt2")
+    compact = [m for m in module.modules() if isinstance(m, CompactEmbedding)]
+    assert len({id(m) for m in compact}) == 1  # one table, reached from the input lookup and the output layer
+    head = module.model.lm_head
+    assert isinstance(head, CompactLMHead) and head.embedding is module.model.transformer.wte
+    ids = torch.randint(1000, 2000, (2, 6), generator=torch.Generator().manual_seed(0))
+    module.eval()
+    with torch.no_grad():
+        logits = module.model(input_ids=ids).logits
+        hidden = module.model.transformer(input_ids=ids).last_hidden_state
+    kept = torch.zeros(logits.shape[-1], dtype=torch.bool)
+    kept[head.embedding.kept_ids] = True
+    assert bool((logits[..., ~kept] == torch.finfo(logits.dtype).min).all())  # other tokens: probability 0
+    rows = head.embedding.dequantized()  # the kept tokens' logits are the hidden states times the shared rows
+    torch.testing.assert_close(logits[..., kept], (hidden @ rows.t())[..., head.embedding.kept_ids.argsort()])
+
+
+def test_embedding_compression_says_what_a_module_must_provide(tmp_path, causal_lm_folders, lm_texts):
+    with pytest.raises(ValueError, match=r"Cannot tell which module holds the input token embeddings"):
+        _fit(_make("cnn", causal_lm_folders), [EmbeddingCompression()], tmp_path, causal_lm_folders, lm_texts, "cnn")

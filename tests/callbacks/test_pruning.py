@@ -106,7 +106,7 @@ def test_structured_masking_then_physical_removal_gives_equal_logits(tmp_path, a
     layer = agent.model.bert.encoder.layer[0]
     assert layer.intermediate.dense.out_features == 32 and layer.output.dense.in_features == 32
     assert layer.attention.self.query.out_features == 16  # 2 of 4 heads of width 8
-    assert record["0"] == {"intermediate_size": 32, "heads": 2}
+    assert record["0"] == {"intermediate_size": 32, "heads": 2, "kv_heads": 2}
     assert agent.model.config.intermediate_size == 32
 
     # the smaller model saves and loads (plain transformers for uniform FFNs; our loader when heads were removed)
@@ -121,7 +121,7 @@ def test_structured_masking_then_physical_removal_gives_equal_logits(tmp_path, a
 
 def test_structured_removal_at_fit_end(tmp_path, agent_and_data):
     agent, dm = agent_and_data
-    pruning = Pruning(method="structured", sparsity=0.25, start=0, end=2, frequency=1, importance="first_order")
+    pruning = Pruning(method="structured", sparsity=0.25, start=0, end=2, frequency=1, criterion="first_order")
     before = sum(p.numel() for p in agent.parameters())
     _trainer(tmp_path, [pruning], max_steps=4, limit_val_batches=0).fit(agent, datamodule=dm)
     assert agent.model.bert.encoder.layer[1].intermediate.dense.out_features == 48

@@ -139,3 +139,49 @@ def test_compression_detail_flags_go_to_the_student_only(tmp_path, tiny_bert, ti
     callbacks = {c["class_path"].rsplit(".", 1)[-1]: c["init_args"] for c in student["trainer"]["callbacks"]}
     assert callbacks["Distillation"]["alpha"] == 0.3 and callbacks["Distillation"]["temperature"] == 1.0
     assert callbacks["Pruning"]["end"] == 0.5
+
+
+def test_compress_of_a_generative_agent_builds_an_auto_picked_distilled_int8_decoder(
+    tmp_path, tiny_llama, shared_tiny_data_dir, trained_tiny_llama
+):
+    """configs/llm.yaml's recipe on the tiny Llama: half the blocks picked by block influence, token-level KD,
+    int8 QAT, the tied table trimmed once, an ONNX decoding step, measured against the teacher and its peers."""
+    _, _, _, teacher_ckpt = trained_tiny_llama
+    common = [
+        "-c",
+        str(REPO / "configs" / "llm.yaml"),
+        f"--model.model={tiny_llama}",
+        f"--data.dataset={shared_tiny_data_dir}",
+        "--data.batch_size=8",
+        "--model.learning_rate=1e-3",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+    ]
+    summary = run_recipe(
+        [*common, "--teacher", str(teacher_ckpt), "--student-epochs", "2", "--distill.divergence=skew"]
+    )
+    student_run = tmp_path / "runs" / "student" / "version_0"
+    config = yaml.safe_load((student_run / "config.yaml").read_text())
+    assert config["model"]["student_layers"] == "auto:1"  # half of the teacher's two blocks, picked before fit
+    callbacks = {c["class_path"].rsplit(".", 1)[1]: c["init_args"] for c in config["trainer"]["callbacks"]}
+    assert "Pruning" not in callbacks  # no zeros inside the blocks of a decoder by default
+    assert callbacks["Distillation"]["divergence"] == "skew" and callbacks["Distillation"]["temperature"] == 1.0
+    assert callbacks["QuantizationAwareTraining"]["start"] == 0.5
+    assert callbacks["QuantizationAwareTraining"]["kernel"] == "onnxruntime"
+    assert callbacks["QuantizationAwareTraining"]["exclude"] == ["*.mlp.down_proj"]  # SwiGLU's outliers: float
+    checkpoint = Agent.load_from_checkpoint(student_run / "checkpoints" / "last.ckpt", map_location="cpu")
+    assert len(checkpoint.hparams.student_layers) == 1 and len(checkpoint.model.model.layers) == 1
+    exported = ExportedAgent(student_run / "export-onnx")
+    assert exported.task == "generation" and exported.manifest["parity"]["quantized_layers"] == 3  # qkv, o, gate+up
+    assert exported.manifest["embeddings"]["kept_tokens"] < 200
+    texts = [line.split(",")[0] for line in (shared_tiny_data_dir / "test.csv").read_text().splitlines()[1:]]
+    labels = [line.split(",")[1] for line in (shared_tiny_data_dir / "test.csv").read_text().splitlines()[1:]]
+    predicted = [action for action, _ in exported.act(texts)]
+    assert summary.student_acc == sum(p == y for p, y in zip(predicted, labels)) / len(labels)
+    models = ("teacher", "student", "ort_fp32", "ort_int8")
+    assert set(summary.latency_ms) == {f"{m}_b{b}" for m in models for b in (1, 32)}
+    assert set(summary.tokens_per_s) == set(models) and all(v > 0 for v in summary.tokens_per_s.values())
+    assert summary.peers["ort_fp32"]["acc"] == summary.teacher_acc  # the same decoder, fp32, on ONNX Runtime
+    assert summary.student_zipped * 4 < summary.teacher_zipped
+    table = (student_run / "summary.md").read_text()
+    assert "answer tokens/s, batch 1 |" in table and "| **exported int8 student** (ONNX Runtime) |" in table

@@ -74,7 +74,8 @@ def test_onnx_export_runs_in_onnx_runtime_like_the_converted_model(tmp_path, com
     assert (logits - fbgemm).abs().max() < 0.05 * fbgemm.abs().max()
     assert [a for a, _ in exported.act(TEXTS)] == [agent.labels[i] for i in graph_twin.argmax(-1).tolist()]
     assert exported.manifest["parity"]["torch_int8"]["top1_agreement"] == 1.0
-    assert exported.manifest["parity"]["tolerance"] == pytest.approx(0.05 * float(graph_twin.abs().max()), rel=0.5)
+    largest = max(float(graph_twin.abs().max()), 1.0)
+    assert exported.manifest["parity"]["tolerance"] == pytest.approx(0.05 * largest, rel=0.5)
 
 
 def test_onnx_int8_weights_are_the_qat_trained_ones(tmp_path, compressed):
@@ -87,8 +88,10 @@ def test_onnx_int8_weights_are_the_qat_trained_ones(tmp_path, compressed):
         weight, scale = graph[f"model.{name}"]
         frozen = module.weight_fake_quantizer.scale.reshape(-1)
         torch.testing.assert_close(scale, frozen.float(), rtol=0, atol=0)  # the frozen QAT scales, read back
-        expected = torch.clamp(torch.round(linear_weight(module).detach() / frozen[:, None]), -128, 127)
+        # 7-bit weights: ONNX Runtime's uint8 x int8 kernels without VNNI sum pairs of products in 16 bits
+        expected = torch.clamp(torch.round(linear_weight(module).detach() / frozen[:, None]), -64, 63)
         assert torch.equal(weight.to(torch.int64), expected.to(torch.int64))
+        assert int(weight.min()) >= -64 and int(weight.max()) <= 63
         assert weight.shape == (module.out_features, module.in_features)  # the smaller matrices
     neurons = graph["model.bert.encoder.layer.0.intermediate.dense"][0]
     assert neurons.shape == (32, 32)  # 64 neurons -> 32, width 32

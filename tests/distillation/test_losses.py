@@ -74,3 +74,49 @@ def test_attention_loss_matches_explicit_attention_maps():
     value = AttentionDistillationLoss()(sq, sk, tq, tk, heads, heads, mask)
     assert value.item() == pytest.approx(total / count, rel=1e-4)
     assert AttentionDistillationLoss()(tq, tk, tq, tk, heads, heads, mask).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def _softmax(row: list[float], temperature: float) -> list[float]:
+    exps = [math.exp(v / temperature) for v in row]
+    return [v / sum(exps) for v in exps]
+
+
+def _kl(a: list[float], b: list[float]) -> float:
+    return sum(x * math.log(x / y) for x, y in zip(a, b) if x > 0)
+
+
+@pytest.mark.parametrize("divergence", ["forward", "reverse", "skew", "skew_reverse"])
+def test_decoder_divergences_equal_hand_computations_on_fixed_logits(divergence):
+    student = torch.tensor(
+        [[[1.0, 0.0, -1.0, 2.0], [0.5, 0.5, 0.0, 0.0]], [[0.0, 3.0, 0.0, 1.0], [2.0, 1.0, 0.0, 0.5]]]
+    )
+    teacher = torch.tensor([[[2.0, 0.0, 0.0, 1.0], [0.0, 1.0, 0.0, 0.0]], [[0.0, 0.0, 4.0, 1.0], [1.0, 1.0, 1.0, 0.0]]])
+    mask = torch.tensor([[True, False], [True, True]])  # e.g. the positions that predict a response token
+    temperature, skew = 1.5, 0.2
+    values = []
+    for b in range(2):
+        for t in range(2):
+            if not mask[b, t]:
+                continue
+            p = _softmax(teacher[b, t].tolist(), temperature)
+            q = _softmax(student[b, t].tolist(), temperature)
+            value = {
+                "forward": lambda: _kl(p, q),
+                "reverse": lambda: _kl(q, p),
+                "skew": lambda: _kl(p, [skew * x + (1 - skew) * y for x, y in zip(p, q)]),
+                "skew_reverse": lambda: _kl(q, [skew * y + (1 - skew) * x for x, y in zip(p, q)]),
+            }[divergence]()
+            values.append(value)
+    expected = sum(values) / len(values) * temperature**2
+    loss = LogitDistillationLoss(divergence, skew=skew)(student, teacher, temperature, mask)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_divergences_are_zero_for_equal_distributions_and_choices_are_checked():
+    logits = torch.randn(3, 7)
+    for divergence in ("forward", "reverse", "skew", "skew_reverse"):
+        assert LogitDistillationLoss(divergence)(logits, logits, 1.0).item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match=r"divergence='js' is not a choice"):
+        LogitDistillationLoss("js")
+    with pytest.raises(ValueError, match=r"skew=1.0 must be a number in \(0, 1\)"):
+        LogitDistillationLoss("skew", skew=1.0)

@@ -1,0 +1,273 @@
+"""The compressed SmolLM2 agent against its teacher and what LLM people run instead, on the built-in data.
+
+From the fine-tuned SmolLM2-135M-Instruct agent (``python train.py fit -c configs/llm.yaml``), ``train.py compress``
+builds a student per KD divergence (``--divergences``): half the teacher's blocks picked by block influence
+(``auto:15``), token-level distillation on the answers (forward KL, reverse KL, DistiLLM's skew KL; ``sft``: the
+same run with ``--distill.alpha 1``, the answers' cross-entropy alone), int8 QAT in ONNX Runtime's scheme from
+half-way, the tied embedding table trimmed to the training vocabulary as int8, exported as an int8 ONNX decoding step
+with a key/value cache. Each run's own summary (``summary.md`` beside its logs) measures the export against the
+teacher and its ONNX Runtime peers.
+
+Then one side-by-side table (one process, round-robin, the same requests, ``torch.get_num_threads()`` threads for
+every runtime): the fp32 teacher in PyTorch eager (Hugging Face), the teacher as the same ONNX decoding step (fp32)
+and ONNX Runtime's ``quantize_dynamic`` int8 of it (no training), the most accurate student's export, and, where
+``llama-cpp-python`` is installed, the original SmolLM2-135M-Instruct GGUF (Q4_1, not fine-tuned: speed only) under
+llama.cpp. ms per request: one request answered alone, prompt and decoding included (llama.cpp: from token ids, the
+same prompt and as many greedy tokens as the student's answer); answer tokens/s: the answers' tokens over that time;
+decode tokens/s: 32 greedy tokens after a request's prompt, prefill included.
+
+    python -m benchmarks.llm.compress_smollm2 --teacher runs/agent/version_0/checkpoints/last.ckpt
+    python -m benchmarks.llm.compress_smollm2 --teacher CKPT --divergences skew --student-epochs 1 \\
+        --limit-batches 2 --output /tmp/look
+
+Writes benchmarks/llm/results/compress_smollm2.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+from agent_lightning import Agent, TextClassificationDataModule  # noqa: E402
+from agent_lightning.backbone import packaged_gguf  # noqa: E402
+from agent_lightning.cli.recipes import run_recipe  # noqa: E402
+from agent_lightning.deployment.compare import compare_with_teacher  # noqa: E402
+from agent_lightning.deployment.export import export_agent  # noqa: E402
+from agent_lightning.deployment.measure import file_bytes, saved_bytes  # noqa: E402
+from agent_lightning.deployment.peers import decoder_peers  # noqa: E402
+from agent_lightning.deployment.runtime import ExportedAgent, model_file  # noqa: E402
+from agent_lightning.generation import free_greedy  # noqa: E402
+from agent_lightning.io import atomic_write_text  # noqa: E402
+from benchmarks.common import command_line, write_results  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DIVERGENCES = ("forward", "reverse", "skew", "sft")
+
+
+def _student(args: argparse.Namespace, divergence: str, root: Path) -> tuple[dict, Path]:
+    """Run ``compress`` for one divergence; its summary and run folder."""
+    flags = ["--distill.alpha=1.0"] if divergence == "sft" else [f"--distill.divergence={divergence}"]
+    command = ["-c", "configs/llm.yaml", "--teacher", str(args.teacher), "--student-layers", f"auto:{args.blocks}"]
+    command += ["--student-epochs", str(args.student_epochs), *flags]
+    command += [f"--trainer.logger.init_args.save_dir={root / divergence}", "--trainer.enable_progress_bar=false"]
+    if args.limit_batches is not None:
+        command += [f"--trainer.limit_train_batches={args.limit_batches}", "--trainer.limit_val_batches=1"]
+        command += ["--trainer.limit_test_batches=1"]
+    started = time.perf_counter()
+    summary = run_recipe(command)
+    seconds = time.perf_counter() - started
+    run_dir = max((root / divergence / "student").glob("version_*"))
+    atomic_write_text(run_dir / "benchmark.json", json.dumps({"seconds": seconds}))  # for --measure-only
+    return {"divergence": divergence, "seconds": seconds, **summary.__dict__}, run_dir
+
+
+def _measured_again(divergence: str, run_dir: Path, teacher: Agent, data: TextClassificationDataModule) -> dict:
+    """``--measure-only``: a trained student's last checkpoint exported again (with this code) and measured against
+    the teacher as ``compress`` does; the training time is the one its first run recorded."""
+    export = run_dir / "export-onnx"
+    export_agent(run_dir / "checkpoints" / "last.ckpt", export, overwrite=True)
+    test, val = data.splits["test"], data.splits["val"]
+    summary = compare_with_teacher(
+        teacher, export, test.texts, test.labels, "test", abstain=(val.texts, val.labels, 0.95)
+    )
+    atomic_write_text(run_dir / "summary.json", json.dumps(dataclasses.asdict(summary), indent=2))
+    seconds = json.loads((run_dir / "benchmark.json").read_text())["seconds"]
+    return {"divergence": divergence, "seconds": seconds, **summary.__dict__}
+
+
+class _Llama:
+    """The original GGUF under llama.cpp, answering from token ids: the prompt, then ``k`` greedy tokens."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        from llama_cpp import Llama  # optional: only where llama-cpp-python installs
+
+        self.model = Llama(str(path), n_ctx=512, n_threads=threads, n_threads_batch=threads, verbose=False)
+
+    def run(self, prompt: list[int], new_tokens: int) -> None:
+        self.model.reset()
+        self.model.eval(prompt)
+        for _ in range(new_tokens):
+            token = self.model.sample(temp=0.0)
+            self.model.eval([token])
+
+
+def _median_ms(function, rounds: int) -> float:
+    function()  # warm-up
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return 1000 * statistics.median(times)
+
+
+def _speed_table(teacher: Agent, student: ExportedAgent, texts: list[str], rounds: int) -> list[dict]:
+    """Every runtime on the same requests, round-robin per request."""
+    threads = torch.get_num_threads()
+    prompts = student.prompts(texts)
+    rows_ids = [
+        ids[mask.bool()].tolist() for ids, mask in zip(prompts["input_ids"], prompts["attention_mask"])
+    ]  # each request's prompt ids, unpadded
+    answers = [answer for answer, _ in student.act(texts)]
+    lengths = [len(student.chat.response_ids(answer)) for answer in answers]
+    with tempfile.TemporaryDirectory(prefix="peers-") as folder:
+        peers = decoder_peers(teacher, folder, threads)
+        systems: dict[str, dict] = {
+            "fp32 teacher, PyTorch eager": {"act": teacher, "step": teacher.model, "bytes": saved_bytes(teacher.model)},
+            "fp32 teacher, ONNX Runtime": {"act": peers["ort_fp32"], "step": peers["ort_fp32"].program},
+            "int8 teacher, ONNX Runtime `quantize_dynamic` (no training)": {
+                "act": peers["ort_int8"],
+                "step": peers["ort_int8"].program,
+            },
+            "**our compressed student** (ONNX Runtime)": {"act": student, "step": student.program},
+        }
+        for system in systems.values():
+            if "bytes" not in system:
+                system["bytes"] = file_bytes(model_file(system["act"].folder))
+        llama = None
+        if importlib.util.find_spec("llama_cpp") is not None:
+            gguf = packaged_gguf()
+            llama = _Llama(gguf, threads)
+            systems["SmolLM2-135M-Instruct Q4_1 GGUF, llama.cpp (original, not fine-tuned)"] = {
+                "llama": llama,
+                "bytes": file_bytes(gguf),
+            }
+        per_request = {name: [] for name in systems}
+        decode = {name: [] for name in systems}
+        for index, text in enumerate(texts):
+            for name, system in systems.items():
+                if "llama" in system:
+                    per_request[name].append(_median_ms(lambda: llama.run(rows_ids[index], lengths[index]), rounds))
+                else:
+                    per_request[name].append(_median_ms(lambda: system["act"].act([text]), rounds))
+            if index < 3:  # decoding speed: 32 tokens after this request's prompt
+                for name, system in systems.items():
+                    if "llama" in system:
+                        decode[name].append(_median_ms(lambda: llama.run(rows_ids[index], 32), rounds))
+                        continue
+                    ids = torch.tensor([rows_ids[index]])
+                    mask = torch.ones_like(ids)
+                    pad = student.tokenizer.pad_token_id
+                    step = system["step"]
+                    decode[name].append(_median_ms(lambda: free_greedy(step, ids, mask, 32, -1, pad), rounds))
+        table = []
+        for name, system in systems.items():
+            ms = statistics.mean(per_request[name])
+            accuracy = None if "llama" in system else system.get("acc")
+            table.append(
+                {
+                    "model": name,
+                    "accuracy": accuracy,
+                    "bytes": system["bytes"][0],
+                    "zipped": system["bytes"][1],
+                    "ms_per_request": ms,
+                    "answer_tokens_per_s": 1000 * statistics.mean(lengths) / ms,
+                    "decode_tokens_per_s": 1000 * 32 / statistics.mean(decode[name]),
+                }
+            )
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", type=Path, required=True, help="the fine-tuned SmolLM2 agent checkpoint")
+    parser.add_argument("--divergences", nargs="+", default=list(DIVERGENCES), choices=DIVERGENCES)
+    parser.add_argument("--blocks", type=int, default=15, help="teacher blocks the student keeps (auto:N)")
+    parser.add_argument("--student-epochs", type=int, default=2)
+    parser.add_argument("--timed", type=int, default=20, help="test requests in the speed table")
+    parser.add_argument("--rounds", type=int, default=5, help="timed passes per request and runtime (median)")
+    parser.add_argument("--limit-batches", type=int, default=None, help="a quick look: batches per fit")
+    parser.add_argument("--runs", type=Path, default=Path("runs/compress_smollm2"), help="where the runs go")
+    parser.add_argument("--output", type=Path, default=RESULTS / "compress_smollm2")
+    parser.add_argument(
+        "--measure-only",
+        action="store_true",
+        help="train nothing: export the students of --runs again and measure them (after a change of the runtime)",
+    )
+    args = parser.parse_args()
+
+    teacher = Agent.load_from_checkpoint(args.teacher, map_location="cpu").eval()
+    hp = teacher.hparams
+    dm = TextClassificationDataModule(
+        dataset="assistant-actions", task="generation", tokenizer=hp.model, max_length=hp.max_length
+    )
+    students, runs = [], {}
+    for divergence in args.divergences:
+        if args.measure_only:
+            run_dir = max((args.runs / divergence / "student").glob("version_*"))
+            row = _measured_again(divergence, run_dir, teacher, dm)
+        else:
+            row, run_dir = _student(args, divergence, args.runs)
+        students.append(row)
+        runs[divergence] = run_dir
+        print(json.dumps({k: row[k] for k in ("divergence", "student_acc", "teacher_acc", "seconds")}), flush=True)
+    best = max(students, key=lambda row: row["student_acc"])
+    export = ExportedAgent(runs[best["divergence"]] / "export-onnx")
+    test = dm.splits["test"]
+    speed = _speed_table(teacher, export, list(test.texts[: args.timed]), args.rounds)
+    speed[0]["accuracy"], speed[3]["accuracy"] = best["teacher_acc"], best["student_acc"]
+    speed[1]["accuracy"] = best["peers"].get("ort_fp32", {}).get("acc")
+    speed[2]["accuracy"] = best["peers"].get("ort_int8", {}).get("acc")
+
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{100 * value:.2f} %"
+
+    teacher_zipped = speed[0]["zipped"]
+    teacher_ms = speed[0]["ms_per_request"]
+    lines = [
+        "# The compressed SmolLM2 agent against its teacher and what runs without training",
+        "",
+        f"Command: `{command_line()}`. {torch.get_num_threads()} CPU threads. Built-in data, 314 test requests, 24 "
+        f"actions; teacher: `{args.teacher}` ({pct(best['teacher_acc'])} action accuracy).",
+        "",
+        f"## Students ({args.blocks} of 30 blocks by block influence, {args.student_epochs} epochs, int8 QAT, "
+        "trimmed int8 tied table, ONNX export)",
+        "",
+        "| KD | exported student's action accuracy | vs teacher | zipped | ms per request | vs teacher | training s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in students:
+        name = "none (answers' cross-entropy only)" if row["divergence"] == "sft" else f"{row['divergence']} KL"
+        lines.append(
+            f"| {name} | {pct(row['student_acc'])} | {100 * (row['student_acc'] - row['teacher_acc']):+.2f} pt | "
+            f"{row['student_zipped'] / 1e6:.1f} MB | {row['latency_ms']['student_b1']:.1f} | "
+            f"{row['latency_ms']['teacher_b1'] / row['latency_ms']['student_b1']:.2f}x faster | {row['seconds']:.0f} |"
+        )
+    lines += [
+        "",
+        f"## Side by side (the `{best['divergence']}` student; {args.timed} test requests, median of {args.rounds} "
+        "passes each)",
+        "",
+        "| model | action accuracy | zipped | ms per request | answer tokens/s | decode tokens/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in speed:
+        lines.append(
+            f"| {row['model']} | {pct(row['accuracy'])} | {row['zipped'] / 1e6:.1f} MB "
+            f"({teacher_zipped / row['zipped']:.1f}x smaller) | {row['ms_per_request']:.1f} "
+            f"({teacher_ms / row['ms_per_request']:.2f}x faster) | {row['answer_tokens_per_s']:.1f} | "
+            f"{row['decode_tokens_per_s']:.1f} |"
+        )
+    data = {
+        "command": command_line(),
+        "students": students,
+        "speed": speed,
+        "runs": {k: str(v) for k, v in runs.items()},
+    }
+    write_results(args.output, lines, data)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""The compression callbacks on a generative agent (a tiny Llama with grouped-query attention, SwiGLU and a tied
+embedding table, fine-tuned on the tiny actions): token-level distillation on the answers, the decoder's teacher
+cache, Wanda during training, a tied table compacted once, QAT keeping the tie, and a student of auto-picked
+blocks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.pytorch import Callback, seed_everything
+from torchao.quantization import IntxUnpackedToInt8Tensor
+
+from agent_lightning import Agent
+from agent_lightning.callbacks import Distillation, EmbeddingCompression, Pruning, QuantizationAwareTraining
+from agent_lightning.evaluation import next_token_labels
+from agent_lightning.quantization import converted_modules
+from agent_lightning.quantization.embedding import CompactEmbedding, CompactLMHead, compact_seen_vocabulary
+from agent_lightning.targets import select_modules
+from tests.conftest import quiet_trainer
+
+
+def _student(path, **overrides) -> Agent:
+    return Agent.load_from_checkpoint(path, map_location="cpu", **overrides)
+
+
+class _Logits(Callback):
+    """Keeps the first training batch and the student's and teacher's full logits on it, before the step."""
+
+    def __init__(self, teacher: Agent) -> None:
+        self.teacher, self.seen = teacher.eval(), None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.seen is None:
+            with torch.no_grad():
+                inputs = {key: batch[key] for key in ("input_ids", "attention_mask")}
+                student = pl_module.model(**inputs).logits
+                teacher = self.teacher.model(**inputs).logits
+            self.seen = batch, student, teacher
+
+
+def test_token_level_kd_on_the_answers_equals_a_hand_computation(trained_tiny_llama, tmp_path):
+    _, dm, _, path = trained_tiny_llama
+    seed_everything(0)
+    student = _student(path, student_layers=[1])  # a one-block student of the two-block teacher
+    logits = _Logits(_student(path))
+    kd = Distillation(str(path), divergence="reverse", temperature=1.5, alpha=0.3, cache="none")
+    trainer = quiet_trainer(tmp_path, [logits, kd], max_steps=1, limit_val_batches=0)
+    trainer.fit(student, datamodule=dm)
+    batch, student_logits, teacher_logits = logits.seen
+    targets = next_token_labels(batch["labels"], batch["labels"].shape[1])  # what each position predicts
+    values = []
+    for row, position in (targets != -100).nonzero().tolist():  # the answer tokens and their end token only
+        p = (teacher_logits[row, position].double() / 1.5).softmax(-1)
+        q = (student_logits[row, position].double() / 1.5).softmax(-1)
+        values.append(float((q * (q.log() - p.log())).sum()))  # reverse KL
+    expected = sum(values) / len(values) * 1.5**2
+    metrics = trainer.callback_metrics
+    assert len(values) == int((batch["labels"] != -100).sum()) < batch["attention_mask"].sum() / 3
+    assert float(metrics["distill/kd_loss"]) == pytest.approx(expected, rel=1e-3)
+    task = float(metrics["distill/task_loss"])
+    assert float(metrics["distill/loss"]) == pytest.approx(0.3 * task + 0.7 * expected, rel=1e-3)
+
+
+def test_a_decoders_teacher_logits_are_cached_as_top_k_and_reused(trained_tiny_llama, tmp_path):
+    _, dm, _, path = trained_tiny_llama
+    student = _student(path, student_layers=[0])
+    kd = Distillation(str(path), divergence="skew", temperature=1.0, cache_top_k=8)
+    trainer = quiet_trainer(tmp_path, [kd], max_epochs=2, limit_val_batches=0)
+    trainer.fit(student, datamodule=dm)
+    batches = len(dm.train_dataloader())
+    assert len(kd.cache) == len(dm._datasets["train"])  # every training example once
+    assert (kd.cache.misses, kd.cache.hits) == (batches, batches)  # the second epoch reads them all back
+    values, indices, tail, vocab = next(iter(kd.cache._logits.values()))
+    assert values.shape[1] == indices.shape[1] == 8 and int(vocab) == 49152 and tail.shape == values.shape[:1]
+    assert torch.isfinite(trainer.callback_metrics["distill/kd_loss"])
+
+
+def test_wanda_during_training_reaches_the_target_in_every_output_row(trained_tiny_llama, tmp_path):
+    _, dm, _, path = trained_tiny_llama
+    agent = _student(path)
+    pruning = Pruning(sparsity=0.5, criterion="wanda", start=0, end=4, frequency=2, log_per_layer=False)
+    trainer = quiet_trainer(tmp_path, [pruning], max_steps=6, limit_val_batches=0)
+    trainer.fit(agent, datamodule=dm)
+    for name, layer in select_modules(agent).items():
+        zeros_per_row = (layer.weight == 0).sum(1)
+        assert bool((zeros_per_row == layer.in_features // 2).all()), name
+    assert pruning.pruner.inputs.tokens == {}  # reset at the last update; nothing observed after the end
+    assert pruning.pruner.sparsity()[0] == pytest.approx(0.5)
+
+
+def test_a_tied_table_compacted_as_float_keeps_every_constrained_answer(trained_tiny_llama):
+    agent, dm, _, path = trained_tiny_llama
+    agent = _student(path)
+    dm.setup("fit")
+    counts = torch.zeros(49152, dtype=torch.long)
+    for batch in dm.train_dataloader():
+        counts += torch.bincount(batch["input_ids"].flatten(), minlength=49152)
+    seen, unseen = list(dm.splits["train"].texts), list(dm.splits["test"].texts)
+    before = agent.act(seen + unseen)
+    compact = compact_seen_vocabulary(agent, counts, weights="float")
+    head = agent.model.lm_head
+    assert isinstance(head, CompactLMHead) and head.embedding is compact is agent.model.model.embed_tokens
+    assert compact.kept_tokens < 200  # of 49,152: the tokens of the training prompts and answers
+    after = agent.act(seen + unseen)
+    assert [a for a, _ in after] == [a for a, _ in before]
+    # requests made of kept tokens read the same rows and score the actions' tokens alike: the same confidence
+    assert [p for _, p in after[: len(seen)]] == pytest.approx([p for _, p in before[: len(seen)]], abs=1e-5)
+
+
+def test_embedding_compression_and_qat_on_a_tied_decoder(trained_tiny_llama, tmp_path):
+    _, dm, _, path = trained_tiny_llama
+    agent = _student(path)
+    callbacks = [QuantizationAwareTraining(start=0, kernel="onnxruntime", evaluate=False), EmbeddingCompression()]
+    quiet_trainer(tmp_path, callbacks, max_steps=3, limit_val_batches=0).fit(agent, datamodule=dm)
+    assert len(converted_modules(agent)) == 14  # 7 linears in each of the 2 blocks; the tied head is not one
+    tables = {id(m) for m in agent.modules() if isinstance(m, CompactEmbedding)}
+    assert len(tables) == 1 and isinstance(agent.model.lm_head, CompactLMHead)  # one int8 table, shared
+    assert all(action in dm.label_names for action, _ in agent.act(["wake me at seven", "call mom"]))
+
+
+def test_a_checkpoint_after_compaction_holds_the_float_tied_table(trained_tiny_llama, tmp_path):
+    _, dm, _, path = trained_tiny_llama
+    agent = _student(path)
+    trainer = quiet_trainer(tmp_path, [EmbeddingCompression()], max_steps=2, limit_val_batches=0)
+    trainer.fit(agent, datamodule=dm)
+    assert isinstance(agent.model.lm_head, CompactLMHead)
+    trainer.save_checkpoint(tmp_path / "after.ckpt")
+    reloaded = Agent.load_from_checkpoint(tmp_path / "after.ckpt", map_location="cpu")  # a plain agent
+    assert reloaded.model.lm_head.weight is reloaded.model.model.embed_tokens.weight
+    assert reloaded.model.lm_head.weight.shape == (49152, 64)
+
+
+def test_qat_keeps_a_tied_table_float_and_refuses_to_quantize_the_tied_head(trained_tiny_llama, tmp_path):
+    _, dm, _, path = trained_tiny_llama
+    agent = _student(path)
+    trainer = quiet_trainer(tmp_path, [QuantizationAwareTraining(start=0, evaluate=False)], max_steps=2)
+    trainer.fit(agent, datamodule=dm)
+    assert agent.model.lm_head.weight is agent.model.model.embed_tokens.weight  # convert kept the tie
+    refused = QuantizationAwareTraining(include=["*self_attn.q_proj", "*lm_head"])
+    before = agent.model.model.embed_tokens.weight.detach().clone()
+    with pytest.raises(ValueError, match=r"'model.lm_head', whose weight is tied to the embedding table"):
+        quiet_trainer(tmp_path, [refused], max_steps=1).fit(_student(path), datamodule=dm)
+    assert torch.equal(before, agent.model.model.embed_tokens.weight)
+
+
+def test_a_student_of_auto_picked_blocks_must_pick_them_before_fit(trained_tiny_llama, tmp_path):
+    _, dm, _, path = trained_tiny_llama
+    student = _student(path, student_layers="auto:1")
+    assert len(student.model.model.layers) == 2 and student.pending_student_layers == 1
+    with pytest.raises(ValueError, match=r"call agent.select_student_layers\(datamodule\) before Trainer.fit"):
+        quiet_trainer(tmp_path, max_steps=1).fit(student, datamodule=dm)
+    chosen = student.select_student_layers(dm)
+    scores = student.block_scores
+    assert chosen == [max(range(2), key=lambda i: scores[i])] and student.hparams.student_layers == chosen
+    assert len(student.model.model.layers) == 1 and student.model.config.num_hidden_layers == 1
+    trainer = quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    trainer.fit(student, datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "student.ckpt")
+    reloaded = Agent.load_from_checkpoint(tmp_path / "student.ckpt", map_location="cpu")
+    assert reloaded.hparams.student_layers == chosen and len(reloaded.model.model.layers) == 1
+
+
+def test_int4_weight_only_qat_on_the_llama_linears(trained_tiny_llama, tmp_path):
+    _, dm, _, path = trained_tiny_llama
+    agent = _student(path)
+    qat = QuantizationAwareTraining(weights="int4", activations="none", group_size=32, start=0, evaluate=False)
+    quiet_trainer(tmp_path, [qat], max_steps=2, limit_val_batches=0).fit(agent, datamodule=dm)
+    converted = converted_modules(agent)
+    assert len(converted) == 14
+    for layer in converted.values():
+        weight = layer.weight
+        assert isinstance(weight, IntxUnpackedToInt8Tensor) and weight.activation_quantization is None
+        assert int(weight.qdata.min()) >= -8 and int(weight.qdata.max()) <= 7  # 4-bit values, one scale per 32
+    assert agent.model.lm_head.weight is agent.model.model.embed_tokens.weight
+    assert all(action in dm.label_names for action, _ in agent.act(["wake me at seven", "call mom"]))
