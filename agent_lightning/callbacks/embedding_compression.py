@@ -155,7 +155,7 @@ class EmbeddingCompression(CompressionCallback):
             self._float_modules[head] = pl_module.get_submodule(head)
         compact = self._compact(pl_module, self._counts)
         before = embedding.weight.numel() * embedding.weight.element_size()
-        after = sum(b.numel() * b.element_size() for b in compact.buffers())
+        after = sum(t.numel() * t.element_size() for t in compact.state_dict().values())  # what is stored
         metrics = {
             "embeddings/kept_tokens": float(compact.kept_tokens),
             "embeddings/vocab_size": float(compact.num_embeddings),

@@ -13,8 +13,8 @@
    (``--student-layers auto:N``), distils token by token on the answers (``--distill.divergence``, temperature 1),
    is not pruned within its blocks (``--prune none``: unstructured zeros save no CPU time) and trains for int8
    from half-way (``--qat.start 0.5``) except SwiGLU's down projections (``--qat.exclude``: their inputs hold
-   activation outliers no int8 range per tensor can hold); its tied embedding table is trimmed to the training
-   vocabulary once.
+   activation outliers no int8 range per tensor can hold), at 3x the teacher's learning rate (``--student-lr``);
+   its tied embedding table is trimmed to the training vocabulary once.
    With ``--labels-per-class N`` both stages
    train on N labelled examples per label, and ``--unlabeled FILE|rest`` gives the student (only) texts without
    labels to distil on, with mostly soft labels (``--distill.temperature 1 --distill.alpha 0.1`` unless given: the
@@ -53,7 +53,11 @@ from agent_lightning.quantization.recipe import DECODER_FLOAT_LAYERS
 from agent_lightning.targets import block_list
 from agent_lightning.validation import check_number
 
-__all__ = ["compress_parser", "run_recipe"]
+__all__ = ["GENERATIVE_STUDENT_LR_FACTOR", "compress_parser", "run_recipe"]
+
+#: a generative student (half the teacher's blocks) trains at this multiple of the teacher's learning rate unless
+#: ``--student-lr`` says otherwise: at the teacher's own rate it recovers too slowly (benchmarks/llm)
+GENERATIVE_STUDENT_LR_FACTOR = 3.0
 
 
 def compress_parser() -> argparse.ArgumentParser:
@@ -84,6 +88,12 @@ def compress_parser() -> argparse.ArgumentParser:
         "training texts --labels-per-class left out)",
     )
     parser.add_argument("--student-epochs", type=int, help="epochs of stage 2 (default: the config's max_epochs)")
+    parser.add_argument(
+        "--student-lr",
+        type=float,
+        help="peak learning rate of stage 2 (default: the teacher's; for a generative agent "
+        f"{GENERATIVE_STUDENT_LR_FACTOR:g}x the teacher's, as half its blocks are gone)",
+    )
     parser.add_argument(
         "--abstain-precision",
         type=float,
@@ -174,6 +184,8 @@ def run_recipe(args: Sequence[str]) -> RecipeSummary:
         compression, student_details = _compression(options, details, generative, blocks=2)
         expand_short_flags(["fit", "--distill", "teacher", *compression, *student_details, *unlabeled])
     check_number("--abstain-precision", options.abstain_precision, minimum=0, maximum=1, strict_minimum=True)
+    tail = ", e.g. --student-lr 3e-4"
+    check_number("--student-lr", options.student_lr, minimum=0, strict_minimum=True, optional=True, tail=tail)
     if options.output:
         check_writable_directory(Path(options.output), options.overwrite, argument="--output")
     console = Console(soft_wrap=True)
@@ -193,6 +205,11 @@ def run_recipe(args: Sequence[str]) -> RecipeSummary:
     student_args += ["--distill", str(teacher_ckpt), *compression, *details, *unlabeled]
     if options.student_epochs is not None:
         student_args += [f"--trainer.max_epochs={options.student_epochs}"]
+    student_lr = options.student_lr
+    if student_lr is None and generative:
+        student_lr = GENERATIVE_STUDENT_LR_FACTOR * teacher.hparams.learning_rate
+    if student_lr is not None:
+        student_args += [f"--model.learning_rate={student_lr:g}"]
     student_cli = AgentLightningCLI.create(student_args)
     run_dir = Path(student_cli.trainer.logger.log_dir)
     last = run_dir / "checkpoints" / "last.ckpt"

@@ -22,7 +22,6 @@ unchanged on ONNX Runtime.
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from agent_lightning.deployment.onnx_program import ONNX_OPSET, OnnxInt8Linear, onnx_session
-from agent_lightning.quiet import messages_dropped
+from agent_lightning.deployment.onnx_program import OnnxInt8Linear, onnx_session, write_onnx
 
 __all__ = ["DecoderProgram", "DecoderStep", "OnnxDecoder", "TorchDecoder", "check_decoder", "write_decoder_onnx"]
 
@@ -234,23 +232,8 @@ def write_decoder_onnx(program: DecoderProgram, path: str | os.PathLike) -> None
     }
     axes.update({name: {0: "batch", 2: "past"} for name in names})
     axes.update({name: {0: "batch", 2: "total"} for name in presents})
-    with warnings.catch_warnings(), torch.inference_mode():
-        # the TorchScript-based exporter honours OnnxInt8Linear's symbolic (see onnx_program.write_onnx)
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        with messages_dropped("transformers.modeling_utils", "`loss_type=None` was set"):
-            torch.onnx.export(
-                program,
-                (ids, mask, positions, *past),
-                str(path),
-                dynamo=False,
-                opset_version=ONNX_OPSET,
-                input_names=["input_ids", "attention_mask", "position_ids", *names],
-                output_names=["logits", *presents],
-                dynamic_axes=axes,
-            )
+    inputs = ("input_ids", "attention_mask", "position_ids", *names)
+    write_onnx(program, (ids, mask, positions, *past), path, inputs, ("logits", *presents), axes)
 
 
 @dataclass

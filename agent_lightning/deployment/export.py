@@ -199,7 +199,7 @@ def export_agent(
     inputs = _sample_inputs(agent)
     with atomic_directory(target, overwrite=overwrite, argument="output") as staging:
         if format == "hf":
-            result = _export_hf(agent, staging, inputs)
+            result = _export_hf(agent, raw, staging, inputs)
         elif task == "generation":
             result = _export_decoder(agent, raw, staging, str(checkpoint))
         else:
@@ -245,7 +245,8 @@ def _compare(reference: Tensor, exported: Tensor) -> dict[str, float | int]:
 
 
 @torch.inference_mode()
-def _export_hf(agent: Agent, staging: Path, inputs: dict[str, Tensor]) -> dict:
+def _export_hf(agent: Agent, raw: dict, staging: Path, inputs: dict[str, Tensor]) -> dict:
+    _remove_structure(agent, raw)  # the pruned sizes, in the weights and the config: plain from_pretrained loads it
     agent.save_pretrained(staging, overwrite=True)
     reloaded = load_pretrained_pruned(staging, model_class=type(agent.model)).eval()
     parity = _compare(agent.model(**inputs).logits, reloaded(**inputs).logits)

@@ -147,9 +147,19 @@ def onnx_ready(model: nn.Module, max_length: int | None = None) -> nn.Module:
     return model
 
 
-def write_onnx(program: nn.Module, example: tuple[Tensor, Tensor], path: str | os.PathLike) -> None:
-    """Trace ``program`` (``(input_ids, attention_mask) -> logits``) to an ONNX file with dynamic batch and length."""
-    axes = {"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"}, "logits": {0: "batch"}}
+def write_onnx(
+    program: nn.Module,
+    example: tuple[Tensor, ...],
+    path: str | os.PathLike,
+    input_names: tuple[str, ...] = ("input_ids", "attention_mask"),
+    output_names: tuple[str, ...] = ("logits",),
+    dynamic_axes: dict[str, dict[int, str]] | None = None,
+) -> None:
+    """Trace ``program`` to an ONNX file; by default a classifier's ``(input_ids, attention_mask) -> logits`` with
+    dynamic batch and length (``dynamic_axes`` names the dynamic dimensions of other inputs and outputs)."""
+    if dynamic_axes is None:
+        dynamic_axes = {"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"}}
+        dynamic_axes["logits"] = {0: "batch"}
     with warnings.catch_warnings(), torch.inference_mode():
         # The TorchScript-based exporter (dynamo=False) is the one that honours autograd.Function.symbolic; its notes
         # on Python-constant branches concern shapes HF handles either way (the export's parity check runs padded
@@ -165,9 +175,9 @@ def write_onnx(program: nn.Module, example: tuple[Tensor, Tensor], path: str | o
                 str(path),
                 dynamo=False,
                 opset_version=ONNX_OPSET,
-                input_names=["input_ids", "attention_mask"],
-                output_names=["logits"],
-                dynamic_axes=axes,
+                input_names=list(input_names),
+                output_names=list(output_names),
+                dynamic_axes=dynamic_axes,
             )
 
 

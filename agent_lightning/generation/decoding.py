@@ -61,6 +61,19 @@ def position_ids(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def _step(model: nn.Module, chosen: Tensor, attention_mask: Tensor, cache: Any) -> tuple[Tensor, Any]:
+    """Feed each row's ``chosen`` token ``(B,)`` after the cached positions; the mask one longer, and the output."""
+    attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], dim=1)
+    output = model(
+        input_ids=chosen[:, None],
+        attention_mask=attention_mask,
+        position_ids=position_ids(attention_mask)[:, -1:],
+        cache=cache,
+        use_cache=True,
+    )
+    return attention_mask, output
+
+
 @torch.no_grad()
 def constrained_greedy(
     model: nn.Module, input_ids: Tensor, attention_mask: Tensor, trie: ActionTrie, pad_token_id: int
@@ -108,14 +121,7 @@ def constrained_greedy(
                 chosen[row] = pad_token_id
         if not any(isinstance(node, dict) for node in nodes):
             break
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
-        output = model(
-            input_ids=chosen[:, None],
-            attention_mask=attention_mask,
-            position_ids=position_ids(attention_mask)[:, -1:],
-            cache=output.cache,
-            use_cache=True,
-        )
+        attention_mask, output = _step(model, chosen, attention_mask, output.cache)
     index = torch.tensor([int(node) for node in nodes], device=device)
     return index, log_probability.exp()
 
@@ -168,14 +174,7 @@ def free_greedy(
         finished |= chosen == end_token_id
         if bool(finished.all()):
             break
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
-        output = model(
-            input_ids=chosen[:, None],
-            attention_mask=attention_mask,
-            position_ids=position_ids(attention_mask)[:, -1:],
-            cache=output.cache,
-            use_cache=True,
-        )
+        attention_mask, output = _step(model, chosen, attention_mask, output.cache)
     tokens = torch.stack(written, dim=1) if written else input_ids.new_zeros(batch, 0)
     return tokens, (total / counted.clamp(min=1)).exp()
 

@@ -212,18 +212,40 @@ def load_pretrained_pruned(folder: str | os.PathLike, model_class=None, config=N
     config = config or AutoConfig.from_pretrained(folder)
     if not getattr(config, STRUCTURE_KEY, None):
         return model_class.from_pretrained(folder, config=config)
-    model = build_from_config(config, model_class)
+    model = _from_config(config, model_class)
+    record = getattr(config, STRUCTURE_KEY)
+    if _built_sizes_match(model, record):
+        # the config states the pruned sizes itself (every block alike): transformers' own load, ties included
+        return model_class.from_pretrained(folder, config=config)
+    shrink_to_structure(model, record)
     model.load_state_dict(_read_weights(folder), strict=True)
     return model
 
 
 def build_from_config(config, model_class=None) -> nn.Module:
     """A randomly initialised model of ``config``'s architecture, pruned shapes included."""
-    model = (model_class or AutoModelForSequenceClassification).from_config(config)
+    model = _from_config(config, model_class or AutoModelForSequenceClassification)
     record = getattr(config, STRUCTURE_KEY, None)
     if record:
         shrink_to_structure(model, record)
     return model
+
+
+def _from_config(config, model_class) -> nn.Module:
+    # Auto classes build with from_config; a concrete model class (LlamaForCausalLM) with _from_config
+    return model_class.from_config(config) if hasattr(model_class, "from_config") else model_class._from_config(config)
+
+
+def _built_sizes_match(model: nn.Module, record: Mapping[str, Mapping[str, int]]) -> bool:
+    """Whether every recorded block already has its pruned sizes as built from the config."""
+    blocks = {b.index: b for b in find_blocks(model)}
+    for key, entry in record.items():
+        block = blocks[int(key)]
+        if "intermediate_size" in entry and _ffn_width(model, block) != entry["intermediate_size"]:
+            return False
+        if "heads" in entry and block.num_heads != entry["heads"]:
+            return False
+    return True
 
 
 def _read_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor]:

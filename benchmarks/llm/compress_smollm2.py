@@ -60,7 +60,7 @@ def _student(args: argparse.Namespace, divergence: str, root: Path) -> tuple[dic
     """Run ``compress`` for one divergence; its summary and run folder."""
     flags = ["--distill.alpha=1.0"] if divergence == "sft" else [f"--distill.divergence={divergence}"]
     command = ["-c", "configs/llm.yaml", "--teacher", str(args.teacher), "--student-layers", f"auto:{args.blocks}"]
-    command += ["--student-epochs", str(args.student_epochs), *flags]
+    command += ["--student-epochs", str(args.student_epochs), "--student-lr", str(args.student_lr), *flags]
     command += [f"--trainer.logger.init_args.save_dir={root / divergence}", "--trainer.enable_progress_bar=false"]
     if args.limit_batches is not None:
         command += [f"--trainer.limit_train_batches={args.limit_batches}", "--trainer.limit_val_batches=1"]
@@ -73,9 +73,15 @@ def _student(args: argparse.Namespace, divergence: str, root: Path) -> tuple[dic
     return {"divergence": divergence, "seconds": seconds, **summary.__dict__}, run_dir
 
 
-def _measured_again(divergence: str, run_dir: Path, teacher: Agent, data: TextClassificationDataModule) -> dict:
-    """``--measure-only``: a trained student's last checkpoint exported again (with this code) and measured against
-    the teacher as ``compress`` does; the training time is the one its first run recorded."""
+def _measured_again(
+    divergence: str, run_dir: Path, teacher: Agent, data: TextClassificationDataModule, export_again: bool
+) -> dict:
+    """``--measure-only``: a trained student's summary as its ``compress`` run wrote it or, with ``export_again``, its
+    last checkpoint exported again (with this code) and measured against the teacher as ``compress`` does; the
+    training time is the one its first run recorded."""
+    seconds = json.loads((run_dir / "benchmark.json").read_text())["seconds"]
+    if not export_again:
+        return {"divergence": divergence, "seconds": seconds, **json.loads((run_dir / "summary.json").read_text())}
     export = run_dir / "export-onnx"
     export_agent(run_dir / "checkpoints" / "last.ckpt", export, overwrite=True)
     test, val = data.splits["test"], data.splits["val"]
@@ -83,7 +89,6 @@ def _measured_again(divergence: str, run_dir: Path, teacher: Agent, data: TextCl
         teacher, export, test.texts, test.labels, "test", abstain=(val.texts, val.labels, 0.95)
     )
     atomic_write_text(run_dir / "summary.json", json.dumps(dataclasses.asdict(summary), indent=2))
-    seconds = json.loads((run_dir / "benchmark.json").read_text())["seconds"]
     return {"divergence": divergence, "seconds": seconds, **summary.__dict__}
 
 
@@ -185,7 +190,10 @@ def main() -> None:
     parser.add_argument("--teacher", type=Path, required=True, help="the fine-tuned SmolLM2 agent checkpoint")
     parser.add_argument("--divergences", nargs="+", default=list(DIVERGENCES), choices=DIVERGENCES)
     parser.add_argument("--blocks", type=int, default=15, help="teacher blocks the student keeps (auto:N)")
-    parser.add_argument("--student-epochs", type=int, default=2)
+    parser.add_argument("--student-epochs", type=int, default=3)
+    parser.add_argument(
+        "--student-lr", type=float, default=3e-4, help="the students' peak learning rate (the teacher's config: 1e-4)"
+    )
     parser.add_argument("--timed", type=int, default=20, help="test requests in the speed table")
     parser.add_argument("--rounds", type=int, default=5, help="timed passes per request and runtime (median)")
     parser.add_argument("--limit-batches", type=int, default=None, help="a quick look: batches per fit")
@@ -194,7 +202,13 @@ def main() -> None:
     parser.add_argument(
         "--measure-only",
         action="store_true",
-        help="train nothing: export the students of --runs again and measure them (after a change of the runtime)",
+        help="train nothing: read the students' summaries in --runs and time them side by side again",
+    )
+    parser.add_argument(
+        "--export-again",
+        action="store_true",
+        help="with --measure-only: export each student's last checkpoint again with this code and measure it against "
+        "the teacher again (after a change of the export or the runtime)",
     )
     args = parser.parse_args()
 
@@ -207,7 +221,7 @@ def main() -> None:
     for divergence in args.divergences:
         if args.measure_only:
             run_dir = max((args.runs / divergence / "student").glob("version_*"))
-            row = _measured_again(divergence, run_dir, teacher, dm)
+            row = _measured_again(divergence, run_dir, teacher, dm, args.export_again)
         else:
             row, run_dir = _student(args, divergence, args.runs)
         students.append(row)
@@ -232,8 +246,8 @@ def main() -> None:
         f"Command: `{command_line()}`. {torch.get_num_threads()} CPU threads. Built-in data, 314 test requests, 24 "
         f"actions; teacher: `{args.teacher}` ({pct(best['teacher_acc'])} action accuracy).",
         "",
-        f"## Students ({args.blocks} of 30 blocks by block influence, {args.student_epochs} epochs, int8 QAT, "
-        "trimmed int8 tied table, ONNX export)",
+        f"## Students ({args.blocks} of 30 blocks by block influence, {args.student_epochs} epochs at peak lr "
+        f"{args.student_lr:g}, int8 QAT, trimmed int8 tied table, ONNX export)",
         "",
         "| KD | exported student's action accuracy | vs teacher | zipped | ms per request | vs teacher | training s |",
         "|---|---|---|---|---|---|---|",

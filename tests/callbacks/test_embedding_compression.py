@@ -32,7 +32,8 @@ def test_fit_end_keeps_the_training_tokens_as_int8_and_predictions_hold(tmp_path
     callback = EmbeddingCompression()
     trainer = quiet_trainer(tmp_path, [callback], max_epochs=2, limit_val_batches=0)
     trainer.fit(agent, datamodule=dm)
-    float_table = callback._float_embedding.weight.detach()
+    float_embedding = next(iter(callback._float_modules.values()))  # the input table, kept float
+    float_table = float_embedding.weight.detach()
     compact = agent.model.get_input_embeddings()
     assert isinstance(compact, CompactEmbedding) and compact.weight.dtype == torch.int8
     tokenizer = agent.tokenizer
@@ -59,7 +60,7 @@ def test_fit_end_keeps_the_training_tokens_as_int8_and_predictions_hold(tmp_path
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     with torch.inference_mode():
         compacted = agent.model(**inputs).logits
-        agent.model.set_input_embeddings(callback._float_embedding)
+        agent.model.set_input_embeddings(float_embedding)
         floating = agent.model(**inputs).logits
     assert torch.equal(compacted.argmax(-1), floating.argmax(-1))
     torch.testing.assert_close(compacted, floating, rtol=0, atol=5e-2)

@@ -10,7 +10,7 @@ import yaml
 
 from agent_lightning import Agent
 from agent_lightning.cli import main
-from agent_lightning.cli.recipes import run_recipe
+from agent_lightning.cli.recipes import GENERATIVE_STUDENT_LR_FACTOR, run_recipe
 from agent_lightning.deployment.compare import RecipeSummary, compare_with_teacher
 from agent_lightning.deployment.measure import file_bytes, saved_bytes
 from agent_lightning.deployment.onnx_program import ONNX_MODEL
@@ -107,6 +107,7 @@ def test_compare_with_teacher_refuses_mismatched_labels(tmp_path):
         (["--student-layers", "first"], ValueError, r"--student-layers 'first' must be comma-separated"),
         (["--output", "{taken}"], FileExistsError, r"exists and is not empty"),
         (["--abstain-precision", "2"], ValueError, r"--abstain-precision=2.0 .*\(0, 1\]"),
+        (["--student-lr", "0"], ValueError, r"--student-lr=0.0 .*e.g. --student-lr 3e-4"),
     ],
 )
 def test_bad_options_fail_before_anything_trains(options, error, message, tmp_path, tiny_bert, tiny_data_dir):
@@ -163,6 +164,8 @@ def test_compress_of_a_generative_agent_builds_an_auto_picked_distilled_int8_dec
     student_run = tmp_path / "runs" / "student" / "version_0"
     config = yaml.safe_load((student_run / "config.yaml").read_text())
     assert config["model"]["student_layers"] == "auto:1"  # half of the teacher's two blocks, picked before fit
+    teacher_lr = Agent.load_from_checkpoint(teacher_ckpt, map_location="cpu").hparams.learning_rate
+    assert config["model"]["learning_rate"] == pytest.approx(GENERATIVE_STUDENT_LR_FACTOR * teacher_lr)
     callbacks = {c["class_path"].rsplit(".", 1)[1]: c["init_args"] for c in config["trainer"]["callbacks"]}
     assert "Pruning" not in callbacks  # no zeros inside the blocks of a decoder by default
     assert callbacks["Distillation"]["divergence"] == "skew" and callbacks["Distillation"]["temperature"] == 1.0
