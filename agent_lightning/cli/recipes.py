@@ -182,6 +182,8 @@ def run_recipe(args: Sequence[str]) -> RecipeSummary:
     common = expand_short_flags(["fit", *few_labels, *common])[1:]  # bad values fail now, before the teacher trains
     for generative in (False, True):  # the flags of either kind of student are checked now
         compression, student_details = _compression(options, details, generative, blocks=2)
+        if "--prune" not in compression:  # a generative student prunes only when asked: its --prune.* wait for that
+            student_details = [d for d in student_details if not d.startswith("--prune.")]
         expand_short_flags(["fit", "--distill", "teacher", *compression, *student_details, *unlabeled])
     check_number("--abstain-precision", options.abstain_precision, minimum=0, maximum=1, strict_minimum=True)
     tail = ", e.g. --student-lr 3e-4"

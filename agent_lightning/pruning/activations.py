@@ -32,6 +32,7 @@ class InputNorms:
         names: qualified names of its linear layers (``nn.Linear`` inputs ``(*, in)``; GPT-2 ``Conv1D`` alike).
 
     Example:
+        >>> import torch
         >>> model = nn.Sequential(nn.Linear(2, 2))
         >>> norms = InputNorms(model, ["0"])
         >>> norms.calibrate([torch.tensor([[3.0, 0.0], [4.0, 0.0]])])

@@ -56,10 +56,10 @@ def block_influence(model: nn.Module, batches: Iterable[Any], max_batches: int |
         ...     def __init__(self):
         ...         super().__init__()
         ...         self.layers = nn.ModuleList([nn.Identity(), nn.Linear(2, 2, bias=False)])
-        ...         nn.init.constant_(self.layers[1].weight, 0.0).fill_diagonal_(-1.0)  # x -> -x
+        ...         self.layers[1].weight = nn.Parameter(-torch.eye(2))  # x -> -x
         ...     def forward(self, x):
         ...         return self.layers[1](self.layers[0](x))
-        >>> block_influence(Blocks(), [torch.ones(1, 3, 2)])  # the identity changes nothing, -x everything
+        >>> block_influence(Blocks(), [torch.ones(1, 3, 2)]).round(decimals=4)  # identity: nothing; -x: everything
         tensor([0., 2.])
     """
     _, blocks = block_list(model)
