@@ -167,17 +167,15 @@ def shrink_to_structure(model: nn.Module, record: Mapping[str, Mapping[str, int]
 
     The kept rows are the first ones; the weights are overwritten by the load that follows.
     """
-    blocks = {b.index: b for b in find_blocks(model)}
     kept_neurons, kept_heads = {}, {}
-    for key, entry in record.items():
-        block = blocks[int(key)]
-        # Only shrink what differs from the built size (the config may already say the pruned sizes).
-        if "intermediate_size" in entry and _ffn_width(model, block) != entry["intermediate_size"]:
-            kept_neurons[int(key)] = torch.arange(entry["intermediate_size"])
-        if "heads" in entry and block.num_heads != entry["heads"]:
+    # Only shrink what differs from the built size (the config may already say the pruned sizes).
+    for index, block, entry, neurons, heads in _size_mismatches(model, record):
+        if neurons:
+            kept_neurons[index] = torch.arange(entry["intermediate_size"])
+        if heads:
             kv_heads = entry.get("kv_heads", entry["heads"] if block.group_size == 1 else block.num_kv_heads)
             per_group = entry["heads"] // kv_heads  # the first kv_heads groups, each keeping its first queries
-            kept_heads[int(key)] = torch.tensor(
+            kept_heads[index] = torch.tensor(
                 [group * block.group_size + j for group in range(kv_heads) for j in range(per_group)]
             )
     remove_structure(model, kept_neurons, kept_heads)
@@ -214,7 +212,7 @@ def load_pretrained_pruned(folder: str | os.PathLike, model_class=None, config=N
         return model_class.from_pretrained(folder, config=config)
     model = _from_config(config, model_class)
     record = getattr(config, STRUCTURE_KEY)
-    if _built_sizes_match(model, record):
+    if not _size_mismatches(model, record):
         # the config states the pruned sizes itself (every block alike): transformers' own load, ties included
         return model_class.from_pretrained(folder, config=config)
     shrink_to_structure(model, record)
@@ -236,16 +234,20 @@ def _from_config(config, model_class) -> nn.Module:
     return model_class.from_config(config) if hasattr(model_class, "from_config") else model_class._from_config(config)
 
 
-def _built_sizes_match(model: nn.Module, record: Mapping[str, Mapping[str, int]]) -> bool:
-    """Whether every recorded block already has its pruned sizes as built from the config."""
+def _size_mismatches(
+    model: nn.Module, record: Mapping[str, Mapping[str, int]]
+) -> list[tuple[int, TransformerBlock, Mapping[str, int], bool, bool]]:
+    """The recorded blocks whose sizes as built differ from their pruned ones: ``(index, block, entry, neurons
+    differ, heads differ)``."""
     blocks = {b.index: b for b in find_blocks(model)}
+    found = []
     for key, entry in record.items():
         block = blocks[int(key)]
-        if "intermediate_size" in entry and _ffn_width(model, block) != entry["intermediate_size"]:
-            return False
-        if "heads" in entry and block.num_heads != entry["heads"]:
-            return False
-    return True
+        neurons = "intermediate_size" in entry and _ffn_width(model, block) != entry["intermediate_size"]
+        heads = "heads" in entry and block.num_heads != entry["heads"]
+        if neurons or heads:
+            found.append((int(key), block, entry, neurons, heads))
+    return found
 
 
 def _read_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
