@@ -252,10 +252,11 @@ CASES = [
     Case("Distillation", "cache_top_k", "range", 0, DISTILLATION("cache_top_k")),
     Case("Distillation", "cache_top_k", "type", 6.5, DISTILLATION("cache_top_k"), TypeError),
     # EmbeddingCompression
-    Case("EmbeddingCompression", "weights", "choice", "int4", EMBEDDINGS("weights")),
+    Case("EmbeddingCompression", "weights", "choice", "int2", EMBEDDINGS("weights")),
     Case("EmbeddingCompression", "vocabulary", "choice", "test", EMBEDDINGS("vocabulary")),
     Case("EmbeddingCompression", "unseen", "choice", "unk", EMBEDDINGS("unseen")),
     Case("EmbeddingCompression", "fallback_token", "type", "[UNK]", EMBEDDINGS("fallback_token"), TypeError),
+    Case("EmbeddingCompression", "frequent_tokens", "range", -1, EMBEDDINGS("frequent_tokens")),
     # CompressionReport / CompressionDashboard
     Case("CompressionReport", "reference", "choice", "best", REPORT("reference")),
     Case("CompressionReport", "evaluate", "type", "yes", REPORT("evaluate"), TypeError),
@@ -386,7 +387,7 @@ CASES = [
     # command line
     Case("train.py fit", "--prune", "range", "1.5", _cli("--prune", "{value}"), shown="1.5"),
     Case("train.py fit", "--qat", "choice", "int3", _cli("--qat", "{value}")),
-    Case("train.py fit", "--embeddings", "choice", "int4", _cli("--embeddings", "{value}")),
+    Case("train.py fit", "--embeddings", "choice", "int2", _cli("--embeddings", "{value}")),
     Case("train.py fit", "--student-layers", "format", "a,b", _cli("--student-layers", "{value}")),
     Case("train.py fit", "--labels-per-class", "format", "ten", _cli("--labels-per-class", "{value}")),
     Case("agent-lightning export", "format", "choice", "tflite", _export("format")),

@@ -1,4 +1,4 @@
-"""Compress the input embeddings when training ends: the task's vocabulary only, int8 rows."""
+"""Compress the input embeddings when training ends: the task's vocabulary only, int8 or int4 rows."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from agent_lightning.callbacks.base import CompressionCallback
 from agent_lightning.callbacks.strategy_support import refuse_sharded_strategies
 from agent_lightning.quantization.checkpoint import counts_from_state
 from agent_lightning.quantization.embedding import (
+    EMBEDDING_WEIGHTS,
     CompactEmbedding,
     EmbeddingWeights,
     Unseen,
@@ -22,9 +23,11 @@ from agent_lightning.quantization.embedding import (
     compact_seen_vocabulary,
     count_tokens,
     fallback_token,
+    frequent_token_ids,
     input_embeddings,
 )
 from agent_lightning.tensorboard import log_after_fit, plain_settings
+from agent_lightning.validation import check_int
 
 __all__ = ["EmbeddingCompression"]
 
@@ -55,19 +58,26 @@ class EmbeddingCompression(CompressionCallback):
     compaction itself is :func:`agent_lightning.quantization.embedding.compact_seen_vocabulary`.
 
         Args:
-            weights: ``"int8"`` (symmetric, one scale per row) or ``"float"`` rows.
+            weights: ``"int8"`` (symmetric, one scale per row), ``"int4"`` (the same over [-7, 7], two values per
+                byte: half the bytes, which pays for ``frequent_tokens``) or ``"float"`` rows.
             vocabulary: ``"seen"`` (the tokens of the training batches, plus the tokenizer's special tokens) or
                 ``"full"`` (every row; only the int8 storage then).
             unseen: what a token that training never saw reads: ``"nearest"`` (the kept row closest to its own float
             embedding by cosine similarity; its cost against ``[UNK]`` is measured in ``benchmarks/quantization/``)
             or ``"fallback"`` (the ``fallback_token``'s row).
             fallback_token: token id for ``unseen="fallback"``; ``None``: ``pl_module.tokenizer.unk_token_id``.
+            frequent_tokens: with ``vocabulary="seen"``, also keep the rows of this many of the tokenizer's most
+                frequent tokens (:func:`~agent_lightning.quantization.embedding.frequent_token_ids`, from
+                ``pl_module.tokenizer``): on small training sets many requests hold words training never saw, which
+                then read their own rows instead of the nearest kept one (what it buys is measured in
+                ``benchmarks/quantization/``).
 
         Raises:
             TypeError: an argument of the wrong type (at construction); at the first training batch, a batch without
                 token ids.
             ValueError: a bad value (at construction); at ``setup``: no input embedding found, an input table shared
-                with a module other than one linear output layer, or no fallback token for ``unseen="fallback"``.
+                with a module other than one linear output layer, no fallback token for ``unseen="fallback"``, or
+                ``frequent_tokens`` without a Hugging Face ``pl_module.tokenizer``.
 
         Example:
             >>> from lightning.pytorch import Trainer
@@ -82,12 +92,14 @@ class EmbeddingCompression(CompressionCallback):
         vocabulary: Vocabulary = "seen",
         unseen: Unseen = "nearest",
         fallback_token: int | None = None,
+        frequent_tokens: int = 0,
     ) -> None:
         super().__init__()
         self.settings = plain_settings(locals())
-        if weights not in ("int8", "float"):
+        if weights not in EMBEDDING_WEIGHTS:
             raise ValueError(
-                f"EmbeddingCompression(weights={weights!r}): choose 'int8' (per-row int8) or 'float' rows."
+                f"EmbeddingCompression(weights={weights!r}): choose 'int8' (per-row int8), 'int4' (per-row int4, two "
+                "per byte) or 'float' rows."
             )
         if vocabulary not in ("seen", "full"):
             raise ValueError(
@@ -104,7 +116,9 @@ class EmbeddingCompression(CompressionCallback):
                 f"EmbeddingCompression(fallback_token={fallback_token!r}) must be a token id (int) or None (the "
                 "tokenizer's unk_token_id)."
             )
+        check_int("frequent_tokens", frequent_tokens, 0, "EmbeddingCompression")
         self.weights, self.vocabulary, self.unseen, self.fallback_token = weights, vocabulary, unseen, fallback_token
+        self.frequent_tokens = frequent_tokens
         # state (checkpointed)
         self._counts: Tensor | None = None
         # the float table (and a tied output layer), kept after fit end by name: checkpoints hold them, and
@@ -126,6 +140,8 @@ class EmbeddingCompression(CompressionCallback):
         _, embedding, _ = check_tied_output(pl_module)
         if self.vocabulary == "seen" and self.unseen == "fallback":
             self.fallback_token = fallback_token(pl_module, self.fallback_token)
+        if self.vocabulary == "seen" and self.frequent_tokens:
+            frequent_token_ids(getattr(pl_module, "tokenizer", None), 1)  # no tokenizer: say so before training
         if self._counts is None:
             self._counts = torch.zeros(embedding.num_embeddings, dtype=torch.long)
 
@@ -170,7 +186,7 @@ class EmbeddingCompression(CompressionCallback):
 
     def _compact(self, pl_module: nn.Module, counts: Tensor | None) -> CompactEmbedding:
         return compact_seen_vocabulary(
-            pl_module, counts, self.weights, self.vocabulary, self.unseen, self.fallback_token
+            pl_module, counts, self.weights, self.vocabulary, self.unseen, self.fallback_token, self.frequent_tokens
         )
 
     # -- test / validate / predict after fit -------------------------------------------------------------------------
@@ -191,6 +207,7 @@ class EmbeddingCompression(CompressionCallback):
             "vocabulary": self.vocabulary,
             "unseen": self.unseen,
             "fallback_token": self.fallback_token,
+            "frequent_tokens": self.frequent_tokens,
             "vocab_size": int(counts.numel()),
             "seen_tokens": seen.to(torch.int32),
             "seen_counts": counts[seen],

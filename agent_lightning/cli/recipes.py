@@ -6,15 +6,19 @@
    its best checkpoint by ``val/acc`` is the teacher.
 2. **Student**: ``fit`` again with the same config, the student made of some of the teacher's blocks
    (``--student-layers``, initialised from the fine-tuned teacher's weights) and the compression short flags:
-   ``--distill TEACHER`` (every step), ``--prune`` (ramps to its target by 60 % of training, then holds), ``--qat``
-   (from 80 % of training, on the pruned weights, converted at fit end) and ``--embeddings`` (the vocabulary
-   training used, int8 rows). Its ``config.yaml`` spells all of it out. A generative agent (``configs/llm.yaml``)
-   gets other defaults: the student keeps the half of the teacher's blocks with the highest block influence
-   (``--student-layers auto:N``), distils token by token on the answers (``--distill.divergence``, temperature 1),
-   is not pruned within its blocks (``--prune none``: unstructured zeros save no CPU time) and trains for int8
-   from half-way (``--qat.start 0.5``) except SwiGLU's down projections (``--qat.exclude``: their inputs hold
-   activation outliers no int8 range per tensor can hold), at 3x the teacher's learning rate (``--student-lr``);
-   its tied embedding table is trimmed to the training vocabulary once.
+   ``--distill TEACHER`` (every step), ``--prune`` (half of each block's FFN neurons, ``--prune.method
+   structured``, ramped by 60 % of training, then cut out of the layers: fewer multiply-adds, unlike unstructured
+   zeros), ``--qat`` (from 80 % of training, on the pruned weights, converted at fit end) and ``--embeddings``
+   (the vocabulary training used plus the tokenizer's 4,000 most frequent tokens, ``--embeddings.frequent_tokens``,
+   as int4 rows: on small training sets most test requests hold a word training never saw). What each default
+   bought is measured in ``benchmarks/pipeline/versus_onnxruntime.py``. Its ``config.yaml`` spells all of it out.
+   A generative agent (``configs/llm.yaml``) gets other defaults: the student keeps the half of the teacher's blocks
+   with the highest block influence (``--student-layers auto:N``), distils token by token on the answers
+   (``--distill.divergence``, temperature 1), is not pruned within its blocks (``--prune none``: unstructured zeros save
+   no CPU time) and trains for int8 from half-way (``--qat.start 0.5``) except SwiGLU's down projections
+   (``--qat.exclude``: their inputs hold activation outliers no int8 range per tensor can hold), at 3x the teacher's
+   learning rate (``--student-lr``); its tied embedding table is trimmed to the training vocabulary once, as int8 rows
+   (more rows would widen the output softmax).
    With ``--labels-per-class N`` both stages
    train on N labelled examples per label, and ``--unlabeled FILE|rest`` gives the student (only) texts without
    labels to distil on, with mostly soft labels (``--distill.temperature 1 --distill.alpha 0.1`` unless given: the
@@ -53,8 +57,11 @@ from agent_lightning.quantization.recipe import DECODER_FLOAT_LAYERS
 from agent_lightning.targets import block_list
 from agent_lightning.validation import check_number
 
-__all__ = ["GENERATIVE_STUDENT_LR_FACTOR", "compress_parser", "run_recipe"]
+__all__ = ["CLASSIFIER_FREQUENT_TOKENS", "GENERATIVE_STUDENT_LR_FACTOR", "compress_parser", "run_recipe"]
 
+#: a classifier student's input table keeps this many of the tokenizer's most frequent tokens besides the training
+#: ones (the built-in data's test requests hold many words its 1,330 training requests lack; benchmarks/quantization)
+CLASSIFIER_FREQUENT_TOKENS = 4000
 #: a generative student (half the teacher's blocks) trains at this multiple of the teacher's learning rate unless
 #: ``--student-lr`` says otherwise: at the teacher's own rate it recovers too slowly (benchmarks/llm)
 GENERATIVE_STUDENT_LR_FACTOR = 3.0
@@ -75,10 +82,17 @@ def compress_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--prune",
-        help="unstructured sparsity of the student's block linears, or none; default 0.5, none for a generative agent",
+        help="pruning of the student's blocks, or none; default 0.5: half of each block's FFN neurons removed "
+        "(--prune.method structured; --prune.method magnitude for unstructured zeros), none for a generative agent",
     )
     parser.add_argument("--qat", default="int8", choices=["int8", "int4", "none"], help="default int8")
-    parser.add_argument("--embeddings", default="int8", choices=["int8", "float", "none"], help="default int8")
+    parser.add_argument(
+        "--embeddings",
+        choices=["int8", "int4", "float", "none"],
+        help="the student's input table cut to its vocabulary, with these rows; default int4 with the tokenizer's "
+        f"{CLASSIFIER_FREQUENT_TOKENS} most frequent tokens kept too (--embeddings.frequent_tokens), int8 for a "
+        "generative agent",
+    )
     parser.add_argument(
         "--labels-per-class", help="few labels: keep this many labelled training examples per label (both stages)"
     )
@@ -142,10 +156,15 @@ def _compression(
 
     layers = options.student_layers or (f"auto:{max(1, blocks // 2)}" if generative else "0,2,4")
     prune = options.prune or ("none" if generative else "0.5")
+    embeddings = options.embeddings or ("int8" if generative else "int4")
     compression = ["--student-layers", layers]
     if prune != "none":
         compression += ["--prune", prune, "--prune.end", "0.6"]
-    compression += ["--qat", options.qat, "--embeddings", options.embeddings]
+        if not generative:  # whole FFN neurons cut out: the speed-up unstructured zeros do not give
+            default("--prune.method", "structured")
+    compression += ["--qat", options.qat, "--embeddings", embeddings]
+    if embeddings != "none" and not generative:  # words training never saw keep their own rows
+        default("--embeddings.frequent_tokens", str(CLASSIFIER_FREQUENT_TOKENS))
     if options.qat == "int8" and options.format == "onnx":
         default("--qat.kernel", "onnxruntime")  # train with the activation scheme ONNX Runtime runs
     if generative:  # token-level KD on the answers, the setting that paid on SmolLM2 (benchmarks/llm)

@@ -6,7 +6,7 @@
   --trainer.callbacks.weights=int8`` (``none``: no QAT); ``--qat.start 0.8`` etc. for its other arguments.
 - ``--distill PATH_OR_NAME`` becomes ``--trainer.callbacks+=agent_lightning.callbacks.Distillation
   --trainer.callbacks.teacher=PATH_OR_NAME``; ``--distill.temperature 4`` etc.
-- ``--embeddings int8|float|none`` becomes ``--trainer.callbacks+=agent_lightning.callbacks.EmbeddingCompression
+- ``--embeddings int8|int4|float|none`` becomes ``--trainer.callbacks+=agent_lightning.callbacks.EmbeddingCompression
   --trainer.callbacks.weights=int8`` (the input embeddings cut to the tokens training saw, int8 rows, at fit end);
   ``--embeddings.vocabulary full`` etc.
 - ``--student-layers 0,2,4`` becomes ``--model.student_layers=[0,2,4]``; ``--student-layers auto:15`` becomes
@@ -40,7 +40,7 @@ SHORT_FLAGS = {
     "embeddings": ("agent_lightning.callbacks.EmbeddingCompression", "weights"),
 }
 #: short flags whose value is a choice, ``none`` meaning "not attached"
-CHOICES = {"qat": ("int8", "int4", "none"), "embeddings": ("int8", "float", "none")}
+CHOICES = {"qat": ("int8", "int4", "none"), "embeddings": ("int8", "int4", "float", "none")}
 QAT_START_AFTER_PRUNING = 0.8
 #: short flags that set a datamodule argument
 DATA_FLAGS = {"labels-per-class": "labels_per_class", "unlabeled": "unlabeled_file"}

@@ -89,4 +89,5 @@ def compact_from_checkpoint(module: nn.Module, checkpoint: dict[str, Any]) -> Co
         state["vocabulary"],
         state["unseen"],
         state["fallback_token"],
+        state.get("frequent_tokens", 0),  # checkpoints of earlier versions have no such setting
     )

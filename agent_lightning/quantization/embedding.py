@@ -8,8 +8,11 @@ ways, usable together:
   to the kept row nearest to its own embedding (cosine similarity, computed once from the float table), or to a
   fallback token's row (``[UNK]``), so unseen input still runs. What each choice costs in accuracy is measured in
   ``benchmarks/quantization/`` (vocabulary trimming).
-- **int8 rows**: each kept row is stored as int8 with one float scale per row (symmetric, ``scale = max|row| / 127``);
-  the lookup dequantizes only the rows a batch reads.
+- **int8 or int4 rows**: each kept row is stored as int8 (or int4, two values per byte) with one float scale per row
+  (symmetric, ``scale = max|row| / 127``, or ``/ 7``); the lookup dequantizes only the rows a batch reads.
+- **Frequent tokens**: the rows of training's tokens can be joined by the tokenizer's most frequent ones
+  (:func:`frequent_token_ids`), so a request with words training never saw still reads their own rows; int4 rows pay
+  for them.
 
 :class:`CompactEmbedding` replaces the model's input embedding module (``get_input_embeddings`` /
 ``set_input_embeddings`` of a Hugging Face model, or a named ``nn.Embedding``); it is plain tensor code, so a traced
@@ -48,23 +51,26 @@ __all__ = [
     "compact_seen_vocabulary",
     "count_tokens",
     "fallback_token",
+    "frequent_token_ids",
     "input_embeddings",
 ]
 
-EmbeddingWeights = Literal["int8", "float"]
+EmbeddingWeights = Literal["int8", "int4", "float"]
+EMBEDDING_WEIGHTS: tuple[str, ...] = ("int8", "int4", "float")
 Unseen = Literal["nearest", "fallback"]
 Vocabulary = Literal["seen", "full"]
 
 
 class CompactEmbedding(nn.Module):
-    """An embedding lookup over a subset of the vocabulary, with int8 or float rows.
+    """An embedding lookup over a subset of the vocabulary, with int8, int4 or float rows.
 
     Shapes: ``input_ids (*)`` (any integer shape, ids of the *original* vocabulary) -> ``(*, embedding_dim)`` float.
 
     Args:
-        weight: ``(rows, embedding_dim)`` rows of the kept tokens (float, or int8 with ``scale``).
+        weight: ``(rows, embedding_dim)`` rows of the kept tokens (float, or int8 with ``scale``), or int4 rows
+            packed two per byte: ``(rows, embedding_dim / 2)`` uint8, each byte ``(q_low + 8) + 16 * (q_high + 8)``.
         token_rows: ``(vocab_size,)`` the row of each original token id (int32).
-        scale: ``(rows, 1)`` float scale of each int8 row; ``None`` for float rows.
+        scale: ``(rows, 1)`` float scale of each int8 or int4 row; ``None`` for float rows.
         kept_ids: ``(rows,)`` the token id each row belongs to (what a tied :class:`CompactLMHead` scores);
             default: the lowest token id mapped to the row.
 
@@ -90,7 +96,7 @@ class CompactEmbedding(nn.Module):
         # the token id each row stores (what a tied output layer scores); derived, so not in the state_dict
         self.register_buffer("kept_ids", kept_ids.to(torch.long), persistent=False)
         self.num_embeddings = int(token_rows.shape[0])
-        self.embedding_dim = int(weight.shape[1])
+        self.embedding_dim = int(weight.shape[1]) * (2 if weight.dtype == torch.uint8 else 1)
 
     @classmethod
     @torch.no_grad()
@@ -110,12 +116,17 @@ class CompactEmbedding(nn.Module):
             ValueError: ``fallback`` missing for ``unseen="fallback"`` or outside the vocabulary, an id in ``keep``
                 outside the vocabulary, nothing kept, or ``weights``/``unseen`` not a choice.
         """
-        if weights not in ("int8", "float"):
-            raise ValueError(f"weights={weights!r} is not a choice; use 'int8' or 'float'.")
+        if weights not in EMBEDDING_WEIGHTS:
+            raise ValueError(f"weights={weights!r} is not a choice; use 'int8', 'int4' or 'float'.")
         if unseen not in ("nearest", "fallback"):
             raise ValueError(f"unseen={unseen!r} is not a choice; use 'nearest' or 'fallback'.")
         table = embedding.weight.detach()
         vocab = table.shape[0]
+        if weights == "int4" and table.shape[1] % 2:
+            raise ValueError(
+                f"weights='int4' packs two values per byte: the embedding width {table.shape[1]} must be even; use "
+                "weights='int8'."
+            )
         if unseen == "fallback" and (fallback is None or not 0 <= fallback < vocab):
             raise ValueError(
                 f"fallback={fallback} is not a token id of this vocabulary of {vocab}; unseen='fallback' needs one "
@@ -138,10 +149,12 @@ class CompactEmbedding(nn.Module):
             token_rows[dropped] = _nearest_rows(table.float().cpu(), keep_ids, dropped)
         rows = table[keep_ids.to(table.device)].cpu()  # float rows keep the table's dtype (fp32, bf16, fp16)
         scale = None
-        if weights == "int8":
+        if weights != "float":
             rows = rows.float()
-            scale = (rows.abs().amax(dim=1, keepdim=True) / 127).clamp(min=torch.finfo(torch.float32).tiny)
-            rows = torch.round(rows / scale).clamp(-127, 127).to(torch.int8)
+            levels = 127 if weights == "int8" else 7
+            scale = (rows.abs().amax(dim=1, keepdim=True) / levels).clamp(min=torch.finfo(torch.float32).tiny)
+            rows = torch.round(rows / scale).clamp(-levels, levels).to(torch.int8)
+            rows = _pack_int4(rows) if weights == "int4" else rows
             scale = scale.to(table.dtype)  # the lookup returns the table's dtype
         device = table.device
         scale = None if scale is None else scale.to(device)
@@ -152,19 +165,43 @@ class CompactEmbedding(nn.Module):
         """Number of stored rows."""
         return int(self.weight.shape[0])
 
+    @property
+    def kind(self) -> str:
+        """How the rows are stored: ``"float"``, ``"int8"`` or ``"int4"``."""
+        return "float" if self.scale is None else "int4" if self.weight.dtype == torch.uint8 else "int8"
+
+    def _values(self, weight: Tensor) -> Tensor:
+        """Stored rows (or a gather of them) as integer levels, int4 rows unpacked."""
+        return _unpack_int4(weight) if weight.dtype == torch.uint8 else weight
+
     def dequantized(self) -> Tensor:
         """The stored rows as float ``(rows, embedding_dim)``."""
-        return self.weight.float() if self.scale is None else self.weight.float() * self.scale
+        values = self._values(self.weight).float()
+        return values if self.scale is None else values * self.scale
 
     def forward(self, input_ids: Tensor) -> Tensor:
         rows = self.token_rows[input_ids].long()
         if self.scale is None:
             return F.embedding(rows, self.weight)
-        return self.weight[rows].to(self.scale.dtype) * self.scale[rows]
+        return self._values(self.weight[rows]).to(self.scale.dtype) * self.scale[rows]
 
     def extra_repr(self) -> str:
-        kind = "float" if self.scale is None else "int8"
-        return f"{self.num_embeddings} tokens -> {self.kept_tokens} {kind} rows of {self.embedding_dim}"
+        return f"{self.num_embeddings} tokens -> {self.kept_tokens} {self.kind} rows of {self.embedding_dim}"
+
+
+def _pack_int4(values: Tensor) -> Tensor:
+    """``(*, 2k)`` int8 values in [-8, 7] -> ``(*, k)`` uint8, two per byte (the even position in the low half)."""
+    shifted = (values.to(torch.int16) + 8).reshape(*values.shape[:-1], -1, 2)
+    return (shifted[..., 0] + 16 * shifted[..., 1]).to(torch.uint8)
+
+
+def _unpack_int4(packed: Tensor) -> Tensor:
+    """``(*, k)`` uint8 -> ``(*, 2k)`` int32 values in [-8, 7]; integer division and products only, so an ONNX
+    export traces it with opset-17 operators."""
+    packed = packed.to(torch.int32)
+    high = torch.div(packed, 16, rounding_mode="trunc")
+    low = packed - 16 * high
+    return torch.stack([low, high], dim=-1).flatten(-2) - 8
 
 
 class CompactLMHead(nn.Module):
@@ -246,7 +283,7 @@ def compact_input_embeddings(
     Args:
         model: a Hugging Face model, a module wrapping one, or a model with one ``nn.Embedding``.
         keep: token ids whose rows are kept (``None``: all).
-        weights: ``"int8"`` rows with per-row scales, or ``"float"``.
+        weights: ``"int8"`` or ``"int4"`` rows with per-row scales, or ``"float"``.
         unseen: what a dropped token reads: the ``"nearest"`` kept row, or the ``"fallback"`` token's row.
         fallback: the token id for ``unseen="fallback"`` (e.g. ``tokenizer.unk_token_id``).
 
@@ -299,6 +336,40 @@ def count_tokens(batch: Any, vocab_size: int) -> Tensor:
     return torch.bincount(ids.detach().flatten(), minlength=vocab_size)
 
 
+def frequent_token_ids(tokenizer: Any, count: int) -> list[int]:
+    """The ``count`` most frequent tokens of ``tokenizer``'s vocabulary by its own ranking: WordPiece and BPE
+    vocabularies list their tokens in the order training added them, the most frequent first, so these are the
+    lowest ids that are neither special, nor placeholders (``[unused12]``), nor single characters (those come first
+    in the vocabulary, frequent or not).
+
+    Raises:
+        ValueError: ``tokenizer`` has no ``convert_ids_to_tokens`` (a Hugging Face tokenizer is needed).
+
+    Example:
+        >>> from agent_lightning.backbone import load_tokenizer, resolve_backbone
+        >>> tokenizer = load_tokenizer(resolve_backbone(None))  # the packaged all-MiniLM-L6-v2 tokenizer
+        >>> tokenizer.convert_ids_to_tokens(frequent_token_ids(tokenizer, 5))
+        ['the', 'of', 'and', 'in', 'to']
+    """
+    if not callable(getattr(tokenizer, "convert_ids_to_tokens", None)):
+        raise ValueError(
+            f"frequent tokens are read from a Hugging Face tokenizer's vocabulary; got {type(tokenizer).__name__}. "
+            "Give the module a `tokenizer` attribute, or keep frequent_tokens=0."
+        )
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    ids: list[int] = []
+    for start in range(0, len(tokenizer), 4096):
+        chunk = range(start, min(start + 4096, len(tokenizer)))
+        for index, token in zip(chunk, tokenizer.convert_ids_to_tokens(list(chunk))):
+            word = (token or "").removeprefix("##").removeprefix("\u0120").removeprefix("\u2581")
+            if index in special or len(word) <= 1 or (word.startswith("[unused") and word.endswith("]")):
+                continue
+            ids.append(index)
+            if len(ids) == count:
+                return ids
+    return ids
+
+
 def compact_seen_vocabulary(
     model: nn.Module,
     counts: Tensor | None,
@@ -306,26 +377,33 @@ def compact_seen_vocabulary(
     vocabulary: Vocabulary = "seen",
     unseen: Unseen = "nearest",
     fallback: int | None = None,
+    frequent: int = 0,
 ) -> CompactEmbedding:
-    """Compact ``model``'s input embeddings to the tokens ``counts`` saw (plus its tokenizer's special tokens), or
-    to every row for ``vocabulary="full"``, in place.
+    """Compact ``model``'s input embeddings to the tokens ``counts`` saw (plus its tokenizer's special tokens and
+    ``frequent`` most frequent tokens), or to every row for ``vocabulary="full"``, in place.
 
     Args:
         model: the model (a module with a ``tokenizer`` attribute contributes its special tokens).
         counts: ``(vocab_size,)`` token counts (:func:`count_tokens` summed over training); unused for ``"full"``.
-        weights: ``"int8"`` or ``"float"`` rows.
+        weights: ``"int8"``, ``"int4"`` or ``"float"`` rows.
         vocabulary: ``"seen"`` or ``"full"``.
         unseen: ``"nearest"`` or ``"fallback"``.
         fallback: the token id for ``unseen="fallback"``.
+        frequent: also keep this many of the tokenizer's most frequent tokens (:func:`frequent_token_ids`).
 
     Returns:
         The new :class:`CompactEmbedding`.
+
+    Raises:
+        ValueError: ``frequent`` > 0 and the model has no Hugging Face ``tokenizer``; see
+            :func:`compact_input_embeddings`.
     """
     keep = None
     if vocabulary == "seen":
         tokenizer = getattr(model, "tokenizer", None)
         special = [int(i) for i in getattr(tokenizer, "all_special_ids", []) or []]
-        keep = torch.cat([torch.nonzero(counts).flatten(), torch.tensor(special, dtype=torch.long)])
+        common = frequent_token_ids(tokenizer, frequent) if frequent else []
+        keep = torch.cat([torch.nonzero(counts).flatten(), torch.tensor(special + common, dtype=torch.long)])
     return compact_input_embeddings(model, keep, weights, unseen, fallback)
 
 

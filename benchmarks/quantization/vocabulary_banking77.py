@@ -3,7 +3,8 @@
 No retraining: the agent of ``finetune_banking77.py`` is evaluated on the test split as it is, then with its input
 embeddings replaced by a :class:`~agent_lightning.quantization.CompactEmbedding` holding the rows of the tokens
 of the training batches (and the special tokens), float or int8, with unseen tokens sent to their nearest kept row or
-to ``[UNK]``. The same rows ``EmbeddingCompression`` would keep after one epoch.
+to ``[UNK]``. The same rows ``EmbeddingCompression`` would keep after one epoch. Then with the tokenizer's most
+frequent tokens kept too (``EmbeddingCompression(frequent_tokens=N)``), as int8 and as int4 rows.
 
     python -m benchmarks.quantization.vocabulary_banking77 \\
         --teacher runs/finetune_banking77/version_0/checkpoints/best.ckpt
@@ -26,7 +27,11 @@ import torch  # noqa: E402
 
 from agent_lightning import Agent, TextClassificationDataModule  # noqa: E402
 from agent_lightning.deployment.measure import saved_bytes  # noqa: E402
-from agent_lightning.quantization.embedding import compact_input_embeddings, input_embeddings  # noqa: E402
+from agent_lightning.quantization.embedding import (  # noqa: E402
+    compact_input_embeddings,
+    frequent_token_ids,
+    input_embeddings,
+)
 from benchmarks.common import DEFAULT_DATA, accuracy_on_test, banking77, command_line, write_results  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -38,6 +43,9 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--builtin", action="store_true", help="the built-in assistant-actions data instead")
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument(
+        "--frequent", type=int, default=4000, help="the tokenizer's most frequent tokens kept too (last two rows)"
+    )
     args = parser.parse_args()
     agent = Agent.load_from_checkpoint(args.teacher, map_location="cpu").eval()
     if args.builtin:
@@ -62,12 +70,26 @@ def main() -> None:
             }
             print(label, rows[label], flush=True)
             agent.set_submodule(name, table)  # back to the float table for the next variant
+    for weights in ("int8", "int4"):  # the recipe's default for classifiers: int4 rows, frequent tokens kept too
+        extra = frequent_token_ids(agent.tokenizer, args.frequent)
+        compact = compact_input_embeddings(agent, sorted(set(keep) | set(extra)), weights, "nearest")
+        label = (
+            f"{len(keep)} training tokens + the {args.frequent} most frequent, {weights} rows, unseen -> nearest row"
+        )
+        rows[label] = {
+            "test_acc": accuracy_on_test(agent, dm),
+            "kept_tokens": compact.kept_tokens,
+            "model_bytes": saved_bytes(agent.model, compressed=False)[0],
+        }
+        print(label, rows[label], flush=True)
+        agent.set_submodule(name, table)
     output = args.output or RESULTS / ("vocabulary_builtin.md" if args.builtin else "vocabulary_banking77.md")
     base = rows["full vocabulary, float (as trained)"]
     lines = [
         f"# Compacting the fine-tuned agent's input embeddings ({'built-in' if args.builtin else 'BANKING77'} data)",
         "",
-        f"No retraining; tokens kept: those of the training batches plus the special tokens. {os.cpu_count()} CPU "
+        "No retraining; tokens kept: those of the training batches plus the special tokens (the last two rows: plus "
+        f"the tokenizer's {args.frequent} most frequent tokens). {os.cpu_count()} CPU "
         f"cores, torch {torch.__version__}.",
         f"Command: `{command_line()}`.",
         "",

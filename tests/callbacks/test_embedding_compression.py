@@ -112,7 +112,9 @@ def test_resuming_with_other_arguments_is_refused(tmp_path, agent_and_data):
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"weights": "int4"}, ValueError, r"EmbeddingCompression\(weights='int4'\): choose 'int8'"),
+        ({"weights": "int2"}, ValueError, r"EmbeddingCompression\(weights='int2'\): choose 'int8'.*'int4'"),
+        ({"frequent_tokens": -1}, ValueError, r"EmbeddingCompression\(frequent_tokens=-1\) must be an integer >= 0"),
+        ({"frequent_tokens": "4000"}, TypeError, r"EmbeddingCompression\(frequent_tokens='4000'\) must be an integer"),
         ({"vocabulary": "test"}, ValueError, r"EmbeddingCompression\(vocabulary='test'\): choose 'seen'"),
         ({"fallback_token": "[UNK]"}, TypeError, r"fallback_token='\[UNK\]'\) must be a token id \(int\)"),
         ({"unseen": "unk"}, ValueError, r"EmbeddingCompression\(unseen='unk'\): choose 'nearest'"),

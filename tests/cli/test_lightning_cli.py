@@ -221,6 +221,7 @@ def test_short_flags_compose_distillation_pruning_qat_and_embeddings_in_one_fit(
         "vocabulary": "seen",
         "unseen": "nearest",
         "fallback_token": None,
+        "frequent_tokens": 0,
     }
     # the saved config alone reproduces the run: it parses back to the same callbacks, no short flags needed
     with pytest.raises(SystemExit):

@@ -10,7 +10,7 @@ import yaml
 
 from agent_lightning import Agent
 from agent_lightning.cli import main
-from agent_lightning.cli.recipes import GENERATIVE_STUDENT_LR_FACTOR, run_recipe
+from agent_lightning.cli.recipes import CLASSIFIER_FREQUENT_TOKENS, GENERATIVE_STUDENT_LR_FACTOR, run_recipe
 from agent_lightning.deployment.compare import RecipeSummary, compare_with_teacher
 from agent_lightning.deployment.measure import file_bytes, saved_bytes
 from agent_lightning.deployment.onnx_program import ONNX_MODEL
@@ -46,13 +46,19 @@ def test_compress_trains_teacher_then_student_exports_and_measures(tmp_path, tin
     teacher_ckpt = callbacks["Distillation"]["teacher"]
     assert Path(teacher_ckpt).parent == teacher_run / "checkpoints" and "val_acc" in Path(teacher_ckpt).name
     assert callbacks["Pruning"]["sparsity"] == 0.5 and callbacks["QuantizationAwareTraining"]["start"] == 0.8
+    assert callbacks["Pruning"]["method"] == "structured"  # half the FFN neurons, cut out of the layers
+    assert callbacks["EmbeddingCompression"]["weights"] == "int4"
+    assert callbacks["EmbeddingCompression"]["frequent_tokens"] == CLASSIFIER_FREQUENT_TOKENS
     # the export is the int8, compacted one-block student, for ONNX Runtime (QAT trained with its activation scheme)
     assert callbacks["QuantizationAwareTraining"]["kernel"] == "onnxruntime"
     export = student_run / "export-onnx"
     exported = ExportedAgent(export)
     assert exported.format == "onnx"
     assert exported.manifest["parity"]["quantized_layers"] == 6 and exported.manifest["parity"]["top1_agreement"] == 1
-    assert exported.manifest["embeddings"]["kept_tokens"] < 200
+    # the training tokens and the tokenizer's most frequent ones, as int4 rows; the FFN of the kept block halved
+    kept_tokens = exported.manifest["embeddings"]["kept_tokens"]
+    assert CLASSIFIER_FREQUENT_TOKENS < kept_tokens < CLASSIFIER_FREQUENT_TOKENS + 200
+    assert exported.manifest["structure"] == {"0": {"intermediate_size": 32}}
     # the summary's numbers are the measured ones
     written = json.loads((student_run / "summary.json").read_text())
     assert RecipeSummary(**written) == summary
@@ -172,6 +178,8 @@ def test_compress_of_a_generative_agent_builds_an_auto_picked_distilled_int8_dec
     assert callbacks["QuantizationAwareTraining"]["start"] == 0.5
     assert callbacks["QuantizationAwareTraining"]["kernel"] == "onnxruntime"
     assert callbacks["QuantizationAwareTraining"]["exclude"] == ["*.mlp.down_proj"]  # SwiGLU's outliers: float
+    assert callbacks["EmbeddingCompression"]["weights"] == "int8"  # no extra rows: they would widen the softmax
+    assert callbacks["EmbeddingCompression"]["frequent_tokens"] == 0
     checkpoint = Agent.load_from_checkpoint(student_run / "checkpoints" / "last.ckpt", map_location="cpu")
     assert len(checkpoint.hparams.student_layers) == 1 and len(checkpoint.model.model.layers) == 1
     exported = ExportedAgent(student_run / "export-onnx")

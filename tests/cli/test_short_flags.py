@@ -60,7 +60,7 @@ def test_qat_none_and_student_layers():
         (["fit", "--distill", "--prune", "0.5"], r"--distill needs a value, e.g. --distill runs/"),
         (["fit", "--student-layers", "a,b"], r"--student-layers 'a,b' must be comma-separated block indices"),
         (["fit", "--qat", "none", "--qat.start", "0.5"], r"--qat none turns it off; drop the --qat.\* options"),
-        (["fit", "--embeddings", "int4"], r"--embeddings 'int4' is not a choice; use one of int8, float, none"),
+        (["fit", "--embeddings", "int2"], r"--embeddings 'int2' is not a choice; use one of int8, int4, float, none"),
         (["test", "--prune", "0.5"], r"options of `train.py fit`; put them after `fit`"),
     ],
 )

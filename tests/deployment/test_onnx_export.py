@@ -13,11 +13,19 @@ from agent_lightning import Agent, TextClassificationDataModule
 from agent_lightning.callbacks import EmbeddingCompression, Pruning, QuantizationAwareTraining, prepare_from_checkpoint
 from agent_lightning.deployment import export as export_module
 from agent_lightning.deployment.export import LogitsProgram, export_agent
-from agent_lightning.deployment.onnx_program import ONNX_MODEL, OnnxInt8Linear, int8_weights, onnx_ready
+from agent_lightning.deployment.onnx_program import (
+    ONNX_MODEL,
+    OnnxInt8Linear,
+    OnnxProgram,
+    int8_weights,
+    onnx_ready,
+    write_onnx,
+)
 from agent_lightning.deployment.runtime import ExportedAgent
 from agent_lightning.pruning.removal import remove_structure
 from agent_lightning.quantization import convert, fake_quantized_modules
 from agent_lightning.quantization.checkpoint import callback_state
+from agent_lightning.quantization.embedding import CompactEmbedding
 from agent_lightning.quantization.fake_quantizers import linear_weight
 from tests.conftest import quiet_trainer
 
@@ -102,6 +110,27 @@ def test_onnx_int8_weights_are_the_qat_trained_ones(tmp_path, compressed):
     rows = next(t for t in model.graph.initializer if t.name.endswith("word_embeddings.weight"))
     kept = ExportedAgent(tmp_path / "onnx").manifest["embeddings"]["kept_tokens"]
     assert rows.data_type == onnx.TensorProto.INT8 and tuple(rows.dims)[0] == kept < 200
+
+
+def test_int4_embedding_rows_run_in_onnx_runtime_as_in_pytorch(tmp_path):
+    torch.manual_seed(0)
+
+    class Lookup(torch.nn.Module):  # (input_ids, attention_mask) -> vectors, as write_onnx traces a classifier
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = CompactEmbedding.from_embedding(torch.nn.Embedding(40, 6), keep=[1, 5, 7, 30], weights="int4")
+
+        def forward(self, input_ids, attention_mask):
+            return self.embed(input_ids) * attention_mask.unsqueeze(-1)
+
+    program = Lookup().eval()
+    ids = torch.tensor([[1, 5, 7, 30, 2], [39, 0, 5, 5, 1]])
+    mask = torch.ones_like(ids)
+    write_onnx(program, (ids, mask), tmp_path / "lookup.onnx")
+    got = OnnxProgram(tmp_path / "lookup.onnx")(ids, mask)
+    torch.testing.assert_close(got, program(ids, mask), rtol=0, atol=1e-6)
+    rows = next(t for t in onnx.load(tmp_path / "lookup.onnx").graph.initializer if t.name == "embed.weight")
+    assert rows.data_type == onnx.TensorProto.UINT8 and tuple(rows.dims) == (4, 3)  # 6 values in 3 bytes per row
 
 
 def test_onnx_int8_linear_computes_dynamic_quantize_linear_arithmetic():

@@ -1,14 +1,21 @@
-"""CompactEmbedding: kept rows exact (float) or within int8 rounding, unseen tokens read the fallback row."""
+"""CompactEmbedding: kept rows exact (float) or within int8/int4 rounding, unseen tokens read the fallback row or
+the nearest one, frequent tokens kept on request."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
-from transformers import BertForSequenceClassification
+from transformers import AutoTokenizer, BertForSequenceClassification
 
 from agent_lightning.deployment.measure import parameter_counts, saved_bytes
-from agent_lightning.quantization.embedding import CompactEmbedding, compact_input_embeddings, input_embeddings
+from agent_lightning.quantization.embedding import (
+    CompactEmbedding,
+    compact_input_embeddings,
+    compact_seen_vocabulary,
+    frequent_token_ids,
+    input_embeddings,
+)
 from tests.conftest import tiny_bert_config
 
 
@@ -55,6 +62,45 @@ def test_int8_rows_are_within_half_a_step_of_the_float_rows():
     assert float(error.max()) > 0  # it really is quantized
 
 
+def test_int4_rows_pack_two_per_byte_within_half_a_step_of_the_float_rows():
+    torch.manual_seed(0)
+    table = nn.Embedding(30, 16)
+    compact = CompactEmbedding.from_embedding(table, keep=[0, 4, 9], weights="int4")
+    assert compact.weight.dtype == torch.uint8 and tuple(compact.weight.shape) == (3, 8)  # 16 values in 8 bytes
+    assert compact.kind == "int4" and compact.embedding_dim == 16
+    ids = torch.tensor([0, 4, 9])
+    step = table.weight.detach()[ids].abs().amax(1, keepdim=True) / 7
+    error = (compact(ids) - table(ids)).abs().detach()
+    assert bool((error <= step / 2 + 1e-6).all())
+    assert float(error.max()) > step.min() / 20  # 15 levels, not 255
+    torch.testing.assert_close(compact.dequantized(), compact(ids), rtol=0, atol=0)
+    # each row's largest value is stored exactly: level 7 (byte nibble 15)
+    assert bool((compact(ids).abs().amax(1) - table(ids).abs().amax(1)).abs().max() < 1e-6)
+
+
+def test_frequent_tokens_are_the_lowest_ids_that_are_words(tiny_bert):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    ids = frequent_token_ids(tokenizer, 6)
+    assert tokenizer.convert_ids_to_tokens(ids) == ["the", "of", "and", "in", "to", "was"]
+    assert min(ids) > max(tokenizer.all_special_ids)  # specials, [unused*] and single characters skipped
+    with pytest.raises(ValueError, match=r"frequent tokens are read from a Hugging Face tokenizer's vocabulary; got"):
+        frequent_token_ids(None, 3)
+
+
+def test_seen_vocabulary_with_frequent_tokens_keeps_their_rows(tiny_bert):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    model = nn.Module()
+    model.embed = nn.Embedding(len(tokenizer), 8)
+    model.tokenizer = tokenizer
+    counts = torch.zeros(len(tokenizer), dtype=torch.long)
+    counts[[2000, 2500]] = 3
+    compact = compact_seen_vocabulary(model, counts, "int4", frequent=4)
+    frequent = frequent_token_ids(tokenizer, 4)
+    assert sorted(compact.kept_ids.tolist()) == sorted({2000, 2500, *frequent, *tokenizer.all_special_ids})
+    # a frequent token reads its own row (not its nearest seen one)
+    assert int(compact.token_rows[frequent[0]]) == compact.kept_ids.tolist().index(frequent[0])
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("weights", ["int8", "float"])
 def test_a_half_precision_table_gives_half_precision_vectors(dtype, weights):
@@ -74,8 +120,10 @@ def test_a_half_precision_table_gives_half_precision_vectors(dtype, weights):
 
 def test_bad_arguments_are_refused():
     table = nn.Embedding(10, 4)
-    with pytest.raises(ValueError, match=r"weights='int4' is not a choice; use 'int8' or 'float'"):
-        CompactEmbedding.from_embedding(table, None, "int4")
+    with pytest.raises(ValueError, match=r"weights='int2' is not a choice; use 'int8', 'int4' or 'float'"):
+        CompactEmbedding.from_embedding(table, None, "int2")
+    with pytest.raises(ValueError, match=r"the embedding width 5 must be even; use weights='int8'"):
+        CompactEmbedding.from_embedding(nn.Embedding(10, 5), None, "int4")
     with pytest.raises(ValueError, match=r"unseen='unk' is not a choice; use 'nearest' or 'fallback'"):
         CompactEmbedding.from_embedding(table, None, unseen="unk")
     with pytest.raises(ValueError, match=r"fallback=10 is not a token id of this vocabulary of 10; unseen='fallback'"):
