@@ -49,7 +49,7 @@ from rich.console import Console
 
 from agent_lightning.agent import Agent
 from agent_lightning.cli.lightning_cli import AgentLightningCLI
-from agent_lightning.cli.short_flags import expand_short_flags
+from agent_lightning.cli.short_flags import CHOICES, expand_short_flags
 from agent_lightning.deployment.compare import RecipeSummary, compare_with_teacher
 from agent_lightning.deployment.export import describe, export_agent
 from agent_lightning.io import atomic_write_text, check_writable_directory
@@ -85,10 +85,10 @@ def compress_parser() -> argparse.ArgumentParser:
         help="pruning of the student's blocks, or none; default 0.5: half of each block's FFN neurons removed "
         "(--prune.method structured; --prune.method magnitude for unstructured zeros), none for a generative agent",
     )
-    parser.add_argument("--qat", default="int8", choices=["int8", "int4", "none"], help="default int8")
+    parser.add_argument("--qat", default="int8", choices=CHOICES["qat"], help="default int8")
     parser.add_argument(
         "--embeddings",
-        choices=["int8", "int4", "float", "none"],
+        choices=CHOICES["embeddings"],
         help="the student's input table cut to its vocabulary, with these rows; default int4 with the tokenizer's "
         f"{CLASSIFIER_FREQUENT_TOKENS} most frequent tokens kept too (--embeddings.frequent_tokens), int8 for a "
         "generative agent",

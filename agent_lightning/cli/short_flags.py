@@ -30,6 +30,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from agent_lightning.quantization.embedding import EMBEDDING_WEIGHTS
+
 __all__ = ["SHORT_FLAGS", "expand_short_flags"]
 
 #: short flag -> (callback class path, argument its value sets), in the order the callbacks are appended
@@ -40,7 +42,7 @@ SHORT_FLAGS = {
     "embeddings": ("agent_lightning.callbacks.EmbeddingCompression", "weights"),
 }
 #: short flags whose value is a choice, ``none`` meaning "not attached"
-CHOICES = {"qat": ("int8", "int4", "none"), "embeddings": ("int8", "int4", "float", "none")}
+CHOICES = {"qat": ("int8", "int4", "none"), "embeddings": (*EMBEDDING_WEIGHTS, "none")}
 QAT_START_AFTER_PRUNING = 0.8
 #: short flags that set a datamodule argument
 DATA_FLAGS = {"labels-per-class": "labels_per_class", "unlabeled": "unlabeled_file"}

@@ -32,7 +32,7 @@ in the training batches (:func:`compact_seen_vocabulary`, with the counts :func:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +56,7 @@ __all__ = [
 ]
 
 EmbeddingWeights = Literal["int8", "int4", "float"]
-EMBEDDING_WEIGHTS: tuple[str, ...] = ("int8", "int4", "float")
+EMBEDDING_WEIGHTS: tuple[str, ...] = get_args(EmbeddingWeights)
 Unseen = Literal["nearest", "fallback"]
 Vocabulary = Literal["seen", "full"]
 

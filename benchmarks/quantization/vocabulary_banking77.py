@@ -70,9 +70,9 @@ def main() -> None:
             }
             print(label, rows[label], flush=True)
             agent.set_submodule(name, table)  # back to the float table for the next variant
+    with_frequent = sorted(set(keep) | set(frequent_token_ids(agent.tokenizer, args.frequent)))
     for weights in ("int8", "int4"):  # the recipe's default for classifiers: int4 rows, frequent tokens kept too
-        extra = frequent_token_ids(agent.tokenizer, args.frequent)
-        compact = compact_input_embeddings(agent, sorted(set(keep) | set(extra)), weights, "nearest")
+        compact = compact_input_embeddings(agent, with_frequent, weights, "nearest")
         label = (
             f"{len(keep)} training tokens + the {args.frequent} most frequent, {weights} rows, unseen -> nearest row"
         )
