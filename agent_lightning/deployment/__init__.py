@@ -3,8 +3,9 @@ way everywhere (bytes, parameters, round-robin CPU latency, the export against i
 
 - :mod:`~agent_lightning.deployment.export`: :func:`export_agent` (``"onnx"`` int8 ONNX model, ``"int8"`` TorchScript
   program, ``"hf"`` folder).
-- :mod:`~agent_lightning.deployment.onnx_program`: the int8 layers as ONNX Runtime's dynamic int8 pattern, tracing,
-  the ONNX Runtime session.
+- :mod:`~agent_lightning.deployment.onnx_layers`: PyTorch layers that trace to ONNX Runtime's int8 kernels (dynamic
+  int8 linears, ``QAttention``) and compute what they compute.
+- :mod:`~agent_lightning.deployment.onnx_program`: a model ready for tracing, tracing, the ONNX Runtime session.
 - :mod:`~agent_lightning.deployment.runtime`: :class:`ExportedAgent`, which runs an int8 export (either format).
 - :mod:`~agent_lightning.deployment.peers`: the teacher under ONNX Runtime, fp32 and ``quantize_dynamic`` int8.
 - :mod:`~agent_lightning.deployment.measure`: :func:`parameter_counts`, :func:`saved_bytes`, :func:`compare_latency`.

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from agent_lightning.deployment.onnx_program import OnnxInt8Linear, onnx_session, write_onnx
+from agent_lightning.deployment.onnx_layers import OnnxInt8Linear
+from agent_lightning.deployment.onnx_program import onnx_session, write_onnx
 
 __all__ = ["DecoderProgram", "DecoderStep", "OnnxDecoder", "TorchDecoder", "check_decoder", "write_decoder_onnx"]
 
@@ -140,7 +141,7 @@ class DecoderProgram(nn.Module):
 
     Args:
         model: a Llama-like ``...ForCausalLM`` (:func:`check_decoder`), whose modules are used as they are (int8
-            :class:`~agent_lightning.deployment.onnx_program.OnnxInt8Linear` layers included).
+            :class:`~agent_lightning.deployment.onnx_layers.OnnxInt8Linear` layers included).
 
     Raises:
         ValueError: see :func:`check_decoder`.

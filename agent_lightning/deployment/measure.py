@@ -8,14 +8,15 @@ number in a report and in a benchmark table means the same thing.
 - Bytes are those of ``torch.save(model.state_dict())``, and the same bytes compressed with zlib (deflate, the
   algorithm of a standard ``.zip``): unstructured sparsity saves bytes only once compressed.
 - Latency is the median of repeated forward passes under ``torch.inference_mode``, measured round-robin when several
-  models are compared (A, B, A, B, ...) so a slow moment of the machine hits all alike, and bounded by a time budget
-  so it can never stall a run.
+  models are compared (each round runs every model once, in a shuffled order) so a slow moment of the machine hits all
+  alike, and bounded by a time budget so it can never stall a run.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import random
 import statistics
 import time
 import zlib
@@ -125,7 +126,10 @@ def compare_latency(
     warmup: int = 2,
     budget_s: float | None = None,
 ) -> dict[str, float]:
-    """Median forward seconds of each model on the same ``inputs``, measured round-robin.
+    """Median forward seconds of each model on the same ``inputs``, measured round-robin: every round runs each model
+    once, in an order shuffled each round (seeded), so no model always runs right after the same other one (a PyTorch
+    model's OpenMP workers keep spinning for a while after it returns and take a core from whatever runs next, e.g.
+    an ONNX Runtime session).
 
     Args:
         models: the models by name, put in eval mode (and left there); any callable that ``inputs`` can call.
@@ -154,8 +158,10 @@ def compare_latency(
         if over():
             break
     times: dict[str, list[float]] = {name: [] for name in models}
+    order, shuffle = list(models.items()), random.Random(0).shuffle
     for _ in range(max(rounds, 1)):
-        for name, model in models.items():
+        shuffle(order)
+        for name, model in order:
             begin = time.perf_counter()
             inputs(model)
             times[name].append(time.perf_counter() - begin)

@@ -2,14 +2,10 @@
 
 Fewer blocks, physically removed heads and neurons and a compacted int8 vocabulary are part of the PyTorch model and
 are traced as they are. Each int8 linear layer becomes ONNX Runtime's dynamic int8 pattern with *the model's own*
-int8 weights and per-channel scales (those QAT trained, not a fresh calibration):
-``DynamicQuantizeLinear(x) -> MatMulInteger(x_q, W_q) -> Cast -> Mul(x_scale * w_scale) -> Add(bias)``, which ONNX
-Runtime fuses into its ``DynamicQuantizeMatMul`` kernel. Activations are quantized as ``DynamicQuantizeLinear`` does:
-one asymmetric uint8 scale over ``[0, 255]`` per tensor, from its min and max (QAT with ``kernel="onnxruntime"``
-trains with exactly this; the fbgemm scheme differs only in using ``[0, 127]``).
-
-:class:`OnnxInt8Linear` computes the same in PyTorch, so the traced module is the reference the exported graph is
-checked against.
+int8 weights and per-channel scales (those QAT trained, not a fresh calibration), and a BERT-family self-attention
+with int8 query, key and value layers becomes one ``QAttention`` node
+(:mod:`~agent_lightning.deployment.onnx_layers`: PyTorch layers that compute what the graph computes, so the
+traced module is the reference the exported graph is checked against).
 """
 
 from __future__ import annotations
@@ -26,15 +22,14 @@ import onnxruntime as ort
 import torch
 from onnx import numpy_helper
 from torch import Tensor, nn
-from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
+from agent_lightning.deployment.onnx_layers import OnnxInt8Linear, fuse_encoder_layers
 from agent_lightning.quantization.convert import converted_modules
 from agent_lightning.quiet import messages_dropped
 
 __all__ = [
     "ONNX_MODEL",
     "ONNX_OPSET",
-    "OnnxInt8Linear",
     "OnnxProgram",
     "int8_weights",
     "onnx_ready",
@@ -47,89 +42,13 @@ ONNX_MODEL = "model.onnx"
 ONNX_OPSET = 17
 
 
-def _dynamic_quantize(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``(x_q, scale, zero_point)`` as ONNX ``DynamicQuantizeLinear``: the range holds 0, uint8 values as float."""
-    low, high = x.min().clamp(max=0), x.max().clamp(min=0)
-    scale = (high - low) / 255
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero input: any scale gives zeros
-    zero_point = torch.round(-low / scale).clamp(0, 255)
-    return torch.clamp(torch.round(x / scale) + zero_point, 0, 255), scale, zero_point
-
-
-class _DynamicQuantizedMatMul(torch.autograd.Function):
-    """``x @ W`` with ``x`` quantized dynamically to uint8 and ``W`` int8 per output channel; traced to ONNX as
-    ONNX Runtime's dynamic int8 pattern (the ``symbolic`` below)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight_t: Tensor, weight_scale: Tensor, bias: Tensor) -> Tensor:
-        quantized, scale, zero_point = _dynamic_quantize(x.float())
-        accumulated = (quantized - zero_point) @ weight_t.float()  # exact: integers below 2**24
-        return (accumulated * (scale * weight_scale) + bias).to(x.dtype)
-
-    @staticmethod
-    def symbolic(g, x, weight_t, weight_scale, bias):  # the TorchScript-based ONNX exporter calls this
-        quantized, scale, zero_point = g.op("DynamicQuantizeLinear", x, outputs=3)
-        accumulated = g.op("Cast", g.op("MatMulInteger", quantized, weight_t, zero_point), to_i=1)  # to float
-        return g.op("Add", g.op("Mul", accumulated, g.op("Mul", scale, weight_scale)), bias)
-
-
-class OnnxInt8Linear(nn.Module):
-    """An int8 linear layer as ONNX Runtime runs it: uint8 dynamic activations times int8 per-channel weights.
-
-    Shapes:
-        input: ``(*, in_features)`` float; output: ``(*, out_features)``.
-
-    Args:
-        weight: ``(out_features, in_features)`` int8 values.
-        scale: ``(out_features,)`` float scale of each output channel.
-        bias: ``(out_features,)`` float, or ``None``.
-
-    Example:
-        >>> layer = OnnxInt8Linear(torch.tensor([[1, -2], [3, 4]], dtype=torch.int8), torch.tensor([0.5, 0.25]))
-        >>> y = layer(torch.tensor([[2.0, 1.0]]))  # about [2 * 0.5 - 1 * 1.0, 2 * 0.75 + 1 * 1.0]
-        >>> torch.allclose(y, torch.tensor([[0.0, 2.5]]), atol=0.01)  # up to the uint8 rounding of the input
-        True
-    """
-
-    def __init__(self, weight: Tensor, scale: Tensor, bias: Tensor | None = None) -> None:
-        super().__init__()
-        if weight.dtype != torch.int8 or weight.dim() != 2:
-            raise ValueError(f"weight must be a 2-D int8 tensor, got {weight.dtype} of shape {tuple(weight.shape)}.")
-        self.out_features, self.in_features = weight.shape
-        self.register_buffer("weight_t", weight.t().contiguous())  # (in, out): MatMulInteger's B
-        self.register_buffer("weight_scale", scale.float().reshape(-1).contiguous())
-        self.register_buffer("bias", torch.zeros(self.out_features) if bias is None else bias.detach().float())
-
-    @classmethod
-    def from_converted(cls, name: str, module: nn.Module) -> OnnxInt8Linear:
-        """The same layer from a converted one (``agent_lightning.quantization.convert``): the int8 values and
-        per-channel scales it holds.
-
-        Raises:
-            ValueError: ``module`` is not an int8 per-channel layer with zero points 0 (an int4 or torchao layer).
-        """
-        if not isinstance(module, DynamicQuantizedLinear):
-            raise ValueError(
-                f"Layer {name!r} is {type(module).__name__}: the ONNX export carries int8 per-channel layers (QAT "
-                "with weights='int8', activations='int8' and kernel 'auto', 'fbgemm' or 'onnxruntime'). Export "
-                "int4 or weight-only models with --format int8."
-            )
-        weight = module.weight()
-        if bool(weight.q_per_channel_zero_points().ne(0).any()):
-            raise ValueError(f"Layer {name!r} has non-zero weight zero points; the ONNX export needs symmetric ones.")
-        return cls(weight.int_repr(), weight.q_per_channel_scales(), module.bias())
-
-    def forward(self, x: Tensor) -> Tensor:
-        return _DynamicQuantizedMatMul.apply(x, self.weight_t, self.weight_scale, self.bias)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8 x uint8 dynamic"
-
-
 def onnx_ready(model: nn.Module, max_length: int | None = None) -> nn.Module:
     """A copy of a (converted) Hugging Face model ready for tracing to ONNX: int8 layers as
-    :class:`OnnxInt8Linear`, eager attention (the SDPA path traces shape-dependent branches), and the position
-    table cut to ``max_length`` rows when the model has one longer (no request is longer).
+    :class:`~agent_lightning.deployment.onnx_layers.OnnxInt8Linear`; in a BERT-family encoder, self-attention with
+    int8 query, key and value as ONNX Runtime's ``QAttention`` and the embeddings computed at load where they can be
+    (:func:`~agent_lightning.deployment.onnx_layers.fuse_encoder_layers`); eager attention elsewhere (the SDPA path
+    traces shape-dependent branches); and the position table cut to ``max_length`` rows when the model has one
+    longer (no request is longer).
 
     Raises:
         ValueError: a converted layer the ONNX export cannot carry (see :meth:`OnnxInt8Linear.from_converted`).
@@ -144,6 +63,7 @@ def onnx_ready(model: nn.Module, max_length: int | None = None) -> nn.Module:
     if max_length is not None and isinstance(positions, nn.Embedding) and positions.num_embeddings > max_length:
         positions.weight = nn.Parameter(positions.weight.detach()[:max_length].clone(), requires_grad=False)
         positions.num_embeddings = max_length
+    fuse_encoder_layers(model)
     return model
 
 
@@ -154,9 +74,15 @@ def write_onnx(
     input_names: tuple[str, ...] = ("input_ids", "attention_mask"),
     output_names: tuple[str, ...] = ("logits",),
     dynamic_axes: dict[str, dict[int, str]] | None = None,
+    fold_constants: bool = True,
 ) -> None:
     """Trace ``program`` to an ONNX file; by default a classifier's ``(input_ids, attention_mask) -> logits`` with
-    dynamic batch and length (``dynamic_axes`` names the dynamic dimensions of other inputs and outputs)."""
+    dynamic batch and length (``dynamic_axes`` names the dynamic dimensions of other inputs and outputs).
+
+    ``fold_constants=False`` leaves computations on constants in the graph for ONNX Runtime to do when it loads the
+    model: the file keeps what was packed packed (int4 rows, not the float table computed from them) and each int8
+    layer's weights under its own name (a ``QAttention``'s query, key and value weights are concatenated at load).
+    ``quantize_dynamic`` needs them folded (it quantizes a ``MatMul`` whose weight is an initializer)."""
     if dynamic_axes is None:
         dynamic_axes = {"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"}}
         dynamic_axes["logits"] = {0: "batch"}
@@ -178,6 +104,7 @@ def write_onnx(
                 input_names=list(input_names),
                 output_names=list(output_names),
                 dynamic_axes=dynamic_axes,
+                do_constant_folding=fold_constants,
             )
 
 
@@ -218,8 +145,9 @@ class OnnxProgram:
 
 def int8_weights(path: str | os.PathLike, names: Sequence[str] | None = None) -> dict[str, tuple[Tensor, Tensor]]:
     """Read the int8 layers back from an ONNX file: ``{layer: (int8 weight (out, in), scale (out,))}``, from the
-    initializers :class:`OnnxInt8Linear` exported (``<layer>.weight_t`` and ``<layer>.weight_scale``), e.g. to
-    check that they are the ones QAT trained.
+    initializers each :class:`~agent_lightning.deployment.onnx_layers.OnnxInt8Linear` exported (``<layer>.weight_t``
+    and ``<layer>.weight_scale``; a ``QAttention``'s query, key and value keep theirs), e.g. to check that they are the
+    ones QAT trained.
 
     Args:
         path: the ``.onnx`` file.

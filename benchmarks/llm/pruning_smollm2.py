@@ -14,6 +14,8 @@ perplexity of the test answers (their tokens only), and the share of free answer
 
     python -m benchmarks.llm.pruning_smollm2 --teacher runs/agent/version_0/checkpoints/last.ckpt
     python -m benchmarks.llm.pruning_smollm2 --teacher CKPT --epochs 1 --limit-batches 2 --output /tmp/look
+    python -m benchmarks.llm.pruning_smollm2 --teacher CKPT --rows gradual-wanda-50 gradual-magnitude-2:4 \
+        --output benchmarks/llm/results/pruning_smollm2_gradual        # some rows only (the teacher's always)
 
 Writes benchmarks/llm/results/pruning_smollm2.{md,json}.
 """
@@ -40,6 +42,15 @@ from benchmarks.common import command_line, quiet_trainer, write_results  # noqa
 RESULTS = Path(__file__).resolve().parent / "results"
 #: (name, PruningConfig arguments)
 TARGETS = {"50 %": {"sparsity": 0.5}, "2:4": {"sparsity": 0.5, "method": "n:m", "pattern": "2:4"}}
+ONE_SHOT = [(criterion, target) for target in TARGETS for criterion in ("magnitude", "wanda")]
+GRADUAL = [("magnitude", "50 %"), ("magnitude", "2:4"), ("wanda", "50 %")]
+
+
+def _row_id(kind: str, criterion: str, target: str) -> str:
+    return f"{kind}-{criterion}-{target.replace(' %', '')}"
+
+
+ROWS = [_row_id("one-shot", *row) for row in ONE_SHOT] + [_row_id("gradual", *row) for row in GRADUAL]
 
 
 def _data(teacher: Agent, batch_size: int) -> TextClassificationDataModule:
@@ -77,6 +88,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-5, help="learning rate of gradual pruning's fine-tuning")
     parser.add_argument("--limit-batches", type=int, default=None, help="a quick look: batches per fit and test")
     parser.add_argument("--output", type=Path, default=RESULTS / "pruning_smollm2")
+    parser.add_argument("--rows", nargs="+", choices=ROWS, default=ROWS, help="which rows to measure (default: all)")
     args = parser.parse_args()
     limit = args.limit_batches
 
@@ -89,23 +101,25 @@ def main() -> None:
     print(rows[-1], flush=True)
     del teacher
 
-    for target, fields in TARGETS.items():
-        for criterion in ("magnitude", "wanda"):
-            agent = load()
-            started = time.perf_counter()
-            calibration = {}
-            if criterion == "wanda":
-                dm.setup("fit")
-                calibration = {"calibration": dm.train_dataloader(), "max_batches": args.calibration}
-            prune(agent, PruningConfig(criterion=criterion, **fields), **calibration)
-            seconds = time.perf_counter() - started
-            name = f"one shot, {criterion}, {target}"
-            rows.append({"model": name, "sparsity": _zeros(agent), "seconds": seconds, **_test(agent, dm, limit)})
-            print(rows[-1], flush=True)
-            del agent
+    for criterion, target in ONE_SHOT:
+        if _row_id("one-shot", criterion, target) not in args.rows:
+            continue
+        agent = load()
+        started = time.perf_counter()
+        calibration = {}
+        if criterion == "wanda":
+            dm.setup("fit")
+            calibration = {"calibration": dm.train_dataloader(), "max_batches": args.calibration}
+        prune(agent, PruningConfig(criterion=criterion, **TARGETS[target]), **calibration)
+        seconds = time.perf_counter() - started
+        name = f"one shot, {criterion}, {target}"
+        rows.append({"model": name, "sparsity": _zeros(agent), "seconds": seconds, **_test(agent, dm, limit)})
+        print(rows[-1], flush=True)
+        del agent
 
-    gradual = [("magnitude", "50 %"), ("magnitude", "2:4"), ("wanda", "50 %")]
-    for criterion, target in gradual:
+    for criterion, target in GRADUAL:
+        if _row_id("gradual", criterion, target) not in args.rows:
+            continue
         seed_everything(42)
         agent = load()
         agent.hparams.learning_rate = args.lr

@@ -13,14 +13,7 @@ from agent_lightning import Agent, TextClassificationDataModule
 from agent_lightning.callbacks import EmbeddingCompression, Pruning, QuantizationAwareTraining, prepare_from_checkpoint
 from agent_lightning.deployment import export as export_module
 from agent_lightning.deployment.export import LogitsProgram, export_agent
-from agent_lightning.deployment.onnx_program import (
-    ONNX_MODEL,
-    OnnxInt8Linear,
-    OnnxProgram,
-    int8_weights,
-    onnx_ready,
-    write_onnx,
-)
+from agent_lightning.deployment.onnx_program import ONNX_MODEL, OnnxProgram, int8_weights, onnx_ready, write_onnx
 from agent_lightning.deployment.runtime import ExportedAgent
 from agent_lightning.pruning.removal import remove_structure
 from agent_lightning.quantization import convert, fake_quantized_modules
@@ -104,8 +97,9 @@ def test_onnx_int8_weights_are_the_qat_trained_ones(tmp_path, compressed):
     neurons = graph["model.bert.encoder.layer.0.intermediate.dense"][0]
     assert neurons.shape == (32, 32)  # 64 neurons -> 32, width 32
     model = onnx.load(str(tmp_path / "onnx" / ONNX_MODEL))
-    ops = {node.op_type for node in model.graph.node}
-    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops
+    ops = [node.op_type for node in model.graph.node]
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= set(ops)
+    assert ops.count("QAttention") == 2  # each block's query, key and value layers: one fused attention node
     # the compacted vocabulary is in the graph: int8 rows of the kept tokens only
     rows = next(t for t in model.graph.initializer if t.name.endswith("word_embeddings.weight"))
     kept = ExportedAgent(tmp_path / "onnx").manifest["embeddings"]["kept_tokens"]
@@ -131,19 +125,6 @@ def test_int4_embedding_rows_run_in_onnx_runtime_as_in_pytorch(tmp_path):
     torch.testing.assert_close(got, program(ids, mask), rtol=0, atol=1e-6)
     rows = next(t for t in onnx.load(tmp_path / "lookup.onnx").graph.initializer if t.name == "embed.weight")
     assert rows.data_type == onnx.TensorProto.UINT8 and tuple(rows.dims) == (4, 3)  # 6 values in 3 bytes per row
-
-
-def test_onnx_int8_linear_computes_dynamic_quantize_linear_arithmetic():
-    weight = torch.tensor([[1, -2, 3], [127, 0, -127]], dtype=torch.int8)
-    layer = OnnxInt8Linear(weight, torch.tensor([0.5, 0.01]), torch.tensor([1.0, 0.0]))
-    x = torch.tensor([[0.3, -1.2, 2.0]])
-    scale = (2.0 - -1.2) / 255  # the range holds 0; uint8 over [0, 255]
-    zero_point = round(1.2 / scale)
-    quantized = torch.clamp(torch.round(x / scale) + zero_point, 0, 255) - zero_point
-    expected = (quantized * scale) @ (weight.float() * torch.tensor([[0.5], [0.01]])).t() + torch.tensor([1.0, 0.0])
-    torch.testing.assert_close(layer(x), expected, rtol=1e-6, atol=1e-6)
-    with pytest.raises(ValueError, match=r"weight must be a 2-D int8 tensor, got torch.float32"):
-        OnnxInt8Linear(weight.float(), torch.ones(2))
 
 
 def test_onnx_export_refuses_a_taken_folder_and_a_failure_leaves_nothing(tmp_path, compressed, monkeypatch):

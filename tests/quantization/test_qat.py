@@ -11,7 +11,7 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 from torchao.quantization import Int8Tensor, IntxUnpackedToInt8Tensor
 from torchao.quantization.qat import FakeQuantizedLinear
 
-from agent_lightning.deployment.onnx_program import _dynamic_quantize
+from agent_lightning.deployment.onnx_layers import _dynamic_quantize
 from agent_lightning.quantization import (
     DynamicActivationFakeQuantizer,
     QuantizationRecipe,
