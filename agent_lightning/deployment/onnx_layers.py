@@ -288,7 +288,7 @@ def fuse_encoder_layers(model: nn.Module) -> dict[str, int]:
     were replaced.
 
     The blocks' residual ``Add -> LayerNormalization`` pairs are left unfused on purpose: ONNX Runtime's
-    ``SkipLayerNormalization`` kernel measured slower than the pair on CPU (``benchmarks/pipeline/README.md``).
+    ``SkipLayerNormalization`` kernel measured slower than the pair on CPU (``docs/exporting.md``).
     """
     key_mask = KeyMask()
     fused = {"attention": 0, "embeddings": 0}
