@@ -203,6 +203,8 @@ class OnnxInt8SelfAttention(nn.Module):
         self, hidden_states: Tensor, attention_mask: Tensor | None = None, **unused: object
     ) -> tuple[Tensor, None]:
         """Hugging Face's self-attention call; its 4-D ``attention_mask`` is replaced by the model's raw one."""
+        # concatenated in the graph, not once here: the file keeps each layer's weights under its own name and ONNX
+        # Runtime folds the Concat when it loads the model
         layers = (self.query, self.key, self.value)
         weight_t = torch.cat([layer.weight_t for layer in layers], 1)
         scale = torch.cat([layer.weight_scale for layer in layers])

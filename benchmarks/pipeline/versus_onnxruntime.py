@@ -88,7 +88,8 @@ def main() -> None:
     programs.update({f"student_{kind}": student.program for kind, student in students.items()})
     # each runtime's programs once more in a loop of their own: torch's OpenMP workers keep spinning for a while after
     # each call and take a core from an ONNX Runtime call that follows (a server runs one model)
-    runtimes = [["ort_fp32", "ort_int8", "student_onnx"], ["eager", "student_torchscript"]]
+    onnxruntime = [*peers, "student_onnx"]
+    runtimes = [onnxruntime, [name for name in programs if name not in onnxruntime]]
     latency: dict[str, dict[int, float]] = {name: {} for name in programs}
     latency_alone: dict[str, dict[int, float]] = {name: {} for names in runtimes for name in names}
     for batch in (1, 32):
@@ -100,26 +101,21 @@ def main() -> None:
             loop = {name: programs[name] for name in names}
             for name, seconds in compare_latency(loop, inputs, args.rounds, 3).items():
                 latency_alone[name][batch] = 1000 * seconds
-    rows = {
-        "fp32 teacher, PyTorch eager": {
-            "acc": summary.teacher_acc,
-            "zipped": summary.teacher_zipped,
-            "latency": latency["eager"],
-        },
+    labels = {"eager": "fp32 teacher, PyTorch eager", **{key: PEERS[key] for key in peers}}
+    labels.update({f"student_{kind}": f"our student, {kind} export" for kind in students})
+    measured = {  # (test accuracy, zipped bytes) of each program
+        "eager": (summary.teacher_acc, summary.teacher_zipped),
+        **{key: (summary.peers[key]["acc"], summary.peers[key]["zipped"]) for key in peers},
         **{
-            PEERS[key]: {"acc": summary.peers[key]["acc"], "zipped": summary.peers[key]["zipped"], "latency": ms}
-            for key, ms in ((key, latency[key]) for key in peers)
-        },
-        **{
-            f"our student, {kind} export": {
-                "acc": action_accuracy(student, *data),
-                "zipped": file_bytes(model_file(student.folder))[1],
-                "latency": latency[f"student_{kind}"],
-            }
+            f"student_{kind}": (action_accuracy(student, *data), file_bytes(model_file(student.folder))[1])
             for kind, student in students.items()
         },
     }
-    base, peer = rows["fp32 teacher, PyTorch eager"], rows[PEERS["ort_int8"]]
+    rows = {
+        labels[name]: {"acc": acc, "zipped": zipped, "latency": latency[name]}
+        for name, (acc, zipped) in measured.items()
+    }
+    base, peer = rows[labels["eager"]], rows[labels["ort_int8"]]
     lines = [
         f"# The compressed agent vs ONNX Runtime ({args.name})",
         "",
@@ -135,8 +131,6 @@ def main() -> None:
         "ORT int8 batch 32 / this |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    labels = {"eager": "fp32 teacher, PyTorch eager", **PEERS}
-    labels.update({f"student_{kind}": f"our student, {kind} export" for kind in students})
     for name, row in rows.items():
         ratios = [f"{base['latency'][b] / row['latency'][b]:.2f}x ({row['latency'][b]:.1f} ms)" for b in (1, 32)]
         versus = [f"{peer['zipped'] / row['zipped']:.2f}x"]

@@ -51,6 +51,15 @@ def _int8(model_class: type, config: object) -> torch.nn.Module:
     return model
 
 
+def _tiny_encoder() -> torch.nn.Module:
+    """The tiny int8 BERT with an int4 input table of the tokens in ``IDS``."""
+    model = _int8(BertModel, tiny_bert_config())
+    model.embeddings.word_embeddings = CompactEmbedding.from_embedding(
+        model.embeddings.word_embeddings, keep=sorted(set(IDS.flatten().tolist())), weights="int4"
+    )
+    return model
+
+
 def test_onnx_int8_linear_computes_dynamic_quantize_linear_arithmetic():
     weight = torch.tensor([[1, -2, 3], [127, 0, -127]], dtype=torch.int8)
     layer = OnnxInt8Linear(weight, torch.tensor([0.5, 0.01]), torch.tensor([1.0, 0.0]))
@@ -65,10 +74,7 @@ def test_onnx_int8_linear_computes_dynamic_quantize_linear_arithmetic():
 
 
 def test_fused_attention_and_embeddings_compute_what_the_hf_modules_compute():
-    plain = _int8(BertModel, tiny_bert_config())
-    plain.embeddings.word_embeddings = CompactEmbedding.from_embedding(
-        plain.embeddings.word_embeddings, keep=sorted(set(IDS.flatten().tolist())), weights="int4"
-    )
+    plain = _tiny_encoder()
     fused = copy.deepcopy(plain)
     assert fuse_encoder_layers(fused) == {"attention": 2, "embeddings": 1}
     assert isinstance(fused.encoder.layer[1].attention.self, OnnxInt8SelfAttention)
@@ -89,10 +95,7 @@ def test_fused_attention_and_embeddings_compute_what_the_hf_modules_compute():
 
 
 def test_fused_encoder_runs_in_onnx_runtime_with_the_table_unpacked_at_load(tmp_path):
-    model = _int8(BertModel, tiny_bert_config())
-    model.embeddings.word_embeddings = CompactEmbedding.from_embedding(
-        model.embeddings.word_embeddings, keep=sorted(set(IDS.flatten().tolist())), weights="int4"
-    )
+    model = _tiny_encoder()
     fuse_encoder_layers(model)
     program = _Hidden(model).eval()
     path = tmp_path / "encoder.onnx"
