@@ -14,7 +14,8 @@ prefix          written by
                 ``attention_loss``, ``temperature``, ``alpha``, ``agreement``, ``teacher_acc``
 ``embeddings/`` :class:`~agent_lightning.callbacks.EmbeddingCompression`: ``kept_tokens``, ``vocab_size``,
                 ``size_mb``, ``size_ratio`` (at fit end)
-``model/``      :class:`~agent_lightning.callbacks.CompressionReport` (sizes, accuracy, latency before/after) and
+``model/``      :class:`~agent_lightning.callbacks.CompressionReport` (sizes, accuracy, latency before/after, and
+                under ONNX Runtime: the export and the reference's peers) and
                 :class:`~agent_lightning.callbacks.CompressionDashboard` (``model/weights/*`` histograms)
 ``epoch``       Lightning's own epoch counter, beside every logged step
 ==============  ==========================================================================================
@@ -59,18 +60,24 @@ RUN_METRIC_TAGS = (
     "model/size_ratio",
     "model/latency_ratio_b1",
     "model/latency_ratio_b32",
+    "model/onnx_vs_ort_int8_zipped_ratio",
+    "model/onnx_vs_ort_int8_latency_ratio_b1",
+    "model/onnx_vs_ort_int8_latency_ratio_b32",
 )
+#: The rows of a :class:`~agent_lightning.callbacks.CompressionReport` as tag prefixes after ``model/`` (the final
+#: model has none).
+_REPORT_ROWS = r"(reference_|final_onnx_|reference_ort_fp32_|reference_ort_int8_)?"
 
 #: The "Compression" dashboard of TensorBoard's Custom Scalars tab: chart title -> tag regexes drawn together.
 COMPRESSION_LAYOUT: dict[str, dict[str, list[str]]] = {
     "Compression": {
         "loss: train vs val": [r"^train/loss$", r"^val/loss$"],
-        "accuracy": [r"^val/acc$", r"^distill/teacher_acc$", r"^distill/agreement$", r"^model/(reference_)?val_acc$"],
+        "accuracy": [r"^val/acc$", r"^distill/teacher_acc$", r"^distill/agreement$", rf"^model/{_REPORT_ROWS}val_acc$"],
         "sparsity: actual vs target": [r"^pruning/sparsity$", r"^pruning/target$"],
         "distillation terms": [r"^distill/(loss|kd_loss|task_loss|hidden_loss|attention_loss)$"],
         "QAT: fake-quant vs converted accuracy": [r"^qat/(fake_quant_acc|converted_acc)$", r"^qat/enabled$"],
-        "model size (MB)": [r"^model/(reference_)?(size_mb|zipped_mb)$"],
-        "CPU latency (ms)": [r"^model/(reference_)?latency_b\d+_ms$"],
+        "model size (MB)": [rf"^model/{_REPORT_ROWS}(size_mb|zipped_mb)$"],
+        "CPU latency (ms)": [rf"^model/{_REPORT_ROWS}latency_b\d+_ms$"],
     }
 }
 

@@ -266,6 +266,7 @@ CASES = [
     Case("CompressionReport", "batch_sizes", "type", "32", REPORT("batch_sizes"), TypeError),
     Case("CompressionReport", "latency_budget_s", "range", 0, REPORT("latency_budget_s")),
     Case("CompressionReport", "zipped_size", "type", "no", REPORT("zipped_size"), TypeError),
+    Case("CompressionReport", "onnx_runtime", "type", "yes", REPORT("onnx_runtime"), TypeError),
     Case("CompressionDashboard", "histogram_every_n_steps", "range", -1, DASHBOARD("histogram_every_n_steps")),
     Case("CompressionDashboard", "include", "type", "*.dense", DASHBOARD("include"), TypeError),
     # Agent

@@ -5,20 +5,25 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
+import tempfile
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from rich.console import Console
 from rich.table import Table
 from torch import nn
 from typing_extensions import override
 
 from agent_lightning.callbacks.distillation import Distillation
-from agent_lightning.deployment.measure import ModelInputs, compare_latency, parameter_counts, saved_bytes
+from agent_lightning.deployment.measure import ModelInputs, compare_latency, file_bytes, parameter_counts, saved_bytes
+from agent_lightning.deployment.peers import ONNX_ROWS, OnnxClassifier, onnx_runtime_rows, sequence_classifier
 from agent_lightning.evaluation import accuracy, device_of
 from agent_lightning.io import atomic_write_text
 from agent_lightning.quantization.convert import unprepare
@@ -28,6 +33,16 @@ from agent_lightning.validation import check_bool, is_number
 __all__ = ["CompressionReport", "ModelMeasurement"]
 
 Reference = Literal["auto", "fit_start", "teacher", "none"]
+#: The names of a pair's ratios after its prefix (see :func:`_ratios`).
+_RATIO = re.compile(r"size_ratio|zipped_ratio|latency_ratio_b\d+|acc_delta")
+#: The model each ONNX Runtime row was written from (its parameters are counted).
+_SOURCES = {"final_onnx": "final", "reference_ort_fp32": "reference", "reference_ort_int8": "reference"}
+#: The pairs of rows the report compares: ``(row, baseline, metric prefix, what the markdown calls the pair)``.
+_PAIRS = (
+    ("final", "reference", "model/", "final / reference"),
+    ("final_onnx", "reference_ort_int8", "model/onnx_vs_ort_int8_", "final ONNX export / reference ORT int8"),
+    ("final_onnx", "reference_ort_fp32", "model/onnx_vs_ort_fp32_", "final ONNX export / reference ORT fp32"),
+)
 
 
 @dataclass
@@ -35,10 +50,13 @@ class ModelMeasurement:
     """One model's row of the report.
 
     Attributes:
-        name: ``"final"`` (the trained, compressed model) or ``"reference"`` (what it is compared with).
-        params: parameters, converted int8 layers counted like the float layers they replaced.
-        nonzero_params: parameters that are not zero.
-        size_bytes: bytes of ``torch.save(state_dict)``.
+        name: ``"final"`` (the trained, compressed model), ``"reference"`` (what it is compared with), or an ONNX
+            Runtime row: ``"final_onnx"`` (the final model as the ONNX export runs it), ``"reference_ort_fp32"`` and
+            ``"reference_ort_int8"`` (the reference under ONNX Runtime, float and ``quantize_dynamic`` int8).
+        params: parameters, converted int8 layers counted like the float layers they replaced (an ONNX Runtime row:
+            those of the model it was written from).
+        nonzero_params: parameters that are not zero (likewise).
+        size_bytes: bytes of ``torch.save(state_dict)`` (an ONNX Runtime row: of its ``.onnx`` file).
         zipped_bytes: the same compressed with zlib (deflate, as a ``.zip``), or ``None`` when not measured.
         val_acc: top-1 accuracy on the validation data, or ``None`` without labelled validation data.
         latency_ms: CPU milliseconds per forward pass by batch size (median), empty when not measured.
@@ -58,15 +76,26 @@ class CompressionReport(Callback):
 
     Measured for each model: parameters, nonzero parameters, bytes of the saved ``state_dict`` (and zipped: sparse
     zeros compress), validation accuracy, and CPU inference latency at each batch size (median of repeated
-    forward passes on a real validation batch, round-robin between the two models, bounded by
-    ``latency_budget_s``). The report runs in the callback's ``teardown``, after every other callback's
-    ``on_fit_end``, so it sees the final model: pruning made permanent, structure removed, QAT converted to int8.
+    forward passes on a real validation batch, round-robin between the models, bounded by ``latency_budget_s``). The
+    report runs in the callback's ``teardown``, after every other callback's ``on_fit_end``, so it sees the final
+    model: pruning made permanent, structure removed, QAT converted to int8.
+
+    With ``onnx_runtime`` and a Hugging Face sequence classifier (a classification
+    :class:`~agent_lightning.Agent`), the same is measured under ONNX Runtime, where a user would run either model:
+    the final model as ``agent-lightning export --format onnx`` writes it (``final_onnx``), and the reference as the
+    baselines a user would pick without any training, exported to ONNX in float (``reference_ort_fp32``) and
+    quantized by ONNX Runtime's ``quantize_dynamic`` (``reference_ort_int8``); bytes are those of the ``.onnx``
+    files, and all models are timed in the same round-robin on the same inputs (ONNX Runtime with torch's thread
+    count, thread spinning off). The files are written to a temporary folder (on every process, which each scores
+    its share of the validation data) and removed after measuring.
 
     Where it goes (rank zero):
 
-    - scalars ``model/<metric>`` and ``model/reference_<metric>`` (``params``, ``nonzero_params``, ``size_mb``,
-      ``zipped_mb``, ``val_acc``, ``latency_b<N>_ms``) and ratios ``model/size_ratio``, ``model/zipped_ratio``,
-      ``model/latency_ratio_b<N>`` (final / reference), ``model/acc_delta``, to every logger and to
+    - scalars ``model/<metric>``, ``model/reference_<metric>`` and ``model/<onnx row>_<metric>`` (``params``,
+      ``nonzero_params``, ``size_mb``, ``zipped_mb``, ``val_acc``, ``latency_b<N>_ms``) and ratios
+      ``model/size_ratio``, ``model/zipped_ratio``, ``model/latency_ratio_b<N>`` (final / reference),
+      ``model/acc_delta``, and the same for the final ONNX export against each ONNX Runtime peer
+      (``model/onnx_vs_ort_int8_latency_ratio_b<N>``, ``model/onnx_vs_ort_fp32_...``), to every logger and to
       ``trainer.callback_metrics``;
     - a markdown table in TensorBoard's Text tab (``model/report``) and on the console (rich);
     - ``report.md`` and ``report.json``, written atomically beside the checkpoints (the checkpoint callback's
@@ -87,6 +116,8 @@ class CompressionReport(Callback):
             round past it, so a slow model cannot stall the run.
         zipped_size: also measure the zlib-compressed size.
         output_dir: folder for ``report.md``/``report.json`` (default: beside the checkpoints).
+        onnx_runtime: also measure the final model's ONNX export and the reference's ONNX Runtime peers (fp32,
+            ``quantize_dynamic`` int8); only for Hugging Face sequence classifiers, skipped for other models.
 
     Raises:
         ValueError: a bad argument (at construction); ``reference="teacher"`` without a Distillation callback (at
@@ -109,6 +140,7 @@ class CompressionReport(Callback):
         latency_budget_s: float = 20.0,
         zipped_size: bool = True,
         output_dir: str | None = None,
+        onnx_runtime: bool = True,
     ) -> None:
         self.settings = plain_settings(locals())
         if reference not in ("auto", "fit_start", "teacher", "none"):
@@ -140,9 +172,10 @@ class CompressionReport(Callback):
         self.reference = reference
         self.evaluate, self.max_eval_batches = evaluate, max_eval_batches
         self.latency, self.batch_sizes, self.latency_budget_s = latency, list(sizes), float(latency_budget_s)
-        for name, flag in (("evaluate", evaluate), ("latency", latency), ("zipped_size", zipped_size)):
+        flags = {"evaluate": evaluate, "latency": latency, "zipped_size": zipped_size, "onnx_runtime": onnx_runtime}
+        for name, flag in flags.items():
             check_bool(name, flag, "CompressionReport")
-        self.zipped_size = zipped_size
+        self.zipped_size, self.onnx_runtime = zipped_size, onnx_runtime
         self.output_dir = output_dir
         self.rows: list[ModelMeasurement] = []
         self.metrics: dict[str, float] = {}
@@ -179,22 +212,18 @@ class CompressionReport(Callback):
             reference = self._distillation.teacher
         models = {"final": pl_module} if reference is None else {"final": pl_module, "reference": reference}
         loaders = _as_list(trainer.val_dataloaders)
-        accuracies = {
-            name: accuracy(trainer.strategy, model, loaders, self.max_eval_batches)
-            if self.evaluate and loaders
-            else None
-            for name, model in models.items()
-        }
-        if trainer.global_rank != 0:
-            return
-        latency = self._latency(models, loaders)
-        self.rows = []
-        for name, model in models.items():
-            total, nonzero = parameter_counts(model)
-            size, zipped = saved_bytes(model, compressed=self.zipped_size)
-            self.rows.append(
-                ModelMeasurement(name, total, nonzero, size, zipped, accuracies[name], latency.get(name, {}))
-            )
+        with tempfile.TemporaryDirectory(prefix="compression-report-") as folder:
+            models.update(self._onnx_runtime_rows(pl_module, reference, loaders, Path(folder)))
+            accuracies = {
+                name: accuracy(trainer.strategy, model, loaders, self.max_eval_batches)
+                if self.evaluate and loaders
+                else None
+                for name, model in models.items()
+            }
+            if trainer.global_rank != 0:
+                return
+            latency = self._latency(models, loaders)
+            self.rows = [self._measure(name, models, accuracies[name], latency.get(name, {})) for name in models]
         self.metrics = _metrics(self.rows)
         log_after_fit(trainer, self.metrics)
         markdown = self.markdown()
@@ -206,6 +235,40 @@ class CompressionReport(Callback):
         atomic_write_text(folder / "report.md", markdown + "\n")
         atomic_write_text(folder / "report.json", json.dumps(self.as_dict(), indent=2) + "\n")
         _print(self.rows, folder)
+
+    def _onnx_runtime_rows(
+        self, pl_module: LightningModule, reference: nn.Module | None, loaders: list, folder: Path
+    ) -> dict[str, OnnxClassifier]:
+        """The final model's ONNX export and the reference's ONNX Runtime peers, written to ``folder``; empty when
+        turned off or not a sequence classifier."""
+        final = sequence_classifier(pl_module) if self.onnx_runtime and loaders else None
+        batch = next(iter(loaders[0]), None) if final is not None else None
+        if final is None or not isinstance(batch, Mapping) or "input_ids" not in batch:
+            return {}
+        inputs = ModelInputs.from_batch(batch, 2).to("cpu").kwargs or {}
+        example = (inputs["input_ids"], inputs.get("attention_mask", torch.ones_like(inputs["input_ids"])))
+        rows: dict[str, OnnxClassifier] = {}
+        try:
+            rows.update(onnx_runtime_rows(folder, example, final=final, max_length=pl_module.hparams.get("max_length")))
+        except ValueError as error:  # a converted layer ONNX Runtime's kernels cannot run
+            rank_zero_warn(f"CompressionReport: the final model has no ONNX Runtime row: {error}")
+        peer = sequence_classifier(reference) if reference is not None else None
+        if peer is not None:
+            rows.update(onnx_runtime_rows(folder, example, reference=peer))
+        return rows
+
+    def _measure(
+        self, name: str, models: dict[str, nn.Module], val_acc: float | None, latency_ms: dict[int, float]
+    ) -> ModelMeasurement:
+        model = models[name]
+        source = models[_SOURCES.get(name, name)]  # an ONNX Runtime row counts the model it was written from
+        total, nonzero = parameter_counts(source)
+        if isinstance(model, OnnxClassifier):
+            size, zipped = file_bytes(model.path)
+            zipped = zipped if self.zipped_size else None
+        else:
+            size, zipped = saved_bytes(model, compressed=self.zipped_size)
+        return ModelMeasurement(name, total, nonzero, size, zipped, val_acc, latency_ms)
 
     def _latency(self, models: dict[str, nn.Module], loaders: list) -> dict[str, dict[int, float]]:
         if not self.latency or not loaders:
@@ -246,12 +309,15 @@ class CompressionReport(Callback):
         header, rows = _table(self.rows)
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(cells) + " |" for cells in rows]
-        ratios = [
-            f"{k.removeprefix('model/')} {v:.3f}" for k, v in self.metrics.items() if "ratio" in k or "delta" in k
-        ]
-        if ratios:
-            lines += ["", "final / reference: " + ", ".join(ratios)]
-        return "\n".join(lines)
+        ratios = []
+        for _, _, prefix, title in _PAIRS:
+            pair = [
+                f"{key.removeprefix(prefix)} {value:.3f}"
+                for key, value in self.metrics.items()
+                if key.startswith(prefix) and _RATIO.fullmatch(key.removeprefix(prefix))
+            ]
+            ratios += [f"{title}: " + ", ".join(pair)] if pair else []
+        return "\n".join(lines + ([""] + ratios if ratios else []))
 
 
 def _table(rows: list[ModelMeasurement]) -> tuple[list[str], list[list[str]]]:
@@ -260,7 +326,7 @@ def _table(rows: list[ModelMeasurement]) -> tuple[list[str], list[list[str]]]:
     header = ["model", "parameters", "nonzero", "size", "zipped", "val acc"] + [f"latency b{s}" for s in sizes]
     cells = [
         [
-            row.name,
+            ONNX_ROWS.get(row.name, row.name),
             f"{row.params / 1e6:.2f} M",
             f"{row.nonzero_params / 1e6:.2f} M",
             f"{row.size_bytes / 1e6:.1f} MB",
@@ -301,7 +367,7 @@ def _as_list(loaders: Any) -> list:
 def _metrics(rows: list[ModelMeasurement]) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for row in rows:
-        prefix = "model/" if row.name == "final" else "model/reference_"
+        prefix = {"final": "model/", "reference": "model/reference_"}.get(row.name, f"model/{row.name}_")
         values = {
             "params": row.params,
             "nonzero_params": row.nonzero_params,
@@ -311,16 +377,23 @@ def _metrics(rows: list[ModelMeasurement]) -> dict[str, float]:
             **{f"latency_b{size}_ms": ms for size, ms in row.latency_ms.items()},
         }
         metrics.update({prefix + key: float(value) for key, value in values.items() if value is not None})
-    if len(rows) == 2:
-        final, reference = rows
-        metrics["model/size_ratio"] = final.size_bytes / reference.size_bytes
-        if final.zipped_bytes and reference.zipped_bytes:
-            metrics["model/zipped_ratio"] = final.zipped_bytes / reference.zipped_bytes
-        for size in final.latency_ms.keys() & reference.latency_ms.keys():
-            metrics[f"model/latency_ratio_b{size}"] = final.latency_ms[size] / reference.latency_ms[size]
-        if final.val_acc is not None and reference.val_acc is not None:
-            metrics["model/acc_delta"] = final.val_acc - reference.val_acc
+    by_name = {row.name: row for row in rows}
+    for name, baseline, prefix, _ in _PAIRS:
+        if name in by_name and baseline in by_name:
+            metrics.update(_ratios(by_name[name], by_name[baseline], prefix))
     return metrics
+
+
+def _ratios(row: ModelMeasurement, baseline: ModelMeasurement, prefix: str) -> dict[str, float]:
+    """``row`` over ``baseline``: size, zipped size and latency ratios, accuracy difference."""
+    ratios = {f"{prefix}size_ratio": row.size_bytes / baseline.size_bytes}
+    if row.zipped_bytes and baseline.zipped_bytes:
+        ratios[f"{prefix}zipped_ratio"] = row.zipped_bytes / baseline.zipped_bytes
+    for size in sorted(row.latency_ms.keys() & baseline.latency_ms.keys()):
+        ratios[f"{prefix}latency_ratio_b{size}"] = row.latency_ms[size] / baseline.latency_ms[size]
+    if row.val_acc is not None and baseline.val_acc is not None:
+        ratios[f"{prefix}acc_delta"] = row.val_acc - baseline.val_acc
+    return ratios
 
 
 def _print(rows: list[ModelMeasurement], folder: Path) -> None:

@@ -70,6 +70,7 @@ __all__ = [
     "export_agent",
     "load_agent_checkpoint",
     "trace",
+    "write_classifier_onnx",
     "write_export_files",
 ]
 
@@ -264,6 +265,21 @@ class LogitsProgram(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
+def write_classifier_onnx(
+    model: nn.Module, path: str | os.PathLike, example: tuple[Tensor, Tensor], max_length: int | None = None
+) -> LogitsProgram:
+    """Write a (converted) Hugging Face sequence classifier to ``path`` as the ONNX export's model file
+    (:func:`~agent_lightning.deployment.onnx_program.onnx_ready`, traced on ``example = (input_ids,
+    attention_mask)``, constants left for ONNX Runtime to fold); returns the traced program, the file's PyTorch twin.
+
+    Raises:
+        ValueError: a converted layer the ONNX export cannot carry.
+    """
+    program = LogitsProgram(onnx_ready(model, max_length)).eval()
+    write_onnx(program, example, path, fold_constants=False)
+    return program
+
+
 def trace(program: LogitsProgram, inputs: dict[str, Tensor]) -> torch.jit.ScriptModule:
     """TorchScript-trace ``program`` on two rows of ``inputs`` (any batch size and length run afterwards)."""
     with warnings.catch_warnings():
@@ -353,10 +369,9 @@ def _export_onnx(agent: Agent, raw: dict, staging: Path, inputs: dict[str, Tenso
         "opset": ONNX_OPSET,
     }
     converted = LogitsProgram(agent.model).eval()
-    program = LogitsProgram(onnx_ready(agent.model, agent.hparams.max_length)).eval()
-    expected = program(inputs["input_ids"], inputs["attention_mask"])
     example = (inputs["input_ids"][:2], inputs["attention_mask"][:2])
-    write_onnx(program, example, staging / ONNX_MODEL, fold_constants=False)
+    program = write_classifier_onnx(agent.model, staging / ONNX_MODEL, example, agent.hparams.max_length)
+    expected = program(inputs["input_ids"], inputs["attention_mask"])
     write_export_files(agent, staging, manifest)
     reloaded = ExportedAgent(staging)
     parity = _compare(expected, reloaded.program(inputs["input_ids"], inputs["attention_mask"]))

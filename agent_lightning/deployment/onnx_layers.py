@@ -97,7 +97,8 @@ class OnnxInt8Linear(nn.Module):
         per-channel scales it holds.
 
         Raises:
-            ValueError: ``module`` is not an int8 per-channel layer with zero points 0 (an int4 or torchao layer).
+            ValueError: ``module`` is not an int8 per-channel layer with zero points 0 (an int4, torchao or
+                per-tensor layer).
         """
         if not isinstance(module, DynamicQuantizedLinear):
             raise ValueError(
@@ -106,6 +107,11 @@ class OnnxInt8Linear(nn.Module):
                 "int4 or weight-only models with --format int8."
             )
         weight = module.weight()
+        if weight.qscheme() not in (torch.per_channel_affine, torch.per_channel_symmetric):
+            raise ValueError(
+                f"Layer {name!r} has one weight scale ({weight.qscheme()}); the ONNX export carries per-channel int8 "
+                "layers, as QAT and agent_lightning.quantization.convert write them (not torch's quantize_dynamic)."
+            )
         if bool(weight.q_per_channel_zero_points().ne(0).any()):
             raise ValueError(f"Layer {name!r} has non-zero weight zero points; the ONNX export needs symmetric ones.")
         return cls(weight.int_repr(), weight.q_per_channel_scales(), module.bias())

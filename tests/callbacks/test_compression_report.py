@@ -14,6 +14,7 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
 from agent_lightning.callbacks import CompressionReport, Distillation, Pruning, QuantizationAwareTraining
 from agent_lightning.deployment.measure import parameter_counts
+from agent_lightning.deployment.peers import ONNX_ROWS
 from agent_lightning.evaluation import count_correct
 from tests.conftest import quiet_trainer
 
@@ -31,8 +32,8 @@ def test_report_after_pruning_and_qat_matches_the_model(tmp_path, agent_and_data
 
     # it saw the final model: QAT had converted, pruning was permanent
     assert isinstance(agent.get_submodule(QUERY), DynamicQuantizedLinear)
-    final, reference = report.rows
-    assert (final.name, reference.name) == ("final", "reference")
+    final, reference, *onnx_rows = report.rows
+    assert [row.name for row in report.rows] == ["final", "reference", *ONNX_ROWS]
     assert reference.params == reference_params == final.params  # int8 layers count like the float ones
     assert (final.params, final.nonzero_params) == parameter_counts(agent)
     assert final.nonzero_params < reference.nonzero_params - 0.4 * 12 * 32 * 32  # half of the targeted weights
@@ -48,17 +49,50 @@ def test_report_after_pruning_and_qat_matches_the_model(tmp_path, agent_and_data
     assert metrics["model/latency_ratio_b4"] == pytest.approx(final.latency_ms[4] / reference.latency_ms[4])
     assert float(trainer.callback_metrics["model/nonzero_params"]) == final.nonzero_params
 
+    # the same models under ONNX Runtime, timed in the same loop: the final model as exported, the reference as
+    # users run it without training (fp32, quantize_dynamic int8); parameters of the model each was written from
+    exported, ort_fp32, ort_int8 = onnx_rows
+    assert (exported.params, exported.nonzero_params) == (final.params, final.nonzero_params)
+    assert ort_fp32.params == ort_int8.params == reference.params
+    assert ort_int8.size_bytes < 0.6 * ort_fp32.size_bytes and exported.size_bytes < ort_fp32.size_bytes
+    assert ort_fp32.val_acc == reference.val_acc  # the same float model
+    assert all(set(row.latency_ms) == {1, 4} for row in onnx_rows)
+    assert metrics["model/onnx_vs_ort_int8_latency_ratio_b1"] == pytest.approx(
+        exported.latency_ms[1] / ort_int8.latency_ms[1]
+    )
+    zipped_ratio = exported.zipped_bytes / ort_fp32.zipped_bytes
+    assert metrics["model/onnx_vs_ort_fp32_zipped_ratio"] == pytest.approx(zipped_ratio)
+    assert metrics["model/reference_ort_int8_size_mb"] == pytest.approx(ort_int8.size_bytes / 1e6)
+
     # files, TensorBoard scalars and text all say the same
     saved = json.loads((tmp_path / "report" / "report.json").read_text())
     assert saved["models"][0]["nonzero_params"] == final.nonzero_params and saved["metrics"] == metrics
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert markdown.strip() == report.markdown() and "| final |" in markdown and "latency b4" in markdown
+    assert "| reference, ORT int8 (quantize_dynamic) |" in markdown
+    assert "final ONNX export / reference ORT int8: size_ratio" in markdown
     events = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0, "tensors": 0})
     events.Reload()
     assert events.Scalars("model/size_mb")[-1].value == pytest.approx(final.size_bytes / 1e6)
     assert events.Scalars("model/reference_params")[-1].value == reference.params
+    assert events.Scalars("model/final_onnx_latency_b1_ms")[-1].value == pytest.approx(exported.latency_ms[1])
     text = events.Tensors("model/report/text_summary")[-1]
     assert "| final |" in text.tensor_proto.string_val[0].decode()
+
+
+def test_a_final_model_onnx_cannot_run_keeps_the_peers(tmp_path, agent_and_data):
+    agent, dm = agent_and_data
+    report = CompressionReport(batch_sizes=[2], latency_budget_s=1.0, output_dir=str(tmp_path))
+    callbacks = [report, QuantizationAwareTraining(weights="int4", group_size=16, start=2)]
+    with pytest.warns(UserWarning, match=r"the final model has no ONNX Runtime row: Layer '.*' is .*--format int8"):
+        quiet_trainer(tmp_path, callbacks, max_steps=3, limit_val_batches=1).fit(agent, datamodule=dm)
+    assert [row.name for row in report.rows] == ["final", "reference", "reference_ort_fp32", "reference_ort_int8"]
+    assert not any(key.startswith("model/onnx_vs_") for key in report.metrics)
+
+    off = CompressionReport(onnx_runtime=False, latency=False, output_dir=str(tmp_path / "off"))
+    agent.train()
+    quiet_trainer(tmp_path, [off], max_steps=1, limit_val_batches=1).fit(agent, datamodule=dm)
+    assert [row.name for row in off.rows] == ["final", "reference"]
 
 
 class _SlowModel(BoringModel):

@@ -156,7 +156,8 @@ def test_pruning_attaches_from_the_command_line_and_logs(tmp_path, tiny_bert):
     kinds = {type(c).__name__ for c in cli.trainer.callbacks}
     assert {"CompressionDashboard", "CompressionReport"} <= kinds
     report = json.loads((log_dir / "checkpoints" / "report.json").read_text())
-    assert [m["name"] for m in report["models"]] == ["final", "reference"]
+    names = ["final", "reference", "final_onnx", "reference_ort_fp32", "reference_ort_int8"]  # with ONNX Runtime's
+    assert [m["name"] for m in report["models"]] == names
     assert events.Scalars("model/nonzero_params")[-1].value == report["models"][0]["nonzero_params"]
     callback = next(c for c in cli.trainer.callbacks if type(c).__name__ == "Pruning")
     actual, nonzero = callback.sparsity_now(cli.model)
