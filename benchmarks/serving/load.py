@@ -1,13 +1,17 @@
-"""Load on the served agent: requests/s and p50/p95 latency at several client concurrencies, for the int8 export
-and the fp32 checkpoint, with LitServe's dynamic batching on and off.
+"""Load on the served agent: requests/s and p50/p95 latency at several client concurrencies, for the compressed
+student's ONNX export beside what a user would serve instead — the fp32 teacher checkpoint (PyTorch eager), the
+teacher under ONNX Runtime in fp32, and ONNX Runtime's ``quantize_dynamic`` int8 of it (no training) — with
+LitServe's dynamic batching on and off.
 
 Loopback only, bounded: each setting starts ``agent-lightning serve`` in its own process, waits for ``/health``,
 sends ``--requests`` single-text ``POST /predict`` requests from ``C`` client threads (each waits for its answer
 before the next), then kills the server. Latency is the client's wall time per request (HTTP, queueing, batching,
-tokenization and the model included). The agent is the MiniLM classifier fine-tuned on the built-in data for
-``--epochs`` epochs (or ``--ckpt``), exported with ``agent-lightning export --format int8``.
+tokenization and the model included). The teacher is ``--ckpt`` (default: the MiniLM classifier fine-tuned on the
+built-in data for ``--epochs`` epochs); the student is ``--student``, an export folder (after ``make demo``:
+``runs/student/version_0/export-onnx``; default: the teacher's own ONNX export, quantized after training).
 
-    python -m benchmarks.serving.load                       # the table in results/
+    python -m benchmarks.serving.load --ckpt runs/teacher/version_0/checkpoints/last.ckpt \
+        --student runs/student/version_0/export-onnx            # the table in results/
     python -m benchmarks.serving.load --requests 60 --concurrency 1 8
 
 Writes benchmarks/serving/results/load.{md,json}.
@@ -35,7 +39,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from lightning.pytorch import seed_everything  # noqa: E402
 
 from agent_lightning import Agent, TextClassificationDataModule  # noqa: E402
-from agent_lightning.deployment.export import export_agent  # noqa: E402
+from agent_lightning.deployment.export import export_agent, load_agent_checkpoint  # noqa: E402
+from agent_lightning.deployment.peers import PEERS, onnx_runtime_peers  # noqa: E402
 from benchmarks.common import command_line, quiet_trainer, write_results  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -109,6 +114,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", type=Path, help="an agent checkpoint; default: fine-tune one on the built-in data")
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument(
+        "--student", type=Path, help="the compressed student's export folder; default: the teacher's ONNX export"
+    )
     parser.add_argument("--requests", type=int, default=200, help="requests per setting and concurrency")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--max-batch-size", type=int, default=8, help="the batching setting's LitServe batch size")
@@ -125,10 +133,20 @@ def main() -> None:
         trainer.fit(agent, datamodule=dm)
         checkpoint = work / "agent.ckpt"
         trainer.save_checkpoint(checkpoint)
-    export_agent(checkpoint, work / "int8", "int8")  # the format results/load.md measured
+    student, student_name = args.student, "exported int8 student (ONNX Runtime)"
+    if student is None:
+        student, student_name = work / "onnx", "int8 ONNX export of the teacher (quantized after training)"
+        export_agent(checkpoint, student, "onnx")
+    onnx_runtime_peers(load_agent_checkpoint(checkpoint)[0], work)  # work/ort_fp32, work/ort_int8
+    models = {
+        "fp32 teacher, PyTorch eager (checkpoint)": checkpoint,
+        PEERS["ort_fp32"]: work / "ort_fp32",
+        PEERS["ort_int8"]: work / "ort_int8",
+        student_name: student,
+    }
     texts = dm.splits["test"].texts
     rows = []
-    for name, model in (("int8 export", work / "int8"), ("fp32 checkpoint", checkpoint)):
+    for name, model in models.items():
         for batch in (args.max_batch_size, 1):
             process, url = _serve(model, work / f"{name}-{batch}.db", batch, args.threads)
             try:
@@ -143,7 +161,9 @@ def main() -> None:
     lines = [
         "# Load on the served agent (loopback)",
         "",
-        f"Command: `{command_line()}`. The MiniLM classifier on the built-in data; one server process per setting "
+        f"Command: `{command_line()}`. The MiniLM classifier on the built-in data (teacher `{checkpoint}`"
+        + (f", student `{student}`" if args.student else "")
+        + "); one server process per setting "
         f"with {args.threads} torch thread(s) and one inference worker; {args.requests} single-text requests per "
         "row from the given number of client threads on the same machine (which share its CPU cores with the "
         "server). Latency: client wall time per request.",
