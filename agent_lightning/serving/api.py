@@ -88,7 +88,8 @@ class AnswerAPI(ls.LitAPI):
 
     Args:
         model: an export folder or a checkpoint (:func:`load_actor`).
-        store: the SQLite file every answer is written to before it is returned.
+        store: the SQLite file every answer is written to before it is returned (a batch's answers in one
+            transaction).
         max_batch_size: requests LitServe batches into one ``act`` call.
         batch_timeout: seconds LitServe waits to fill a batch.
         abstention: a confidence threshold below which the answer is ``"action": null``.
@@ -123,18 +124,20 @@ class AnswerAPI(ls.LitAPI):
         decisions = self.actor.act(texts)
         if self.abstention is not None:  # below the threshold: "action": null rather than a confident guess
             decisions = self.abstention.apply(decisions)
+        # the whole batch in one durable transaction (one fsync), before any of its replies
+        ids = self.store.record_answers([(t, a, c) for t, (a, c) in zip(texts, decisions)])
         answers, start = [], 0
         for request_texts, many in requests:
-            answers.append((request_texts, decisions[start : start + len(request_texts)], many))
-            start += len(request_texts)
+            end = start + len(request_texts)
+            answers.append((ids[start:end], decisions[start:end], many))
+            start = end
         return answers if batched else answers[0]
 
     def unbatch(self, output: list) -> list:
         return output
 
     def encode_response(self, output: tuple[list[str], list[tuple[str, float]], bool]) -> dict[str, Any]:
-        texts, decisions, many = output
-        ids = self.store.record_answers([(t, a, c) for t, (a, c) in zip(texts, decisions)])  # durable before the reply
+        ids, decisions, many = output
         answers = [{"id": i, "action": a, "confidence": c} for i, (a, c) in zip(ids, decisions)]
         return {"answers": answers} if many else answers[0]
 

@@ -180,3 +180,26 @@ def test_abstention_answers_null_below_the_threshold_chosen_on_held_out_data(exp
     assert [a["action"] for a in answers] == [a if c >= abstention.threshold else None for a, c in decisions]
     abstained = sum(a["action"] is None for a in answers)
     assert 0 < abstained < len(texts) and RequestStore(tmp_path / "requests.db").stats()["abstained"] == abstained
+
+
+def test_a_batch_of_requests_is_stored_in_one_transaction_before_any_reply(export, tmp_path):
+    from agent_lightning.serving import AnswerAPI
+
+    api = AnswerAPI(str(export), str(tmp_path / "requests.db"))
+    api.setup("cpu")
+    transactions = []
+    record = api.store.record_answers
+    api.store.record_answers = lambda answers: transactions.append(len(answers)) or record(answers)
+    requests = [api.decode_request(PredictRequest(text=text)) for text in (TEXTS[0], TEXTS[1:3], TEXTS[3])]
+    outputs = api.predict(api.batch(requests))
+    assert transactions == [4]  # one fsynced write for the batch's four texts, already done
+    replies = [api.encode_response(output) for output in api.unbatch(outputs)]
+    assert transactions == [4]  # replying writes nothing more
+    ids = [replies[0]["id"], *(a["id"] for a in replies[1]["answers"]), replies[2]["id"]]
+    actions = [replies[0]["action"], *(a["action"] for a in replies[1]["answers"]), replies[2]["action"]]
+    assert [a for a, _ in ExportedAgent(export).act(TEXTS[:4])] == actions
+    store = RequestStore(tmp_path / "requests.db")
+    assert len(set(ids)) == 4 and store.stats()["requests"] == 4
+    for request_id in ids:  # each reply's id names its own text
+        store.record_feedback(request_id, thumbs_up=True)
+    assert {f.request_id: f.text for f in store.feedback()} == dict(zip(ids, TEXTS[:4]))
