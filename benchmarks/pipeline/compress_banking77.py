@@ -4,18 +4,21 @@ Side by side in one process, on the same test split (3,080 requests), from the s
 (the teacher, a checkpoint of ``finetune_banking77.py``):
 
 - the fp32 teacher;
-- PTQ: ``torch.ao.quantization.quantize_dynamic`` int8 of the teacher (no training);
+- what runs without training: the teacher under ONNX Runtime in fp32, and ONNX Runtime's ``quantize_dynamic`` int8
+  of it (:mod:`agent_lightning.deployment.peers`); PTQ in PyTorch: ``torch.ao.quantization.quantize_dynamic`` int8;
 - Lightning ``ModelPruning`` 50 % (its defaults, on the block linears; amount compounding per epoch end);
 - ours alone: ``Pruning(0.5)``; ``QuantizationAwareTraining()`` (converted to int8); ``Distillation`` into a
   3-layer student (teacher blocks 0, 2, 4);
 - the full composition: the 3-layer distilled student + ``Pruning(0.5, end=0.6)`` + ``QuantizationAwareTraining(
-  start=0.8)`` + ``EmbeddingCompression()`` (the vocabulary training used, int8 rows), exported as the int8
-  TorchScript program (``agent_lightning.deployment.export``) and measured as exported.
+  start=0.8, kernel="onnxruntime")`` + ``EmbeddingCompression()`` (the vocabulary training used, int8 rows),
+  exported as the int8 ONNX model and as the int8 TorchScript program (``agent_lightning.deployment.export``) and
+  measured as exported.
 
 Columns: test accuracy; bytes on disk (``torch.save`` of the state dict; the exported ``model.pt`` for the
 composition) plain and zipped (deflate, as a standard ``.zip``: sparse zeros compress); parameters and nonzeros;
-CPU latency at batch 1 and 32 on real test requests (padded to the longest, as served) as ratios of the teacher's,
-all models timed round-robin; training-step time as a ratio of plain fp32 fine-tuning of the teacher.
+CPU latency at batch 1 and 32 on real test requests (padded to the longest, as served) as ratios of the eager
+teacher's and of the ONNX Runtime int8 teacher's, all models timed round-robin in one loop; training-step time as a
+ratio of plain fp32 fine-tuning of the teacher.
 
     python -m benchmarks.pipeline.compress_banking77 --teacher runs/finetune_banking77/version_0/checkpoints/best.ckpt
 
@@ -50,7 +53,8 @@ from agent_lightning.callbacks import (  # noqa: E402
 )
 from agent_lightning.deployment.export import LogitsProgram, export_agent  # noqa: E402
 from agent_lightning.deployment.measure import ModelInputs, compare_latency, file_bytes, parameter_counts, saved_bytes  # noqa: E402
-from agent_lightning.deployment.runtime import PROGRAM, ExportedAgent  # noqa: E402
+from agent_lightning.deployment.peers import PEERS, onnx_runtime_peers  # noqa: E402
+from agent_lightning.deployment.runtime import ExportedAgent, model_file  # noqa: E402
 from agent_lightning.evaluation import action_accuracy  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     DEFAULT_DATA,
@@ -66,7 +70,10 @@ from benchmarks.timing import StepTimer  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 TEACHER = "fp32 teacher (6 layers)"
-FULL = "full composition: 3-layer distilled student + 50 % sparsity + int8 QAT + int8 task vocabulary (exported)"
+FULL = "full composition: 3-layer distilled student + 50 % sparsity + int8 QAT + int8 task vocabulary"
+#: The composition's rows: its exports by format.
+FULL_ROWS = {"onnx": f"{FULL} (ONNX export)", "int8": f"{FULL} (TorchScript export)"}
+PEER = PEERS["ort_int8"]
 
 
 def main() -> None:
@@ -93,10 +100,19 @@ def main() -> None:
         texts, labels = texts[: 32 * args.limit_batches], labels[: 32 * args.limit_batches]
 
     rows: dict[str, dict] = {}
+    failures: dict[str, str] = {}  # exports refused by their parity check
     shipped: dict[str, nn.Module] = {}  # what each row ships: (input_ids, attention_mask) -> logits
     rows[TEACHER] = _measure_eager(teacher, dm, args)
     rows[TEACHER]["step_seconds"] = _dense_step_seconds(args, dm, limit)
     shipped[TEACHER] = LogitsProgram(teacher.model).eval()
+
+    work = Path(tempfile.mkdtemp(prefix="compress-banking77-"))
+    params, nonzero = parameter_counts(teacher.model)
+    for key, peer in onnx_runtime_peers(teacher, work).items():  # what runs without training
+        size, zipped = file_bytes(model_file(peer.folder))
+        rows[PEERS[key]] = {"test_acc": action_accuracy(peer, texts, labels), "bytes": size, "zipped": zipped}
+        rows[PEERS[key]].update(params=params, nonzero=nonzero)
+        shipped[PEERS[key]] = peer.program
 
     ptq = copy.deepcopy(teacher)
     with warnings.catch_warnings():
@@ -129,7 +145,7 @@ def main() -> None:
             FULL: [
                 Distillation(str(args.teacher)),
                 Pruning(sparsity=0.5, end=0.6),
-                QuantizationAwareTraining(start=0.8),
+                QuantizationAwareTraining(start=0.8, kernel="onnxruntime"),  # the scheme both exports run
                 EmbeddingCompression(),
             ],
         }
@@ -154,23 +170,35 @@ def main() -> None:
                 rows[name] = {**_measure_eager(student.eval(), dm, args), "step_seconds": step}
                 shipped[name] = LogitsProgram(student.model).eval()
             else:
-                export = Path(folder) / "export-int8"
-                parity = export_agent(checkpoints / "last.ckpt", export, "int8")  # as results/ measured it
-                program = ExportedAgent(export)
-                size, zipped = file_bytes(export / PROGRAM)
                 params, nonzero = parameter_counts(student.model)
-                rows[name] = {
-                    "test_acc": action_accuracy(program, texts, labels),
-                    "in_memory_test_acc": accuracy_on_test(student.eval(), dm, args.limit_batches),
-                    "bytes": size,
-                    "zipped": zipped,
-                    "params": params,
-                    "nonzero": nonzero,
-                    "step_seconds": step,
-                    "export_parity": {"top1": parity.top1_agreement, "max_abs_logit_diff": parity.max_abs_logit_diff},
-                    "kept_tokens": program.manifest["embeddings"]["kept_tokens"],
-                }
-                shipped[name] = program.program
+                in_memory = accuracy_on_test(student.eval(), dm, args.limit_batches)
+                for kind, row_name in FULL_ROWS.items():
+                    export = Path(folder) / f"export-{kind}"
+                    try:
+                        parity = export_agent(checkpoints / "last.ckpt", export, kind)
+                    except ValueError as error:  # a parity check failed: say so in the results, measure the rest
+                        failures[row_name] = str(error)
+                        print(json.dumps({row_name: str(error)}), flush=True)
+                        continue
+                    program = ExportedAgent(export)
+                    size, zipped = file_bytes(model_file(export))
+                    rows[row_name] = {
+                        "test_acc": action_accuracy(program, texts, labels),
+                        "in_memory_test_acc": in_memory,
+                        "bytes": size,
+                        "zipped": zipped,
+                        "params": params,
+                        "nonzero": nonzero,
+                        "step_seconds": step,
+                        "export_parity": {
+                            "top1": parity.top1_agreement,
+                            "max_abs_logit_diff": parity.max_abs_logit_diff,
+                        },
+                        "kept_tokens": program.manifest["embeddings"]["kept_tokens"],
+                    }
+                    shipped[row_name] = program.program
+                    print(json.dumps({row_name: rows[row_name]}), flush=True)
+                continue
             print(json.dumps({name: rows[name]}), flush=True)
 
         latency = {}
@@ -184,7 +212,7 @@ def main() -> None:
     for name, row in rows.items():
         for batch in (1, 32):
             row[f"latency_b{batch}_ms"] = 1000 * latency[batch][name]
-    _write(args, rows)
+    _write(args, rows, failures)
 
 
 def _measure_eager(agent: Agent, dm, args) -> dict:
@@ -208,7 +236,7 @@ def _dense_step_seconds(args, dm, limit: dict) -> float:
     return statistics.median(timer.step_seconds)
 
 
-def _write(args, rows: dict[str, dict]) -> None:
+def _write(args, rows: dict[str, dict], failures: dict[str, str]) -> None:
     base = rows[TEACHER]
     lines = [
         "# The whole pipeline on BANKING77: each compression alone and composed, vs the fp32 teacher (CPU)",
@@ -220,9 +248,10 @@ def _write(args, rows: dict[str, dict]) -> None:
         f"Command: `{command_line()}`.",
         "",
         "| model | test accuracy | Δ vs teacher | bytes | zipped | zipped ratio | parameters | nonzero | "
-        "latency b1 | latency b32 | train step |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "latency b1 | latency b32 | vs ORT int8 teacher, b1 / b32 | train step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    peer = rows.get(PEER)
     for name, row in rows.items():
         step = f"{row['step_seconds'] / base['step_seconds']:.2f}x" if "step_seconds" in row else ""
         lines.append(
@@ -231,24 +260,36 @@ def _write(args, rows: dict[str, dict]) -> None:
             f"smaller | {row['params'] / 1e6:.2f} M | {row['nonzero'] / 1e6:.2f} M | "
             f"{base['latency_b1_ms'] / row['latency_b1_ms']:.2f}x faster ({row['latency_b1_ms']:.1f} ms) | "
             f"{base['latency_b32_ms'] / row['latency_b32_ms']:.2f}x faster ({row['latency_b32_ms']:.0f} ms) | "
-            f"{step} |"
+            + (_versus(peer, row) if peer else "")
+            + f" | {step} |"
         )
     lines += [
         "",
-        "Latency: median forward time on real test requests padded to the longest of the batch, every model timed "
-        "round-robin in one loop (eager PyTorch for all rows but the composition, which is timed as exported: the "
-        "TorchScript int8 program). Train step: median training-step time relative to plain fp32 fine-tuning of the "
-        "teacher (students are faster per step; QAT and the teacher forward of distillation cost extra).",
+        "Latency: median forward time on real test requests padded to the longest of the batch (tokenization "
+        "excluded), every model timed round-robin in one loop with the order shuffled each round; eager PyTorch for "
+        "the trained rows but the composition, which is timed as exported (its ONNX model under ONNX Runtime, its "
+        "TorchScript program in PyTorch); the ONNX Runtime rows with the same threads, spinning off. Train step: "
+        "median training-step time relative to plain fp32 fine-tuning of the teacher (students are faster per step; "
+        "QAT and the teacher forward of distillation cost extra).",
     ]
-    if FULL in rows:
-        full = rows[FULL]
+    exported = [name for name in FULL_ROWS.values() if name in rows]
+    if exported:
+        full = rows[exported[0]]
+        parity = ", ".join(
+            f"{rows[name]['export_parity']['top1']:.3f} ({name.split('(')[-1][:-1]})" for name in exported
+        )
         lines += [
             "",
             f"Composition, as exported: {full['kept_tokens']} token rows kept of 30,522; the in-memory model before "
-            f"export scored {100 * full['in_memory_test_acc']:.2f} %; reload parity top-1 "
-            f"{full['export_parity']['top1']:.3f}.",
+            f"export scored {100 * full['in_memory_test_acc']:.2f} %; reload parity top-1 {parity}.",
         ]
-    write_results(args.output, lines, rows)
+    lines += [f"\n{name}: not written, {error}" for name, error in failures.items()]
+    write_results(args.output, lines, {**rows, "failed_exports": failures})
+
+
+def _versus(peer: dict, row: dict) -> str:
+    """How many times faster than the ONNX Runtime int8 teacher ``row`` is, at batch 1 and 32."""
+    return " / ".join(f"{peer[f'latency_b{b}_ms'] / row[f'latency_b{b}_ms']:.2f}x" for b in (1, 32))
 
 
 if __name__ == "__main__":
