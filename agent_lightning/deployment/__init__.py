@@ -7,7 +7,9 @@ way everywhere (bytes, parameters, round-robin CPU latency, the export against i
   int8 linears, ``QAttention``) and compute what they compute.
 - :mod:`~agent_lightning.deployment.onnx_program`: a model ready for tracing, tracing, the ONNX Runtime session.
 - :mod:`~agent_lightning.deployment.runtime`: :class:`ExportedAgent`, which runs an int8 export (either format).
-- :mod:`~agent_lightning.deployment.peers`: the teacher under ONNX Runtime, fp32 and ``quantize_dynamic`` int8.
+- :mod:`~agent_lightning.deployment.peers`: the teacher under ONNX Runtime, fp32 and ``quantize_dynamic`` int8, as
+  export folders (:func:`onnx_runtime_peers`) or as modules beside a trained model's ONNX export (the rows of a
+  :class:`~agent_lightning.callbacks.CompressionReport`).
 - :mod:`~agent_lightning.deployment.measure`: :func:`parameter_counts`, :func:`saved_bytes`, :func:`compare_latency`.
 - :mod:`~agent_lightning.deployment.compare`: :func:`compare_with_teacher` (with the peers) and its
   :class:`RecipeSummary`.
