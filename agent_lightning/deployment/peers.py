@@ -6,6 +6,11 @@ sentence-transformers' ``export_dynamic_quantized_onnx_model`` and Optimum's ``O
 sessions set up like the exported student's (same threads, thread spinning off). For a generative agent the teacher
 is exported as the same decoding step with a key/value cache as the student
 (:mod:`~agent_lightning.deployment.decoder_program`), float.
+
+:func:`onnx_runtime_peers` writes them as export folders that answer like the student's export;
+:func:`onnx_runtime_rows` writes them as bare ``.onnx`` files beside a trained model's own ONNX export, each wrapped in
+an :class:`OnnxClassifier` module, for code that runs models on batches (a
+:class:`~agent_lightning.callbacks.CompressionReport`).
 """
 
 from __future__ import annotations
