@@ -44,7 +44,7 @@ from agent_lightning.generation import (
     position_ids,
 )
 from agent_lightning.io import atomic_directory
-from agent_lightning.pruning.depth import auto_layers, block_influence, most_important_blocks
+from agent_lightning.pruning.depth import BlockChoice, auto_layers, choose_blocks
 from agent_lightning.pruning.removal import STRUCTURE_KEY, build_from_config, load_pretrained_pruned
 from agent_lightning.quiet import messages_dropped
 from agent_lightning.targets import block_list
@@ -88,9 +88,11 @@ class Agent(LightningModule):
         max_length: longest tokenized input; longer requests are truncated (``act`` and the datamodule agree on it).
         student_layers: keep only these transformer blocks of ``model`` (e.g. ``[0, 2, 4]`` of 6), initialised from
             it (DistilBERT-style): a student for :class:`~agent_lightning.callbacks.Distillation` from its teacher.
-            ``"auto:N"`` keeps the ``N`` blocks that change their input most on calibration batches (block
-            influence, :mod:`agent_lightning.pruning.depth`): :meth:`select_student_layers` picks them before
-            ``fit`` (``train.py`` calls it with the training data) and records the choice in ``hparams``.
+            ``"auto:N"`` keeps ``N`` blocks picked on calibration batches (:mod:`agent_lightning.pruning.depth`):
+            all but the contiguous span of blocks that changes the hidden states least (``"span:N"``, the default),
+            or the ``N`` that change their input most (``"influence:N"``, block influence);
+            :meth:`select_student_layers` picks them before ``fit`` (``train.py`` calls it with the training data)
+            and records the choice in ``hparams``.
         student_intermediate_size: also narrow every feed-forward layer to this many neurons (those with the
             largest weight norm).
         task: ``"classification"`` (``AutoModelForSequenceClassification``; ``act`` returns ``(action,
@@ -162,8 +164,8 @@ class Agent(LightningModule):
             and (isinstance(student_layers, str) or not all(isinstance(i, int) for i in student_layers))
         ):
             raise TypeError(
-                f"student_layers={student_layers!r} must be a list of block indices, e.g. [0, 2, 4], or 'auto:N' (the "
-                "N blocks that matter most on calibration batches), e.g. 'auto:3'."
+                f"student_layers={student_layers!r} must be a list of block indices, e.g. [0, 2, 4], or 'auto:N' (N "
+                "blocks picked on calibration batches; also 'span:N', 'influence:N'), e.g. 'auto:3'."
             )
         source = resolve_backbone(model, argument="model")
         config = _load_config(source)
@@ -204,11 +206,11 @@ class Agent(LightningModule):
             self.model = AutoModelForCausalLM.from_pretrained(source, config=config)
         else:
             self.model = _load_classifier(source, config)
-        self._pending_layers: int | None = None  # "auto:N", until select_student_layers picks the blocks
-        self.block_scores: list[float] | None = None
+        self._pending_layers: tuple[str, int] | None = None  # "auto:N", until select_student_layers picks them
+        self.block_choice: BlockChoice | None = None
         if auto is not None:
             count = len(block_list(self.model)[1])
-            if not 1 <= auto < count:
+            if not 1 <= auto[1] < count:
                 raise ValueError(
                     f"student_layers={student_layers!r}: N must be in [1, {count - 1}] (the model has {count} blocks), "
                     f"e.g. 'auto:{max(1, count // 2)}'."
@@ -506,7 +508,7 @@ class Agent(LightningModule):
     def setup(self, stage: str) -> None:
         if stage == "fit" and self._pending_layers is not None:
             raise ValueError(
-                f"student_layers='auto:{self._pending_layers}' picks the blocks on calibration batches before "
+                f"student_layers={self.hparams.student_layers!r} picks the blocks on calibration batches before "
                 "training: call agent.select_student_layers(datamodule) before Trainer.fit (train.py does), so that "
                 "the compression callbacks see the student's blocks, or pass the block indices."
             )
@@ -540,21 +542,23 @@ class Agent(LightningModule):
     def on_fit_start(self) -> None:
         # HParams tab: the agent's settings and those of the compression callbacks (once per run).
         write_run_hparams(self.trainer, self)
-        if self.block_scores is not None:  # the blocks select_student_layers kept, and why
-            kept = set(self.hparams.student_layers)
-            rows = [(str(i), f"{score:.4f}", "kept" if i in kept else "") for i, score in enumerate(self.block_scores)]
-            write_text(self.trainer, "model/student_layers", markdown_table(("block", "influence", ""), rows))
+        choice = self.block_choice
+        if choice is not None:  # the blocks select_student_layers kept, and why
+            score = "span distance" if choice.criterion == "span" else "block influence"
+            header = ("blocks" if choice.criterion == "span" else "block", score, "")
+            write_text(self.trainer, "model/student_layers", markdown_table(header, choice.rows()))
 
     @property
     def pending_student_layers(self) -> int | None:
         """``N`` of ``student_layers="auto:N"`` until :meth:`select_student_layers` has picked the blocks."""
-        return self._pending_layers
+        return None if self._pending_layers is None else self._pending_layers[1]
 
     def select_student_layers(self, data: Any, max_batches: int = 8) -> list[int]:
-        """``student_layers="auto:N"``: keep the ``N`` blocks with the highest block influence (``1 - cos`` of
-        their input and output hidden states, :func:`~agent_lightning.pruning.depth.block_influence`) on
-        calibration batches, in place; records them as ``hparams.student_layers`` (checkpoints reload the student)
-        and their scores as :attr:`block_scores` (shown in TensorBoard's Text tab at fit start).
+        """``student_layers="auto:N"``: keep ``N`` blocks picked on calibration batches
+        (:func:`~agent_lightning.pruning.depth.choose_blocks`: all but the contiguous span whose input and output
+        hidden states are closest, or with ``"influence:N"`` the ``N`` of highest block influence), in place; records
+        them as ``hparams.student_layers`` (checkpoints reload the student) and the choice with its scores as
+        :attr:`block_choice` (shown in TensorBoard's Text tab at fit start).
 
         Args:
             data: a datamodule (its training batches are read) or an iterable of batches.
@@ -574,11 +578,11 @@ class Agent(LightningModule):
         if isinstance(data, LightningDataModule):
             data.setup("fit")
             data = data.train_dataloader()
-        scores = block_influence(self, data, max_batches)
-        chosen = most_important_blocks(scores, self._pending_layers)
+        criterion, keep = self._pending_layers
+        self.block_choice = choose_blocks(self, data, keep, criterion, max_batches)
+        chosen = self.block_choice.kept
         keep_layers(self.model, chosen)
         self.hparams["student_layers"] = chosen
-        self.block_scores = scores.tolist()
         self._pending_layers = None
         return chosen
 

@@ -283,6 +283,7 @@ CASES = [
     Case("Agent", "student_layers", "range", [0, 9], _agent("student_layers")),
     Case("Agent", "student_layers", "type", "0,1", _agent("student_layers"), TypeError),
     Case("Agent", "student_layers", "range", "auto:6", _agent("student_layers")),
+    Case("Agent", "student_layers", "type", "cosine:1", _agent("student_layers"), TypeError),
     Case("Agent", "student_intermediate_size", "range", 0, _agent("student_intermediate_size")),
     Case("Agent", "task", "choice", "seq2seq", _agent("task")),
     Case("Agent", "max_new_tokens", "range", 0, _agent("max_new_tokens")),

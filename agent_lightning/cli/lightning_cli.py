@@ -38,6 +38,7 @@ from agent_lightning.callbacks import (
 from agent_lightning.cli.short_flags import expand_short_flags
 from agent_lightning.datamodules import TextClassificationDataModule
 from agent_lightning.io import atomic_write_text
+from agent_lightning.pruning.depth import BlockChoice
 
 __all__ = ["AgentLightningCLI"]
 
@@ -185,8 +186,8 @@ class AgentLightningCLI(LightningCLI):
     def before_fit(self) -> None:
         # --student-layers auto:N: pick the blocks now, so that the compression callbacks set up on the student
         if isinstance(self.model, Agent) and self.model.pending_student_layers is not None:
-            chosen = self.model.select_student_layers(self.datamodule)
-            _print_student_layers(chosen, self.model.block_scores)
+            self.model.select_student_layers(self.datamodule)
+            _print_student_layers(self.model.block_choice)
 
     def after_fit(self) -> None:
         trainer = self.trainer
@@ -241,6 +242,10 @@ class AgentLightningCLI(LightningCLI):
 
 
 @rank_zero_only
-def _print_student_layers(chosen: list[int], scores: list[float]) -> None:
-    shown = ", ".join(f"{i}: {score:.3f}" for i, score in enumerate(scores))
-    Console(soft_wrap=True).print(f"[bold]Student blocks[/bold] (highest block influence): {chosen}   ({shown})")
+def _print_student_layers(choice: BlockChoice) -> None:
+    rows = choice.rows()
+    shown = ", ".join(f"{blocks}: {score}" for blocks, score, _ in rows)
+    why = "highest block influence"
+    if choice.criterion == "span":
+        why = f"all but blocks {next(blocks for blocks, _, mark in rows if mark)}, the span of least angular distance"
+    Console(soft_wrap=True).print(f"[bold]Student blocks[/bold] ({why}): {choice.kept}   ({shown})")

@@ -12,13 +12,13 @@
    (the vocabulary training used plus the tokenizer's 4,000 most frequent tokens, ``--embeddings.frequent_tokens``,
    as int4 rows: on small training sets most test requests hold a word training never saw). What each default
    bought is measured in ``benchmarks/pipeline/versus_onnxruntime.py``. Its ``config.yaml`` spells all of it out.
-   A generative agent (``configs/llm.yaml``) gets other defaults: the student keeps the half of the teacher's blocks
-   with the highest block influence (``--student-layers auto:N``), distils token by token on the answers
-   (``--distill.divergence``, temperature 1), is not pruned within its blocks (``--prune none``: unstructured zeros save
-   no CPU time) and trains for int8 from half-way (``--qat.start 0.5``) except SwiGLU's down projections
-   (``--qat.exclude``: their inputs hold activation outliers no int8 range per tensor can hold), at 3x the teacher's
-   learning rate (``--student-lr``); its tied embedding table is trimmed to the training vocabulary once, as int8 rows
-   (more rows would widen the output softmax).
+   A generative agent (``configs/llm.yaml``) gets other defaults: the student keeps half of the teacher's blocks,
+   all but the contiguous span that changes the hidden states least (``--student-layers auto:N``), distils token by
+   token on the answers (``--distill.divergence``, temperature 1), is not pruned within its blocks (``--prune none``:
+   unstructured zeros save no CPU time) and trains for int8 from half-way (``--qat.start 0.5``) except SwiGLU's down
+   projections (``--qat.exclude``: their inputs hold activation outliers no int8 range per tensor can hold), at 3x the
+   teacher's learning rate (``--student-lr``); its tied embedding table is trimmed to the training vocabulary once, as
+   int8 rows (more rows would widen the output softmax).
    With ``--labels-per-class N`` both stages
    train on N labelled examples per label, and ``--unlabeled FILE|rest`` gives the student (only) texts without
    labels to distil on, with mostly soft labels (``--distill.temperature 1 --distill.alpha 0.1`` unless given: the
@@ -77,7 +77,8 @@ def compress_parser() -> argparse.ArgumentParser:
     parser.add_argument("--teacher", help="a fine-tuned agent checkpoint to use as the teacher (skips stage 1)")
     parser.add_argument(
         "--student-layers",
-        help="teacher blocks the student keeps: indices, or auto:N (the N with the highest block influence); default "
+        help="teacher blocks the student keeps: indices, or auto:N (all but the contiguous span of blocks that "
+        "changes the hidden states least on training batches; influence:N: the N of highest block influence); default "
         "0,2,4, or auto:(half the teacher's blocks) for a generative agent",
     )
     parser.add_argument(

@@ -10,8 +10,8 @@
   --trainer.callbacks.weights=int8`` (the input embeddings cut to the tokens training saw, int8 rows, at fit end);
   ``--embeddings.vocabulary full`` etc.
 - ``--student-layers 0,2,4`` becomes ``--model.student_layers=[0,2,4]``; ``--student-layers auto:15`` becomes
-  ``--model.student_layers=auto:15`` (the 15 blocks with the highest block influence on training batches, picked
-  before training starts).
+  ``--model.student_layers=auto:15`` (15 blocks picked on training batches before training starts: all but the
+  contiguous span that changes the hidden states least; ``influence:15``: the 15 of highest block influence).
 - ``--labels-per-class 10`` becomes ``--data.labels_per_class=10`` (the few-label setting) and ``--unlabeled FILE``
   ``--data.unlabeled_file=FILE`` (texts without labels, learnt from through distillation; ``rest``: the training
   texts ``--labels-per-class`` left out).
@@ -156,14 +156,16 @@ def _is_fraction(value: str) -> bool:
 
 
 def _layers(value: str) -> str:
-    """``--student-layers``' value as the Agent's argument: ``[0,2,4]``, or ``auto:N`` as it is."""
-    if re.fullmatch(r"auto:[1-9]\d*", value.strip()):
+    """``--student-layers``' value as the Agent's argument: ``[0,2,4]``, or ``auto:N`` (``span:N``,
+    ``influence:N``) as it is."""
+    if re.fullmatch(r"(auto|span|influence):[1-9]\d*", value.strip()):
         return value.strip()
     parts = [part.strip() for part in value.strip("[]").split(",") if part.strip()]
     if not parts or not all(re.fullmatch(r"\d+", part) for part in parts):
         raise ValueError(
             f"--student-layers {value!r} must be comma-separated block indices of the teacher, e.g. --student-layers "
-            "0,2,4, or auto:N (the N blocks that matter most on training batches), e.g. --student-layers auto:3."
+            "0,2,4, or auto:N (N blocks picked on training batches; also span:N, influence:N), e.g. --student-layers "
+            "auto:3."
         )
     return f"[{','.join(parts)}]"
 

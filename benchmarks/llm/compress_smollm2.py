@@ -1,12 +1,12 @@
 """The compressed SmolLM2 agent against its teacher and what LLM people run instead, on the built-in data.
 
 From the fine-tuned SmolLM2-135M-Instruct agent (``python train.py fit -c configs/llm.yaml``), ``train.py compress``
-builds a student per KD divergence (``--divergences``): half the teacher's blocks picked by block influence
-(``auto:15``), token-level distillation on the answers (forward KL, reverse KL, DistiLLM's skew KL; ``sft``: the
-same run with ``--distill.alpha 1``, the answers' cross-entropy alone), int8 QAT in ONNX Runtime's scheme from
-half-way, the tied embedding table trimmed to the training vocabulary as int8, exported as an int8 ONNX decoding step
-with a key/value cache. Each run's own summary (``summary.md`` beside its logs) measures the export against the
-teacher and its ONNX Runtime peers.
+builds a student per KD divergence (``--divergences``): half the teacher's blocks (``--student-layers``, default
+``auto:15``: all but the contiguous span that changes the hidden states least), token-level distillation on the answers
+(forward KL, reverse KL, DistiLLM's skew KL; ``sft``: the same run with ``--distill.alpha 1``, the answers'
+cross-entropy alone), int8 QAT in ONNX Runtime's scheme from half-way, the tied embedding table trimmed to the training
+vocabulary as int8, exported as an int8 ONNX decoding step with a key/value cache. Each run's own summary
+(``summary.md`` beside its logs) measures the export against the teacher and its ONNX Runtime peers.
 
 Then one side-by-side table (one process, round-robin, the same requests, ``torch.get_num_threads()`` threads for
 every runtime): the fp32 teacher in PyTorch eager (Hugging Face), the teacher as the same ONNX decoding step (fp32)
@@ -39,6 +39,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 from agent_lightning import Agent, TextClassificationDataModule  # noqa: E402
 from agent_lightning.backbone import packaged_gguf  # noqa: E402
@@ -59,7 +60,7 @@ DIVERGENCES = ("forward", "reverse", "skew", "sft")
 def _student(args: argparse.Namespace, divergence: str, root: Path) -> tuple[dict, Path]:
     """Run ``compress`` for one divergence; its summary and run folder."""
     flags = ["--distill.alpha=1.0"] if divergence == "sft" else [f"--distill.divergence={divergence}"]
-    command = ["-c", "configs/llm.yaml", "--teacher", str(args.teacher), "--student-layers", f"auto:{args.blocks}"]
+    command = ["-c", "configs/llm.yaml", "--teacher", str(args.teacher), "--student-layers", args.student_layers]
     command += ["--student-epochs", str(args.student_epochs), "--student-lr", str(args.student_lr), *flags]
     command += [f"--trainer.logger.init_args.save_dir={root / divergence}", "--trainer.enable_progress_bar=false"]
     if args.limit_batches is not None:
@@ -189,7 +190,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", type=Path, required=True, help="the fine-tuned SmolLM2 agent checkpoint")
     parser.add_argument("--divergences", nargs="+", default=list(DIVERGENCES), choices=DIVERGENCES)
-    parser.add_argument("--blocks", type=int, default=15, help="teacher blocks the student keeps (auto:N)")
+    parser.add_argument(
+        "--student-layers",
+        default="auto:15",
+        help="the teacher blocks the students keep, as train.py compress takes them (indices, auto:N, span:N, "
+        "influence:N); default auto:15",
+    )
     parser.add_argument("--student-epochs", type=int, default=3)
     parser.add_argument(
         "--student-lr", type=float, default=3e-4, help="the students' peak learning rate (the teacher's config: 1e-4)"
@@ -246,16 +252,19 @@ def main() -> None:
         f"Command: `{command_line()}`. {torch.get_num_threads()} CPU threads. Built-in data, 314 test requests, 24 "
         f"actions; teacher: `{args.teacher}` ({pct(best['teacher_acc'])} action accuracy).",
         "",
-        f"## Students ({args.blocks} of 30 blocks by block influence, {args.student_epochs} epochs at peak lr "
-        f"{args.student_lr:g}, int8 QAT, trimmed int8 tied table, ONNX export)",
+        f"## Students (`--student-layers {args.student_layers}` of the 30 blocks, {args.student_epochs} epochs at "
+        f"peak lr {args.student_lr:g}, int8 QAT, trimmed int8 tied table, ONNX export)",
         "",
-        "| KD | exported student's action accuracy | vs teacher | zipped | ms per request | vs teacher | training s |",
-        "|---|---|---|---|---|---|---|",
+        "| KD | kept blocks | exported student's action accuracy | vs teacher | zipped | ms per request | vs teacher "
+        "| training s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in students:
         name = "none (answers' cross-entropy only)" if row["divergence"] == "sft" else f"{row['divergence']} KL"
+        kept = yaml.safe_load((runs[row["divergence"]] / "hparams.yaml").read_text()).get("student_layers")
         lines.append(
-            f"| {name} | {pct(row['student_acc'])} | {100 * (row['student_acc'] - row['teacher_acc']):+.2f} pt | "
+            f"| {name} | {kept} | {pct(row['student_acc'])} | "
+            f"{100 * (row['student_acc'] - row['teacher_acc']):+.2f} pt | "
             f"{row['student_zipped'] / 1e6:.1f} MB | {row['latency_ms']['student_b1']:.1f} | "
             f"{row['latency_ms']['teacher_b1'] / row['latency_ms']['student_b1']:.2f}x faster | {row['seconds']:.0f} |"
         )

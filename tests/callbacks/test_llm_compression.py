@@ -143,15 +143,20 @@ def test_qat_keeps_a_tied_table_float_and_refuses_to_quantize_the_tied_head(trai
     assert torch.equal(before, agent.model.model.embed_tokens.weight)
 
 
-def test_a_student_of_auto_picked_blocks_must_pick_them_before_fit(trained_tiny_llama, tmp_path):
+@pytest.mark.parametrize("layers", ["auto:1", "influence:1"])
+def test_a_student_of_auto_picked_blocks_must_pick_them_before_fit(trained_tiny_llama, tmp_path, layers):
     _, dm, _, path = trained_tiny_llama
-    student = _student(path, student_layers="auto:1")
+    student = _student(path, student_layers=layers)
     assert len(student.model.model.layers) == 2 and student.pending_student_layers == 1
     with pytest.raises(ValueError, match=r"call agent.select_student_layers\(datamodule\) before Trainer.fit"):
         quiet_trainer(tmp_path, max_steps=1).fit(student, datamodule=dm)
     chosen = student.select_student_layers(dm)
-    scores = student.block_scores
-    assert chosen == [max(range(2), key=lambda i: scores[i])] and student.hparams.student_layers == chosen
+    scores = student.block_choice.scores
+    if layers == "auto:1":  # spans of one block: keep the other block than the least distant one
+        assert student.block_choice.criterion == "span" and chosen == [1 - min(range(2), key=lambda i: scores[i])]
+    else:  # the block of higher influence
+        assert student.block_choice.criterion == "influence" and chosen == [max(range(2), key=lambda i: scores[i])]
+    assert student.hparams.student_layers == chosen
     assert len(student.model.model.layers) == 1 and student.model.config.num_hidden_layers == 1
     trainer = quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0)
     trainer.fit(student, datamodule=dm)

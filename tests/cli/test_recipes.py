@@ -151,7 +151,7 @@ def test_compression_detail_flags_go_to_the_student_only(tmp_path, tiny_bert, ti
 def test_compress_of_a_generative_agent_builds_an_auto_picked_distilled_int8_decoder(
     tmp_path, tiny_llama, shared_tiny_data_dir, trained_tiny_llama
 ):
-    """configs/llm.yaml's recipe on the tiny Llama: half the blocks picked by block influence, token-level KD,
+    """configs/llm.yaml's recipe on the tiny Llama: half the blocks picked by span distance, token-level KD,
     int8 QAT, the tied table trimmed once, an ONNX decoding step, measured against the teacher and its peers."""
     _, _, _, teacher_ckpt = trained_tiny_llama
     common = [

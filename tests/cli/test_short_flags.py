@@ -49,6 +49,11 @@ def test_qat_none_and_student_layers():
         "fit",
         "--model.student_layers=[0,2,4]",
     ]
+    for picked in ("auto:3", "span:3", "influence:3"):  # picked on training batches by the Agent, passed as they are
+        assert expand_short_flags(["fit", "--qat", "none", "--embeddings=none", "--student-layers", picked]) == [
+            "fit",
+            f"--model.student_layers={picked}",
+        ]
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """Pruning decoders without a Trainer, on tiny Llama configs with what SmolLM2 has (grouped-query attention, SwiGLU,
 tied embeddings): structured removal by key/value group or query head, Wanda against a hand computation, and
-depth pruning by block influence."""
+depth pruning by span distance and block influence."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from agent_lightning.pruning import PruningConfig, prune
 from agent_lightning.pruning.activations import InputNorms
-from agent_lightning.pruning.depth import block_influence, most_important_blocks
+from agent_lightning.pruning.depth import (
+    block_influence,
+    choose_blocks,
+    keep_outside_span,
+    most_important_blocks,
+    span_distance,
+)
 from agent_lightning.pruning.removal import remove_structure
 from tests.conftest import tiny_llama_config
 
@@ -133,3 +139,41 @@ def test_block_influence_scores_blocks_that_change_nothing_zero_and_auto_layers_
     assert most_important_blocks(scores, 2) == [0, 2]
     with pytest.raises(ValueError, match=r"keep=5 blocks: give a number in \[1, 4\]"):
         most_important_blocks(scores, 5)
+
+
+def test_span_distance_equals_the_angle_between_hidden_states_and_the_span_that_changes_nothing_is_dropped():
+    model = _llama(num_hidden_layers=5)
+    for index in (1, 2):  # these two blocks add nothing to the residual stream
+        layer = model.model.layers[index]
+        nn.init.zeros_(layer.self_attn.o_proj.weight)
+        nn.init.zeros_(layer.mlp.down_proj.weight)
+    batch = _batch()
+    distances = span_distance(model, [batch, batch], drop=2)
+    with torch.no_grad():
+        states = model(**batch, output_hidden_states=True).hidden_states  # the blocks' inputs, then the normed output
+    real = batch["attention_mask"].bool()
+    for first in range(3):  # spans [0, 2), [1, 3), [2, 4): both ends are block inputs
+        cosine = torch.nn.functional.cosine_similarity(states[first], states[first + 2], dim=-1).clamp(-1, 1)
+        expected = (torch.arccos(cosine) / torch.pi)[real].mean()
+        assert float(distances[first]) == pytest.approx(float(expected), abs=1e-5)
+    assert distances.shape == (4,) and float(distances[1]) == pytest.approx(0.0, abs=1e-3)
+    assert keep_outside_span(distances, 5) == [0, 3, 4]
+    choice = choose_blocks(model, [batch], keep=3)
+    assert (choice.kept, choice.criterion, choice.num_blocks) == ([0, 3, 4], "span", 5)
+    assert [row[2] for row in choice.rows()] == ["", "removed", "", ""] and choice.rows()[1][0] == "1-2"
+    influence = choose_blocks(model, [batch], keep=3, criterion="influence")
+    assert influence.kept == [0, 3, 4] and len(influence.scores) == 5
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda m: choose_blocks(m, [_batch()], keep=2, criterion="cosine"), r"criterion='cosine' .*\['span', "),
+        (lambda m: choose_blocks(m, [_batch()], keep=4), r"keep=4 blocks: give a number in \[1, 3\]"),
+        (lambda m: span_distance(m, [_batch()], drop=0), r"drop=0 blocks: give a number in \[1, 4\]"),
+        (lambda m: keep_outside_span(torch.zeros(6), 4), r"shape \(6,\) do not fit a model of num_blocks=4"),
+    ],
+)
+def test_block_choices_refuse_bad_arguments(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(_llama(num_hidden_layers=4))
