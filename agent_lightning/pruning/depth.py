@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from agent_lightning.evaluation import forward_batches
 from agent_lightning.targets import block_list
+from agent_lightning.validation import check_choice
 
 __all__ = [
     "AUTO_LAYERS",
@@ -251,7 +252,7 @@ class BlockChoice:
         if self.criterion == "influence":
             return [(str(i), f"{score:.4f}", "kept" if i in self.kept else "") for i, score in enumerate(self.scores)]
         drop = self.num_blocks - len(self.kept)
-        removed = min(range(len(self.scores)), key=self.scores.__getitem__)
+        removed = next(index for index in range(self.num_blocks) if index not in self.kept)  # the span's first block
         return [
             (f"{first}-{first + drop - 1}", f"{score:.4f}", "removed" if first == removed else "")
             for first, score in enumerate(self.scores)
@@ -267,11 +268,7 @@ def choose_blocks(
     Raises:
         ValueError: an unknown ``criterion``, or ``keep`` not in ``[1, num_blocks)``.
     """
-    if criterion not in LAYER_CRITERIA:
-        raise ValueError(
-            f"criterion={criterion!r} is not a way to pick blocks: choose one of {list(LAYER_CRITERIA)}, e.g. "
-            "criterion='span'."
-        )
+    check_choice("criterion", criterion, LAYER_CRITERIA, meaning="how the blocks are picked")
     num_blocks = len(block_list(model)[1])
     if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep < num_blocks:
         raise ValueError(
