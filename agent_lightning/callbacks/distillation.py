@@ -16,7 +16,7 @@ from agent_lightning.callbacks.base import CompressionCallback
 from agent_lightning.callbacks.strategy_support import refuse_sharded_strategies
 from agent_lightning.distillation.augmentation import replace_tokens
 from agent_lightning.distillation.cache import TeacherLogitCache
-from agent_lightning.distillation.layers import even_map, hidden_width, keep_output
+from agent_lightning.distillation.layers import default_map, hidden_width, keep_output
 from agent_lightning.distillation.losses import (
     DIVERGENCES,
     AttentionDistillationLoss,
@@ -87,8 +87,11 @@ class Distillation(CompressionCallback):
         attention_weight: weight of the MiniLM-style self-attention KL between mapped blocks (0 turns it off);
             rebuilt from the query/key projections, exact for BERT-like models.
         layer_map: for hidden-state and attention KD, the teacher block each student block is compared with, one
-            entry per student block (``[1, 3, 5]``: student block 0 with teacher block 1, ...); default: evenly
-            spaced, ending with the teacher's last block. A learned projection is added when the widths differ.
+            entry per student block (``[1, 3, 5]``: student block 0 with teacher block 1, ...); default: for a
+            student made of teacher blocks (``hparams.student_layers`` lists them, as an ``Agent``'s does), the
+            teacher block whose output each student block's stands in for
+            (:func:`~agent_lightning.distillation.layers.kept_blocks_map`), else evenly spaced, ending with the
+            teacher's last block. A learned projection is added when the widths differ.
         cache: ``"memory"``, ``"disk"`` or ``"none"``.
         cache_dir: folder for ``cache="disk"`` (one file per teacher fingerprint and rank).
         cache_top_k: sequence logits (decoders) are cached as this many largest logits per position plus the
@@ -243,12 +246,14 @@ class Distillation(CompressionCallback):
     def _setup_layers(self, pl_module: LightningModule) -> None:
         _, student_blocks = block_list(pl_module)
         _, teacher_blocks = block_list(self.teacher)
-        mapping = self.layer_map or even_map(len(student_blocks), len(teacher_blocks))
+        kept = getattr(pl_module, "hparams", {}).get("student_layers")  # an Agent made of some teacher blocks
+        default = default_map(kept, len(student_blocks), len(teacher_blocks))
+        mapping = self.layer_map or default
         if len(mapping) != len(student_blocks) or not all(0 <= j < len(teacher_blocks) for j in mapping):
             raise ValueError(
                 f"Distillation(layer_map={self.layer_map!r}): give one teacher block per student block "
                 f"({len(student_blocks)} entries), each in [0, {len(teacher_blocks) - 1}] (the teacher has "
-                f"{len(teacher_blocks)} blocks), e.g. layer_map={even_map(len(student_blocks), len(teacher_blocks))}."
+                f"{len(teacher_blocks)} blocks), e.g. layer_map={default}."
             )
         self._layer_pairs = list(enumerate(mapping))
         if self.hidden_weight:

@@ -48,8 +48,9 @@ class EmbeddingCompression(CompressionCallback):
 
         A decoder whose output layer is tied to the table (SmolLM2, GPT-2) keeps one table: the output layer becomes
         a :class:`~agent_lightning.quantization.CompactLMHead` over the same compacted rows, so the output softmax
-        covers the kept tokens only (the tokens of every training answer, so decoding constrained to the actions is
-        unaffected; a free answer can only use kept tokens).
+        covers the tokens training saw only (the tokens of every training answer, so decoding constrained to the
+        actions is unaffected; a free answer can only use them; ``frequent_tokens`` widen the input table only), logged
+        as ``embeddings/scored_tokens``.
 
         The counts are summed over DDP ranks at every step (all ranks hold the same counts) and saved in the callback's
         checkpoint state, so a resumed run keeps them; checkpoints always hold the float table under its usual key (also
@@ -178,9 +179,13 @@ class EmbeddingCompression(CompressionCallback):
             "embeddings/size_mb": after / 1e6,
             "embeddings/size_ratio": after / before,
         }
+        scored = ""
+        if head is not None:  # the tied output layer's softmax width
+            metrics["embeddings/scored_tokens"] = float(pl_module.get_submodule(head).scored_tokens)
+            scored = f", the tied output layer scoring {int(metrics['embeddings/scored_tokens'])} of them"
         rank_zero_info(
-            f"[Embeddings] kept {compact.kept_tokens} of {compact.num_embeddings} token rows as {self.weights}: "
-            f"{before / 1e6:.1f} MB -> {after / 1e6:.1f} MB"
+            f"[Embeddings] kept {compact.kept_tokens} of {compact.num_embeddings} token rows as {self.weights}"
+            f"{scored}: {before / 1e6:.1f} MB -> {after / 1e6:.1f} MB"
         )
         log_after_fit(trainer, metrics)
 

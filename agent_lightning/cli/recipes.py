@@ -17,8 +17,9 @@
    token on the answers (``--distill.divergence``, temperature 1), is not pruned within its blocks (``--prune none``:
    unstructured zeros save no CPU time) and trains for int8 from half-way (``--qat.start 0.5``) except SwiGLU's down
    projections (``--qat.exclude``: their inputs hold activation outliers no int8 range per tensor can hold), at 3x the
-   teacher's learning rate (``--student-lr``); its tied embedding table is trimmed to the training vocabulary once, as
-   int8 rows (more rows would widen the output softmax).
+   teacher's learning rate (``--student-lr``); its tied embedding table is trimmed once to the training vocabulary
+   and the tokenizer's 16,000 most frequent tokens, as int8 rows: a request's words that training never saw read
+   their own rows, and the output softmax scores the training vocabulary only.
    With ``--labels-per-class N`` both stages
    train on N labelled examples per label, and ``--unlabeled FILE|rest`` gives the student (only) texts without
    labels to distil on, with mostly soft labels (``--distill.temperature 1 --distill.alpha 0.1`` unless given: the
@@ -57,11 +58,20 @@ from agent_lightning.quantization.recipe import DECODER_FLOAT_LAYERS
 from agent_lightning.targets import block_list
 from agent_lightning.validation import check_number
 
-__all__ = ["CLASSIFIER_FREQUENT_TOKENS", "GENERATIVE_STUDENT_LR_FACTOR", "compress_parser", "run_recipe"]
+__all__ = [
+    "CLASSIFIER_FREQUENT_TOKENS",
+    "GENERATIVE_FREQUENT_TOKENS",
+    "GENERATIVE_STUDENT_LR_FACTOR",
+    "compress_parser",
+    "run_recipe",
+]
 
 #: a classifier student's input table keeps this many of the tokenizer's most frequent tokens besides the training
 #: ones (the built-in data's test requests hold many words its 1,330 training requests lack; benchmarks/quantization)
 CLASSIFIER_FREQUENT_TOKENS = 4000
+#: a generative student's tied table keeps this many for reading requests (its output softmax scores the training
+#: tokens only, so they cost bytes, not time; benchmarks/llm)
+GENERATIVE_FREQUENT_TOKENS = 16000
 #: a generative student (half the teacher's blocks) trains at this multiple of the teacher's learning rate unless
 #: ``--student-lr`` says otherwise: at the teacher's own rate it recovers too slowly (benchmarks/llm)
 GENERATIVE_STUDENT_LR_FACTOR = 3.0
@@ -90,9 +100,9 @@ def compress_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--embeddings",
         choices=CHOICES["embeddings"],
-        help="the student's input table cut to its vocabulary, with these rows; default int4 with the tokenizer's "
-        f"{CLASSIFIER_FREQUENT_TOKENS} most frequent tokens kept too (--embeddings.frequent_tokens), int8 for a "
-        "generative agent",
+        help="the student's input table cut to its vocabulary and the tokenizer's most frequent tokens "
+        f"(--embeddings.frequent_tokens, default {CLASSIFIER_FREQUENT_TOKENS}, {GENERATIVE_FREQUENT_TOKENS} for a "
+        "generative agent), with these rows; default int4, int8 for a generative agent",
     )
     parser.add_argument(
         "--labels-per-class", help="few labels: keep this many labelled training examples per label (both stages)"
@@ -164,8 +174,9 @@ def _compression(
         if not generative:  # whole FFN neurons cut out: the speed-up unstructured zeros do not give
             default("--prune.method", "structured")
     compression += ["--qat", options.qat, "--embeddings", embeddings]
-    if embeddings != "none" and not generative:  # words training never saw keep their own rows
-        default("--embeddings.frequent_tokens", str(CLASSIFIER_FREQUENT_TOKENS))
+    if embeddings != "none":  # words training never saw keep their own rows
+        frequent = GENERATIVE_FREQUENT_TOKENS if generative else CLASSIFIER_FREQUENT_TOKENS
+        default("--embeddings.frequent_tokens", str(frequent))
     if options.qat == "int8" and options.format == "onnx":
         default("--qat.kernel", "onnxruntime")  # train with the activation scheme ONNX Runtime runs
     if generative:  # token-level KD on the answers, the setting that paid on SmolLM2 (benchmarks/llm)

@@ -58,6 +58,7 @@ from agent_lightning.io import atomic_directory, check_writable_directory
 from agent_lightning.pruning.removal import load_pretrained_pruned, remove_structure
 from agent_lightning.quantization.checkpoint import callback_state, compact_from_checkpoint, prepare_from_checkpoint
 from agent_lightning.quantization.convert import convert, converted_modules
+from agent_lightning.quantization.embedding import CompactLMHead
 from agent_lightning.quantization.recipe import DECODER_FLOAT_LAYERS, Kernel, QuantizationRecipe
 from agent_lightning.quiet import messages_dropped
 
@@ -333,6 +334,9 @@ def apply_recorded_compression(agent: Agent, raw: dict, kernel: Kernel = "auto")
         entries["structure"] = structure
     if compact is not None:
         entries["embeddings"] = {"kept_tokens": compact.kept_tokens, "vocab_size": compact.num_embeddings}
+        heads = [m for m in agent.modules() if isinstance(m, CompactLMHead) and m.embedding is compact]
+        if heads:  # a tied output layer: the width of its softmax
+            entries["embeddings"]["scored_tokens"] = heads[0].scored_tokens
     return entries
 
 

@@ -16,7 +16,7 @@ cache, token-replacement augmentation, and students made of a teacher's own bloc
 
 from agent_lightning.distillation.augmentation import replace_tokens
 from agent_lightning.distillation.cache import TeacherLogitCache
-from agent_lightning.distillation.layers import even_map
+from agent_lightning.distillation.layers import default_map, even_map, kept_blocks_map
 from agent_lightning.distillation.losses import AttentionDistillationLoss, HiddenStateLoss, LogitDistillationLoss
 from agent_lightning.distillation.students import keep_layers, narrow_ffn
 from agent_lightning.distillation.teachers import check_compatible, fingerprint, freeze, load_teacher
@@ -27,10 +27,12 @@ __all__ = [
     "LogitDistillationLoss",
     "TeacherLogitCache",
     "check_compatible",
+    "default_map",
     "even_map",
     "fingerprint",
     "freeze",
     "keep_layers",
+    "kept_blocks_map",
     "load_teacher",
     "narrow_ffn",
     "replace_tokens",

@@ -21,9 +21,10 @@ TorchScript program carries it.
 **Tied tables** (most decoders, e.g. SmolLM2: the output layer's weight *is* the input embedding table): the table is
 compacted once, and the output layer becomes a :class:`CompactLMHead` over the *same* :class:`CompactEmbedding`, so
 the model keeps one table (quantized once, never two diverging copies). The output softmax then covers the kept
-tokens only: every other token gets the lowest logit of the dtype (probability 0). That is safe when answers are
-made of tokens training saw, which decoding constrained to the action set guarantees (each action's tokens are in
-its training answers); free generation can only write kept tokens.
+tokens only, or a subset of them (:func:`compact_seen_vocabulary` scores training's tokens only, so frequent tokens
+kept for reading requests do not widen it): every other token gets the lowest logit of the dtype (probability 0).
+That is safe when answers are made of tokens training saw, which decoding constrained to the action set guarantees
+(each action's tokens are in its training answers); free generation can only write scored tokens.
 
 :class:`~agent_lightning.callbacks.EmbeddingCompression` applies it at the end of training from the token ids it saw
 in the training batches (:func:`compact_seen_vocabulary`, with the counts :func:`count_tokens` collects).
@@ -174,10 +175,12 @@ class CompactEmbedding(nn.Module):
         """Stored rows (or a gather of them) as integer levels, int4 rows unpacked."""
         return _unpack_int4(weight) if weight.dtype == torch.uint8 else weight
 
-    def dequantized(self) -> Tensor:
-        """The stored rows as float ``(rows, embedding_dim)``."""
-        values = self._values(self.weight).float()
-        return values if self.scale is None else values * self.scale
+    def dequantized(self, rows: Tensor | None = None) -> Tensor:
+        """The stored rows as float ``(rows, embedding_dim)``; with ``rows`` (row indices), only those."""
+        weight = self.weight if rows is None else self.weight[rows]
+        scale = self.scale if rows is None or self.scale is None else self.scale[rows]
+        values = self._values(weight).float()
+        return values if scale is None else values * scale
 
     def forward(self, input_ids: Tensor) -> Tensor:
         rows = self.token_rows[input_ids].long()
@@ -206,40 +209,67 @@ def _unpack_int4(packed: Tensor) -> Tensor:
 
 class CompactLMHead(nn.Module):
     """The output layer of a model whose output weight was tied to a compacted input table: logits over the
-    :class:`CompactEmbedding`'s rows (the same tensors, not a copy), scattered back to the full vocabulary, every
-    token without a row at the dtype's lowest value (probability 0 after a softmax).
+    :class:`CompactEmbedding`'s rows (the same tensors, not a copy), or over the rows of ``scored_ids`` only,
+    scattered back to the full vocabulary, every token without a scored row at the dtype's lowest value
+    (probability 0 after a softmax).
 
     Shapes: ``hidden (*, embedding_dim)`` -> ``(*, vocab_size)``.
 
     Args:
         embedding: the compacted input table it shares.
         bias: the output layer's bias over the full vocabulary, or ``None``.
+        scored_ids: the token ids the head scores, each with its own row in ``embedding`` (``None``: every kept
+            row). A table can keep more rows for reading requests than answers need: the softmax stays as narrow
+            as the answers' vocabulary.
+
+    Raises:
+        ValueError: a token of ``scored_ids`` has no row of its own in ``embedding``.
 
     Example:
         >>> table = nn.Embedding(6, 4)
-        >>> head = CompactLMHead(CompactEmbedding.from_embedding(table, keep=[1, 4], weights="float"))
+        >>> compact = CompactEmbedding.from_embedding(table, keep=[1, 2, 4], weights="float")
+        >>> head = CompactLMHead(compact, scored_ids=torch.tensor([1, 4]))
         >>> logits = head(torch.randn(2, 4))
         >>> logits.shape, logits.argmax(-1).tolist() in ([1, 1], [1, 4], [4, 1], [4, 4])
         (torch.Size([2, 6]), True)
     """
 
-    def __init__(self, embedding: CompactEmbedding, bias: Tensor | None = None) -> None:
+    def __init__(
+        self, embedding: CompactEmbedding, bias: Tensor | None = None, scored_ids: Tensor | None = None
+    ) -> None:
         super().__init__()
         self.embedding = embedding
-        kept_bias = None if bias is None else bias.detach()[embedding.kept_ids.to(bias.device)].clone()
+        kept = embedding.kept_ids
+        scored = kept if scored_ids is None else torch.unique(scored_ids.to(kept.device, torch.long))
+        rows = embedding.token_rows[scored].long()
+        if bool((kept[rows] != scored).any()):
+            missing = scored[kept[rows] != scored][:5].tolist()
+            raise ValueError(
+                f"CompactLMHead(scored_ids=...): tokens {missing} have no row of their own in the compacted table "
+                "(they read another token's row); score only kept tokens, e.g. scored_ids=embedding.kept_ids."
+            )
+        # derived from the table and the scored ids, so not in the state_dict
+        self.register_buffer("scored_ids", scored, persistent=False)
+        self.register_buffer("scored_rows", rows, persistent=False)
+        kept_bias = None if bias is None else bias.detach()[scored.to(bias.device)].clone()
         self.register_buffer("bias", kept_bias)
         self.out_features = embedding.num_embeddings
 
     def forward(self, hidden: Tensor) -> Tensor:
-        rows = self.embedding.dequantized().to(hidden.dtype)
+        rows = self.embedding.dequantized(self.scored_rows).to(hidden.dtype)
         logits = hidden @ rows.t()
         if self.bias is not None:
             logits = logits + self.bias
         full = logits.new_full((*logits.shape[:-1], self.out_features), torch.finfo(logits.dtype).min)
-        return full.scatter(-1, self.embedding.kept_ids.expand(*logits.shape[:-1], -1), logits)
+        return full.scatter(-1, self.scored_ids.expand(*logits.shape[:-1], -1), logits)
+
+    @property
+    def scored_tokens(self) -> int:
+        """Number of tokens the head scores (the width of its softmax)."""
+        return int(self.scored_ids.shape[0])
 
     def extra_repr(self) -> str:
-        return f"{self.embedding.kept_tokens} tied rows -> {self.out_features} logits"
+        return f"{self.scored_tokens} of {self.embedding.kept_tokens} tied rows -> {self.out_features} logits"
 
 
 def input_embeddings(model: nn.Module) -> tuple[str, nn.Module]:
@@ -277,6 +307,7 @@ def compact_input_embeddings(
     weights: EmbeddingWeights = "int8",
     unseen: Unseen = "nearest",
     fallback: int | None = None,
+    scored: Sequence[int] | Tensor | None = None,
 ) -> CompactEmbedding:
     """Replace the model's input embeddings with a :class:`CompactEmbedding`, in place.
 
@@ -286,21 +317,26 @@ def compact_input_embeddings(
         weights: ``"int8"`` or ``"int4"`` rows with per-row scales, or ``"float"``.
         unseen: what a dropped token reads: the ``"nearest"`` kept row, or the ``"fallback"`` token's row.
         fallback: the token id for ``unseen="fallback"`` (e.g. ``tokenizer.unk_token_id``).
+        scored: the token ids an output layer tied to the table scores, a subset of ``keep`` (``None``: every
+            kept row); unused without a tied output layer.
 
     Returns:
         The new module. An output layer tied to the table becomes a :class:`CompactLMHead` over it.
 
     Raises:
-        ValueError: see :func:`input_embeddings`, :func:`check_tied_output` and
-            :meth:`CompactEmbedding.from_embedding`; or the embeddings are already compacted.
+        ValueError: see :func:`input_embeddings`, :func:`check_tied_output`,
+            :meth:`CompactEmbedding.from_embedding` and :class:`CompactLMHead`; or the embeddings are already
+            compacted.
     """
     name, embedding, head = check_tied_output(model)
     if isinstance(embedding, CompactEmbedding):
         raise ValueError(f"The input embeddings ({name}) are already compacted.")
     compact = CompactEmbedding.from_embedding(embedding, keep, weights, unseen, fallback)
+    if head is not None:  # a tied output layer shares the compacted table (checked before anything is replaced)
+        scored_ids = None if scored is None else torch.as_tensor(scored, dtype=torch.long).flatten()
+        output = CompactLMHead(compact, model.get_submodule(head).bias, scored_ids)
+        model.set_submodule(head, output)
     model.set_submodule(name, compact)
-    if head is not None:  # a tied output layer shares the compacted table
-        model.set_submodule(head, CompactLMHead(compact, model.get_submodule(head).bias))
     return compact
 
 
@@ -380,7 +416,9 @@ def compact_seen_vocabulary(
     frequent: int = 0,
 ) -> CompactEmbedding:
     """Compact ``model``'s input embeddings to the tokens ``counts`` saw (plus its tokenizer's special tokens and
-    ``frequent`` most frequent tokens), or to every row for ``vocabulary="full"``, in place.
+    ``frequent`` most frequent tokens), or to every row for ``vocabulary="full"``, in place. A tied output layer
+    scores the seen and special tokens only: the frequent ones are for reading requests, and leave the softmax as
+    narrow as training's vocabulary.
 
     Args:
         model: the model (a module with a ``tokenizer`` attribute contributes its special tokens).
@@ -398,13 +436,16 @@ def compact_seen_vocabulary(
         ValueError: ``frequent`` > 0 and the model has no Hugging Face ``tokenizer``; see
             :func:`compact_input_embeddings`.
     """
-    keep = None
+    keep = scored = None
     if vocabulary == "seen":
         tokenizer = getattr(model, "tokenizer", None)
         special = [int(i) for i in getattr(tokenizer, "all_special_ids", []) or []]
         common = frequent_token_ids(tokenizer, frequent) if frequent else []
-        keep = torch.cat([torch.nonzero(counts).flatten(), torch.tensor(special + common, dtype=torch.long)])
-    return compact_input_embeddings(model, keep, weights, unseen, fallback)
+        scored = torch.cat([torch.nonzero(counts).flatten(), torch.tensor(special, dtype=torch.long)])
+        keep = torch.cat([scored, torch.tensor(common, dtype=torch.long)])
+        if unseen == "fallback" and fallback is not None:  # its row is kept: a tied head may score it too
+            scored = torch.cat([scored, torch.tensor([fallback])])
+    return compact_input_embeddings(model, keep, weights, unseen, fallback, scored)
 
 
 def check_tied_output(model: nn.Module) -> tuple[str, nn.Module, str | None]:

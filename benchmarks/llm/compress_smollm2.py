@@ -5,8 +5,9 @@ builds a student per KD divergence (``--divergences``): half the teacher's block
 ``auto:15``: all but the contiguous span that changes the hidden states least), token-level distillation on the answers
 (forward KL, reverse KL, DistiLLM's skew KL; ``sft``: the same run with ``--distill.alpha 1``, the answers'
 cross-entropy alone), int8 QAT in ONNX Runtime's scheme from half-way, the tied embedding table trimmed to the training
-vocabulary as int8, exported as an int8 ONNX decoding step with a key/value cache. Each run's own summary
-(``summary.md`` beside its logs) measures the export against the teacher and its ONNX Runtime peers.
+vocabulary and the tokenizer's 16,000 most frequent tokens as int8 (the output softmax: the training vocabulary),
+exported as an int8 ONNX decoding step with a key/value cache. Each run's own summary (``summary.md`` beside its logs)
+measures the export against the teacher and its ONNX Runtime peers.
 
 Then one side-by-side table (one process, round-robin, the same requests, ``torch.get_num_threads()`` threads for
 every runtime): the fp32 teacher in PyTorch eager (Hugging Face), the teacher as the same ONNX decoding step (fp32)
@@ -48,9 +49,10 @@ from agent_lightning.deployment.compare import compare_with_teacher  # noqa: E40
 from agent_lightning.deployment.export import export_agent  # noqa: E402
 from agent_lightning.deployment.measure import file_bytes, saved_bytes  # noqa: E402
 from agent_lightning.deployment.peers import decoder_peers  # noqa: E402
-from agent_lightning.deployment.runtime import ExportedAgent, model_file  # noqa: E402
+from agent_lightning.deployment.runtime import MANIFEST, ExportedAgent, model_file  # noqa: E402
 from agent_lightning.generation import free_greedy  # noqa: E402
 from agent_lightning.io import atomic_write_text  # noqa: E402
+from agent_lightning.quantization.checkpoint import callback_state  # noqa: E402
 from benchmarks.common import command_line, write_results  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -74,17 +76,39 @@ def _student(args: argparse.Namespace, divergence: str, root: Path) -> tuple[dic
     return {"divergence": divergence, "seconds": seconds, **summary.__dict__}, run_dir
 
 
+def _with_frequent_tokens(checkpoint: Path, frequent: int) -> Path:
+    """A copy of ``checkpoint`` whose ``EmbeddingCompression`` state keeps ``frequent`` of the tokenizer's most frequent
+    tokens: the setting acts when the table is compacted after training (training only counts tokens), so the copy
+    exports as a run with that setting would have."""
+    raw = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = callback_state(raw, "EmbeddingCompression")
+    if state is None:
+        raise ValueError(f"--frequent-tokens: {checkpoint} has no EmbeddingCompression state to change.")
+    state["frequent_tokens"] = frequent
+    copy = checkpoint.with_name(f"{checkpoint.stem}-frequent{frequent}.ckpt")
+    torch.save(raw, copy)
+    return copy
+
+
 def _measured_again(
-    divergence: str, run_dir: Path, teacher: Agent, data: TextClassificationDataModule, export_again: bool
+    divergence: str,
+    run_dir: Path,
+    teacher: Agent,
+    data: TextClassificationDataModule,
+    export_again: bool,
+    frequent: int | None = None,
 ) -> dict:
     """``--measure-only``: a trained student's summary as its ``compress`` run wrote it or, with ``export_again``, its
-    last checkpoint exported again (with this code) and measured against the teacher as ``compress`` does; the
-    training time is the one its first run recorded."""
+    last checkpoint exported again (with this code; with ``frequent``, keeping that many frequent tokens in its table)
+    and measured against the teacher as ``compress`` does; the training time is the one its first run recorded."""
     seconds = json.loads((run_dir / "benchmark.json").read_text())["seconds"]
     if not export_again:
         return {"divergence": divergence, "seconds": seconds, **json.loads((run_dir / "summary.json").read_text())}
     export = run_dir / "export-onnx"
-    export_agent(run_dir / "checkpoints" / "last.ckpt", export, overwrite=True)
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    if frequent is not None:
+        checkpoint = _with_frequent_tokens(checkpoint, frequent)
+    export_agent(checkpoint, export, overwrite=True)
     test, val = data.splits["test"], data.splits["val"]
     summary = compare_with_teacher(
         teacher, export, test.texts, test.labels, "test", abstain=(val.texts, val.labels, 0.95)
@@ -216,7 +240,16 @@ def main() -> None:
         help="with --measure-only: export each student's last checkpoint again with this code and measure it against "
         "the teacher again (after a change of the export or the runtime)",
     )
+    parser.add_argument(
+        "--frequent-tokens",
+        type=int,
+        default=None,
+        help="with --export-again: the tokenizer's most frequent tokens the exported table keeps (the runs' recorded "
+        "setting otherwise), e.g. after a change of the recipe's default",
+    )
     args = parser.parse_args()
+    if args.frequent_tokens is not None and not args.export_again:
+        parser.error("--frequent-tokens N re-exports the students: give it with --measure-only --export-again.")
 
     teacher = Agent.load_from_checkpoint(args.teacher, map_location="cpu").eval()
     hp = teacher.hparams
@@ -227,7 +260,7 @@ def main() -> None:
     for divergence in args.divergences:
         if args.measure_only:
             run_dir = max((args.runs / divergence / "student").glob("version_*"))
-            row = _measured_again(divergence, run_dir, teacher, dm, args.export_again)
+            row = _measured_again(divergence, run_dir, teacher, dm, args.export_again, args.frequent_tokens)
         else:
             row, run_dir = _student(args, divergence, args.runs)
         students.append(row)
@@ -255,15 +288,18 @@ def main() -> None:
         f"## Students (`--student-layers {args.student_layers}` of the 30 blocks, {args.student_epochs} epochs at "
         f"peak lr {args.student_lr:g}, int8 QAT, trimmed int8 tied table, ONNX export)",
         "",
-        "| KD | kept blocks | exported student's action accuracy | vs teacher | zipped | ms per request | vs teacher "
-        "| training s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| KD | kept blocks | table rows (read / scored) | exported student's action accuracy | vs teacher | zipped "
+        "| ms per request | vs teacher | training s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in students:
         name = "none (answers' cross-entropy only)" if row["divergence"] == "sft" else f"{row['divergence']} KL"
         kept = yaml.safe_load((runs[row["divergence"]] / "hparams.yaml").read_text()).get("student_layers")
+        manifest = json.loads((runs[row["divergence"]] / "export-onnx" / MANIFEST).read_text())
+        table = manifest.get("embeddings", {})
+        rows = f"{table.get('kept_tokens', 'all')} / {table.get('scored_tokens', table.get('kept_tokens', 'all'))}"
         lines.append(
-            f"| {name} | {kept} | {pct(row['student_acc'])} | "
+            f"| {name} | {kept} | {rows} | {pct(row['student_acc'])} | "
             f"{100 * (row['student_acc'] - row['teacher_acc']):+.2f} pt | "
             f"{row['student_zipped'] / 1e6:.1f} MB | {row['latency_ms']['student_b1']:.1f} | "
             f"{row['latency_ms']['teacher_b1'] / row['latency_ms']['student_b1']:.2f}x faster | {row['seconds']:.0f} |"

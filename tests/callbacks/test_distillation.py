@@ -152,6 +152,27 @@ def test_hidden_state_kd_with_a_layer_map_and_a_projection(tmp_path, tiny_bert, 
         )
 
 
+def test_hidden_state_kd_pairs_a_student_of_kept_blocks_with_the_outputs_they_stand_in_for(
+    tmp_path, tiny_bert, shared_tiny_data_dir
+):
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    dm = TextClassificationDataModule(dataset=str(shared_tiny_data_dir), tokenizer=tiny_bert, batch_size=4)
+    torch.manual_seed(0)
+    no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    teacher = BertForSequenceClassification(tiny_bert_config(dm.label_names, num_hidden_layers=4, **no_dropout))
+    teacher.save_pretrained(tmp_path / "teacher")
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(tmp_path / "teacher")
+    # blocks 0 and 1 of 4: the student's block 1 output replaces the teacher's block 3 output (even spacing: [1, 3])
+    student = Agent(model=str(tmp_path / "teacher"), labels=dm.label_names, learning_rate=1e-3, student_layers=[0, 1])
+    kd = Distillation(teacher=teacher, hidden_weight=1.0)
+    _trainer(tmp_path, [kd], max_steps=1, limit_val_batches=0).fit(student, datamodule=dm)
+    assert kd._layer_pairs == [(0, 0), (1, 3)]
+    # the one step's forward ran before the update: the student's block 0 is the teacher's, on the same input
+    torch.testing.assert_close(kd._student_hidden[0], kd._teacher_hidden[0])
+    assert not torch.allclose(kd._student_hidden[1], kd._teacher_hidden[1])
+
+
 def test_attention_kd_is_logged_and_learned(tmp_path, tiny_bert, shared_tiny_data_dir, teacher_ckpt):
     student, dm = _student_and_data(tiny_bert, shared_tiny_data_dir)
     kd = Distillation(teacher=str(teacher_ckpt), attention_weight=1.0, alpha=1.0)  # task + attention only

@@ -14,7 +14,12 @@ from agent_lightning import Agent
 from agent_lightning.callbacks import Distillation, EmbeddingCompression, Pruning, QuantizationAwareTraining
 from agent_lightning.evaluation import next_token_labels
 from agent_lightning.quantization import converted_modules
-from agent_lightning.quantization.embedding import CompactEmbedding, CompactLMHead, compact_seen_vocabulary
+from agent_lightning.quantization.embedding import (
+    CompactEmbedding,
+    CompactLMHead,
+    compact_seen_vocabulary,
+    frequent_token_ids,
+)
 from agent_lightning.targets import select_modules
 from tests.conftest import quiet_trainer
 
@@ -105,6 +110,32 @@ def test_a_tied_table_compacted_as_float_keeps_every_constrained_answer(trained_
     assert [a for a, _ in after] == [a for a, _ in before]
     # requests made of kept tokens read the same rows and score the actions' tokens alike: the same confidence
     assert [p for _, p in after[: len(seen)]] == pytest.approx([p for _, p in before[: len(seen)]], abs=1e-5)
+
+
+def test_frequent_tokens_widen_a_tied_table_for_reading_but_not_its_softmax(trained_tiny_llama):
+    agent, dm, _, path = trained_tiny_llama
+    dm.setup("fit")
+    counts = torch.zeros(49152, dtype=torch.long)
+    for batch in dm.train_dataloader():
+        counts += torch.bincount(batch["input_ids"].flatten(), minlength=49152)
+    narrow, wide = _student(path), _student(path)
+    table = wide.model.model.embed_tokens.weight.detach().clone()
+    compact_seen_vocabulary(narrow, counts, weights="float")
+    compact = compact_seen_vocabulary(wide, counts, weights="float", frequent=500)
+    head = wide.model.lm_head
+    special = set(wide.tokenizer.all_special_ids)
+    scored = set(torch.nonzero(counts).flatten().tolist()) | special
+    assert head.scored_tokens == len(scored) == narrow.model.lm_head.scored_tokens < compact.kept_tokens
+    assert compact.kept_tokens >= 500
+    # a frequent token training never saw reads its own row, but gets no probability as an output
+    new = next(i for i in frequent_token_ids(wide.tokenizer, 500) if i not in scored)
+    torch.testing.assert_close(compact(torch.tensor([new])), table[[new]], rtol=0, atol=0)
+    narrow_table = narrow.model.model.embed_tokens
+    assert narrow_table.kept_ids[narrow_table.token_rows[new]] != new  # without them: another token's row
+    logits = head(torch.randn(2, table.shape[1]))
+    assert bool((logits[:, new] == torch.finfo(logits.dtype).min).all())
+    texts = list(dm.splits["test"].texts)
+    assert all(action in dm.label_names for action, _ in wide.act(texts))
 
 
 def test_embedding_compression_and_qat_on_a_tied_decoder(trained_tiny_llama, tmp_path):

@@ -10,7 +10,12 @@ import yaml
 
 from agent_lightning import Agent
 from agent_lightning.cli import main
-from agent_lightning.cli.recipes import CLASSIFIER_FREQUENT_TOKENS, GENERATIVE_STUDENT_LR_FACTOR, run_recipe
+from agent_lightning.cli.recipes import (
+    CLASSIFIER_FREQUENT_TOKENS,
+    GENERATIVE_FREQUENT_TOKENS,
+    GENERATIVE_STUDENT_LR_FACTOR,
+    run_recipe,
+)
 from agent_lightning.deployment.compare import RecipeSummary, compare_with_teacher
 from agent_lightning.deployment.measure import file_bytes, saved_bytes
 from agent_lightning.deployment.onnx_program import ONNX_MODEL
@@ -178,13 +183,15 @@ def test_compress_of_a_generative_agent_builds_an_auto_picked_distilled_int8_dec
     assert callbacks["QuantizationAwareTraining"]["start"] == 0.5
     assert callbacks["QuantizationAwareTraining"]["kernel"] == "onnxruntime"
     assert callbacks["QuantizationAwareTraining"]["exclude"] == ["*.mlp.down_proj"]  # SwiGLU's outliers: float
-    assert callbacks["EmbeddingCompression"]["weights"] == "int8"  # no extra rows: they would widen the softmax
-    assert callbacks["EmbeddingCompression"]["frequent_tokens"] == 0
+    assert callbacks["EmbeddingCompression"]["weights"] == "int8"
+    assert callbacks["EmbeddingCompression"]["frequent_tokens"] == GENERATIVE_FREQUENT_TOKENS  # unseen words: own rows
     checkpoint = Agent.load_from_checkpoint(student_run / "checkpoints" / "last.ckpt", map_location="cpu")
     assert len(checkpoint.hparams.student_layers) == 1 and len(checkpoint.model.model.layers) == 1
     exported = ExportedAgent(student_run / "export-onnx")
     assert exported.task == "generation" and exported.manifest["parity"]["quantized_layers"] == 3  # qkv, o, gate+up
-    assert exported.manifest["embeddings"]["kept_tokens"] < 200
+    embeddings = exported.manifest["embeddings"]
+    assert GENERATIVE_FREQUENT_TOKENS <= embeddings["kept_tokens"] < GENERATIVE_FREQUENT_TOKENS + 200
+    assert embeddings["scored_tokens"] < 200  # the softmax: the training prompts' and answers' tokens only
     texts = [line.split(",")[0] for line in (shared_tiny_data_dir / "test.csv").read_text().splitlines()[1:]]
     labels = [line.split(",")[1] for line in (shared_tiny_data_dir / "test.csv").read_text().splitlines()[1:]]
     predicted = [action for action, _ in exported.act(texts)]

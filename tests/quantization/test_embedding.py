@@ -11,6 +11,7 @@ from transformers import AutoTokenizer, BertForSequenceClassification
 from agent_lightning.deployment.measure import parameter_counts, saved_bytes
 from agent_lightning.quantization.embedding import (
     CompactEmbedding,
+    CompactLMHead,
     compact_input_embeddings,
     compact_seen_vocabulary,
     frequent_token_ids,
@@ -134,6 +135,24 @@ def test_bad_arguments_are_refused():
         CompactEmbedding.from_embedding(table, [3, 12])
     with pytest.raises(ValueError, match=r"keep is empty"):
         CompactEmbedding.from_embedding(table, [])
+
+
+def test_a_tied_head_scores_only_its_tokens_of_the_kept_rows():
+    torch.manual_seed(0)
+    table = nn.Embedding(12, 4)
+    bias = torch.randn(12)
+    compact = CompactEmbedding.from_embedding(table, keep=[1, 2, 5, 8], weights="int8")
+    head = CompactLMHead(compact, bias, scored_ids=torch.tensor([8, 2, 2]))
+    assert head.scored_tokens == 2 and head.scored_ids.tolist() == [2, 8]
+    hidden = torch.randn(3, 4)
+    logits = head(hidden)
+    rows = compact(torch.tensor([2, 8]))  # the int8 rows, dequantized, as the lookup reads them
+    torch.testing.assert_close(logits[:, [2, 8]], hidden @ rows.T + bias[[2, 8]])
+    others = [i for i in range(12) if i not in (2, 8)]  # kept rows 1 and 5 included: read, never scored
+    assert bool((logits[:, others] == torch.finfo(logits.dtype).min).all())
+    assert "2 of 4 tied rows -> 12 logits" in repr(head)
+    with pytest.raises(ValueError, match=r"tokens \[3\] have no row of their own.*scored_ids=embedding.kept_ids"):
+        CompactLMHead(compact, scored_ids=torch.tensor([2, 3]))
 
 
 def test_hf_model_compacted_in_place_is_smaller_and_keeps_its_predictions_on_kept_tokens():
