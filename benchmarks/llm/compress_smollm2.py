@@ -76,16 +76,17 @@ def _student(args: argparse.Namespace, divergence: str, root: Path) -> tuple[dic
     return {"divergence": divergence, "seconds": seconds, **summary.__dict__}, run_dir
 
 
-def _with_frequent_tokens(checkpoint: Path, frequent: int) -> Path:
-    """A copy of ``checkpoint`` whose ``EmbeddingCompression`` state keeps ``frequent`` of the tokenizer's most frequent
-    tokens: the setting acts when the table is compacted after training (training only counts tokens), so the copy
-    exports as a run with that setting would have."""
+def _with_frequent_tokens(checkpoint: Path, frequent: int, folder: str) -> Path:
+    """A copy of ``checkpoint`` in ``folder`` whose ``EmbeddingCompression`` state keeps ``frequent`` of the
+    tokenizer's most frequent tokens: the setting acts when the table is compacted after training (training only
+    counts tokens), so the copy exports as a run with that setting would have (the export manifest's ``source``
+    names the copy)."""
     raw = torch.load(checkpoint, map_location="cpu", weights_only=False)
     state = callback_state(raw, "EmbeddingCompression")
     if state is None:
         raise ValueError(f"--frequent-tokens: {checkpoint} has no EmbeddingCompression state to change.")
     state["frequent_tokens"] = frequent
-    copy = checkpoint.with_name(f"{checkpoint.stem}-frequent{frequent}.ckpt")
+    copy = Path(folder) / f"{checkpoint.stem}-frequent{frequent}.ckpt"
     torch.save(raw, copy)
     return copy
 
@@ -106,9 +107,10 @@ def _measured_again(
         return {"divergence": divergence, "seconds": seconds, **json.loads((run_dir / "summary.json").read_text())}
     export = run_dir / "export-onnx"
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    if frequent is not None:
-        checkpoint = _with_frequent_tokens(checkpoint, frequent)
-    export_agent(checkpoint, export, overwrite=True)
+    with tempfile.TemporaryDirectory(prefix="frequent-", dir=run_dir) as folder:  # a checkpoint-sized copy, removed
+        if frequent is not None:
+            checkpoint = _with_frequent_tokens(checkpoint, frequent, folder)
+        export_agent(checkpoint, export, overwrite=True)
     test, val = data.splits["test"], data.splits["val"]
     summary = compare_with_teacher(
         teacher, export, test.texts, test.labels, "test", abstain=(val.texts, val.labels, 0.95)
