@@ -48,9 +48,9 @@ class EmbeddingCompression(CompressionCallback):
 
         A decoder whose output layer is tied to the table (SmolLM2, GPT-2) keeps one table: the output layer becomes
         a :class:`~agent_lightning.quantization.CompactLMHead` over the same compacted rows, so the output softmax
-        covers the tokens training saw only (the tokens of every training answer, so decoding constrained to the
-        actions is unaffected; a free answer can only use them; ``frequent_tokens`` widen the input table only), logged
-        as ``embeddings/scored_tokens``.
+        covers the tokens training saw only with ``vocabulary="seen"`` (the tokens of every training answer, so
+        decoding constrained to the actions is unaffected; a free answer can only use them; ``frequent_tokens`` widen
+        the input table only), logged as ``embeddings/scored_tokens``.
 
         The counts are summed over DDP ranks at every step (all ranks hold the same counts) and saved in the callback's
         checkpoint state, so a resumed run keeps them; checkpoints always hold the float table under its usual key (also

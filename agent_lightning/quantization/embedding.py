@@ -218,9 +218,9 @@ class CompactLMHead(nn.Module):
     Args:
         embedding: the compacted input table it shares.
         bias: the output layer's bias over the full vocabulary, or ``None``.
-        scored_ids: the token ids the head scores, each with its own row in ``embedding`` (``None``: every kept
-            row). A table can keep more rows for reading requests than answers need: the softmax stays as narrow
-            as the answers' vocabulary.
+        scored_ids: the token ids the head scores (a tensor or a list), each with its own row in ``embedding``
+            (``None``: every kept row). A table can keep more rows for reading requests than answers need: the
+            softmax stays as narrow as the answers' vocabulary.
 
     Raises:
         ValueError: a token of ``scored_ids`` has no row of its own in ``embedding``.
@@ -235,12 +235,15 @@ class CompactLMHead(nn.Module):
     """
 
     def __init__(
-        self, embedding: CompactEmbedding, bias: Tensor | None = None, scored_ids: Tensor | None = None
+        self, embedding: CompactEmbedding, bias: Tensor | None = None, scored_ids: Sequence[int] | Tensor | None = None
     ) -> None:
         super().__init__()
         self.embedding = embedding
         kept = embedding.kept_ids
-        scored = kept if scored_ids is None else torch.unique(scored_ids.to(kept.device, torch.long))
+        if scored_ids is None:
+            scored = kept
+        else:
+            scored = torch.unique(torch.as_tensor(scored_ids, dtype=torch.long, device=kept.device).flatten())
         rows = embedding.token_rows[scored].long()
         if bool((kept[rows] != scored).any()):
             missing = scored[kept[rows] != scored][:5].tolist()
@@ -333,9 +336,7 @@ def compact_input_embeddings(
         raise ValueError(f"The input embeddings ({name}) are already compacted.")
     compact = CompactEmbedding.from_embedding(embedding, keep, weights, unseen, fallback)
     if head is not None:  # a tied output layer shares the compacted table (checked before anything is replaced)
-        scored_ids = None if scored is None else torch.as_tensor(scored, dtype=torch.long).flatten()
-        output = CompactLMHead(compact, model.get_submodule(head).bias, scored_ids)
-        model.set_submodule(head, output)
+        model.set_submodule(head, CompactLMHead(compact, model.get_submodule(head).bias, scored))
     model.set_submodule(name, compact)
     return compact
 

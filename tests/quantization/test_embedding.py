@@ -142,7 +142,7 @@ def test_a_tied_head_scores_only_its_tokens_of_the_kept_rows():
     table = nn.Embedding(12, 4)
     bias = torch.randn(12)
     compact = CompactEmbedding.from_embedding(table, keep=[1, 2, 5, 8], weights="int8")
-    head = CompactLMHead(compact, bias, scored_ids=torch.tensor([8, 2, 2]))
+    head = CompactLMHead(compact, bias, scored_ids=[8, 2, 2])
     assert head.scored_tokens == 2 and head.scored_ids.tolist() == [2, 8]
     hidden = torch.randn(3, 4)
     logits = head(hidden)
