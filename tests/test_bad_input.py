@@ -247,6 +247,7 @@ CASES = [
     ),
     Case("Distillation", "projection_lr", "range", 0, DISTILLATION("projection_lr")),
     Case("Distillation", "augment", "range", 1.0, DISTILLATION("augment")),
+    Case("Distillation", "prompt_weight", "range", -1.0, DISTILLATION("prompt_weight")),
     Case("Distillation", "divergence", "choice", "js", DISTILLATION("divergence")),
     Case("Distillation", "skew", "range", 1.0, DISTILLATION("skew")),
     Case("Distillation", "cache_top_k", "range", 0, DISTILLATION("cache_top_k")),

@@ -24,6 +24,7 @@ from agent_lightning.distillation.losses import (
     HiddenStateLoss,
     LogitDistillationLoss,
 )
+from agent_lightning.distillation.prompts import causal_lm_parts, keep_first_hidden, prompt_positions
 from agent_lightning.distillation.teachers import check_compatible, fingerprint, freeze, load_teacher
 from agent_lightning.evaluation import (
     UNLABELED,
@@ -67,13 +68,19 @@ class Distillation(CompressionCallback):
     the positions that predict a labelled token only (the response of a chat example; the Hugging Face labels
     ``(B, L)``, shifted by one, also when the forward kept only the last logits with ``logits_to_keep``), with the
     ``divergence`` of choice: forward KL, reverse KL (MiniLLM) or DistiLLM's skewed KLs. The teacher is usually the
-    fine-tuned full model and the student a pruned copy (``Agent(student_layers="auto:N")``).
+    fine-tuned full model and the student a pruned copy (``Agent(student_layers="auto:N")``). With
+    ``prompt_weight`` > 0, KD also covers the positions that read the request (those predicting the prompt's own
+    tokens, :func:`~agent_lightning.distillation.prompts.prompt_positions`), as Minitron distils every token: far
+    more teacher signal per example than the answer's few tokens, which is what a student trained on a few thousand
+    short answers lacks. Their logits come from each model's final hidden states through its own LM head (hooks on
+    the decoder stack), so a forward that kept only the answer's logits (``logits_to_keep``) still serves.
 
     Teacher-output cache: with logit-only KD, the teacher's logits for each example are computed once and reused in
     later epochs (keyed by the example's content, so reshuffling and re-padding still hit; changed inputs miss). In
     memory (``cache="memory"``) or also on disk (``cache="disk"``, under ``cache_dir``, reused by later runs with the
     same teacher). A decoder's logits are cached at the KD positions only, as their ``cache_top_k`` largest logits
-    and the tail's total (:class:`~agent_lightning.distillation.TeacherLogitCache`). Hidden-state and attention KD
+    and the tail's total (:class:`~agent_lightning.distillation.TeacherLogitCache`; the prompt positions in a second
+    one, ``prompt_cache``, in a ``-prompt`` file beside the first). Hidden-state and attention KD
     need the teacher's forward every step and do not use the cache.
 
     Args:
@@ -106,6 +113,10 @@ class Distillation(CompressionCallback):
             (logged as ``distill/augmented_kd_loss``): the student learns the teacher's outputs on text the teacher
             never fitted, TinyBERT-style. Costs one more student and teacher forward per step; needs ``input_ids``
             in the batch. 0 turns it off.
+        prompt_weight: decoders: weight of a token-level KD term (same divergence and temperature) on the
+            positions that read the request, added to the loss as ``prompt_weight * T^2 * D`` and logged as
+            ``distill/prompt_kd_loss``; costs the LM head on every prompt position of student and teacher. 0 turns
+            it off.
 
     The losses, teacher loading, cache and augmentation are :mod:`agent_lightning.distillation`; this callback
     wraps the step, runs the teacher, logs and checkpoints.
@@ -143,6 +154,7 @@ class Distillation(CompressionCallback):
         skew: float = 0.1,
         projection_lr: float = 1e-3,
         augment: float = 0.0,
+        prompt_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.settings = plain_settings(locals())  # the constructor arguments, for the HParams tab
@@ -162,7 +174,11 @@ class Distillation(CompressionCallback):
         for name, value in (("alpha", alpha), ("alpha_end", alpha_end)):
             tail = f": the weight of the task loss (1 - {name} weighs the KD term), e.g. {name}=0.5"
             check_number(name, value, owner, minimum=0, maximum=1, optional=name.endswith("_end"), tail=tail)
-        for name, value in (("hidden_weight", hidden_weight), ("attention_weight", attention_weight)):
+        for name, value in (
+            ("hidden_weight", hidden_weight),
+            ("attention_weight", attention_weight),
+            ("prompt_weight", prompt_weight),
+        ):
             check_number(name, value, owner, minimum=0, tail=" (0 turns it off)")
         if layer_map is not None and (
             isinstance(layer_map, str) or not all(isinstance(i, int) and not isinstance(i, bool) for i in layer_map)
@@ -194,12 +210,16 @@ class Distillation(CompressionCallback):
         self.divergence, self.skew = divergence, float(skew)
         self.projection_lr = float(projection_lr)
         self.augment = float(augment)
+        self.prompt_weight = float(prompt_weight)
         self.kd_loss = LogitDistillationLoss(divergence, float(skew))
         self._causal = False
         self.hidden_loss: HiddenStateLoss | None = None
         self.teacher: nn.Module | None = None
         self.teacher_fingerprint: str | None = None
         self.cache: TeacherLogitCache | None = None
+        self.prompt_cache: TeacherLogitCache | None = None
+        self._final_hidden: dict[str, Tensor] = {}
+        self._capturing = False
         self._projection_optimizer: torch.optim.Optimizer | None = None
         self._handles: list[Any] = []
         self._projection_hooks: list[list[Any]] = []  # [root, name, hook, hooked module, handle]
@@ -236,12 +256,23 @@ class Distillation(CompressionCallback):
             self.teacher_fingerprint = fingerprint(self.teacher)
         if self.hidden_weight or self.attention_weight:
             self._setup_layers(pl_module)
+        if self.prompt_weight:
+            self._hook_final_hidden_states(pl_module)
         if self.cache_kind != "none" and self.cache is None:
             path = None
             if self.cache_kind == "disk":
                 path = Path(self.cache_dir) / f"teacher-{self.teacher_fingerprint[:16]}-rank{trainer.global_rank}.pt"
             self.cache = TeacherLogitCache(path, top_k=self.cache_top_k)
+            if self.prompt_weight:
+                prompt_path = None if path is None else path.with_name(f"{path.stem}-prompt.pt")
+                self.prompt_cache = TeacherLogitCache(prompt_path, top_k=self.cache_top_k)
         self._install(pl_module)
+
+    def _hook_final_hidden_states(self, pl_module: LightningModule) -> None:
+        for role, root in (("student", pl_module), ("teacher", self.teacher)):
+            decoder, _ = causal_lm_parts(root)
+            hook = keep_first_hidden(self._final_hidden, role, lambda: self._capturing)
+            self._handles.append(decoder.register_forward_hook(hook))
 
     def _setup_layers(self, pl_module: LightningModule) -> None:
         _, student_blocks = block_list(pl_module)
@@ -323,9 +354,15 @@ class Distillation(CompressionCallback):
             self._student_call = None
             self._student_hidden.clear()
             self._teacher_hidden.clear()
+            self._final_hidden.clear()
             self._refresh_projection_hooks()
-            output = original(*args, **kwargs)
-            return self._distil(pl_module, output)
+            self._capturing = True
+            try:
+                output = original(*args, **kwargs)
+                return self._distil(pl_module, output)
+            finally:
+                self._capturing = False
+                self._final_hidden.clear()
 
         pl_module.training_step = training_step  # instance attribute; removed at teardown
 
@@ -341,8 +378,9 @@ class Distillation(CompressionCallback):
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.cache is not None:
-            self.cache.save()  # disk cache only; atomic, so a killed run keeps the previous epoch's file
+        for cache in (self.cache, self.prompt_cache):
+            if cache is not None:
+                cache.save()  # disk cache only; atomic, so a killed run keeps the previous epoch's file
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -357,7 +395,9 @@ class Distillation(CompressionCallback):
             f"[Distillation] teacher {self._source_name()} (fingerprint {self.teacher_fingerprint[:12]}), "
             f"T={self.temperature}, alpha={self.alpha}, hidden_weight={self.hidden_weight}, "
             f"attention_weight={self.attention_weight}, cache={self.cache_kind}, augment={self.augment}, "
-            f"divergence={self.divergence}" + (" (token-level, response positions)" if self._causal else "")
+            f"divergence={self.divergence}, prompt_weight={self.prompt_weight}"
+            + (" (token-level, response positions)" if self._causal and not self.prompt_weight else "")
+            + (" (token-level, response and prompt positions)" if self.prompt_weight else "")
         )
 
     # -- the loss ----------------------------------------------------------------------------------------------------
@@ -423,6 +463,10 @@ class Distillation(CompressionCallback):
             ).mean()
             loss = loss + self.attention_weight * attention
             metrics["distill/attention_loss"] = attention
+        if self.prompt_weight:
+            prompt = self._prompt_kd(pl_module, args, kwargs, temperature)
+            loss = loss + self.prompt_weight * prompt
+            metrics["distill/prompt_kd_loss"] = prompt
         if self.augment:
             augmented = self._augmented_kd(pl_module, args, kwargs, temperature, mask)
             loss = loss + (1.0 - alpha) * augmented
@@ -458,6 +502,33 @@ class Distillation(CompressionCallback):
         with torch.no_grad():
             teacher_logits = logits_of(self.teacher(*args, **inputs))
         return self.kd_loss(student_logits, teacher_logits.to(student_logits.dtype), temperature, positions)
+
+    def _prompt_kd(self, pl_module: LightningModule, args: tuple, kwargs: dict, temperature: float) -> Tensor:
+        """KD at the positions that read the request: both models' final hidden states there through their own LM
+        heads; the teacher's logits from ``prompt_cache`` when it holds the step's examples."""
+        labels, mask = kwargs.get("labels", self._step_labels), kwargs.get("attention_mask")
+        hidden = self._final_hidden.get("student")
+        if not isinstance(labels, Tensor) or not isinstance(mask, Tensor) or hidden is None:
+            raise TypeError(
+                "Distillation(prompt_weight>0) needs the step's labels (B, L), the forward's attention_mask and the "
+                "decoder's hidden states, which this module's training_step does not give. Set prompt_weight=0."
+            )
+        positions = prompt_positions(labels[:, -hidden.shape[1] :], mask).to(hidden.device)
+        student = causal_lm_parts(pl_module)[1](hidden[positions])  # (N, V)
+        inputs = {k: v for k, v in kwargs.items() if k != "labels"}
+        use_cache = self.prompt_cache is not None and not (self.hidden_weight or self.attention_weight)
+        keys = TeacherLogitCache.keys(args, inputs) if use_cache else None
+        counts = positions.sum(-1).tolist()
+        teacher = None if keys is None else self.prompt_cache.get_rows(keys, student.device, counts)
+        if teacher is None:
+            with torch.no_grad():
+                if "teacher" not in self._final_hidden:  # the answers' logits came from the cache
+                    self.teacher(*args, **inputs)
+                teacher_hidden = self._final_hidden["teacher"]
+                teacher = causal_lm_parts(self.teacher)[1](teacher_hidden[positions.to(teacher_hidden.device)])
+            if keys is not None:
+                self.prompt_cache.put_rows(keys, list(teacher.split(counts)))
+        return self.kd_loss(student, teacher.to(student.device, student.dtype), temperature)
 
     def _positions(self, labels: Any, kwargs: dict, logits: Tensor) -> Tensor | None:
         """Which rows of ``logits`` KD covers: for a causal LM the positions that predict a labelled token (the

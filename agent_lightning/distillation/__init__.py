@@ -10,6 +10,7 @@ cache, token-replacement augmentation, and students made of a teacher's own bloc
 - :mod:`~agent_lightning.distillation.augmentation`: :func:`replace_tokens`.
 - :mod:`~agent_lightning.distillation.students`: :func:`keep_layers`, :func:`narrow_ffn`.
 - :mod:`~agent_lightning.distillation.layers`: the student-to-teacher block map and output capture.
+- :mod:`~agent_lightning.distillation.prompts`: :func:`prompt_positions` and a decoder's parts for KD on the request.
 
 :class:`agent_lightning.callbacks.Distillation` drives these during ``fit``.
 """
@@ -18,6 +19,7 @@ from agent_lightning.distillation.augmentation import replace_tokens
 from agent_lightning.distillation.cache import TeacherLogitCache
 from agent_lightning.distillation.layers import default_map, even_map, kept_blocks_map
 from agent_lightning.distillation.losses import AttentionDistillationLoss, HiddenStateLoss, LogitDistillationLoss
+from agent_lightning.distillation.prompts import prompt_positions
 from agent_lightning.distillation.students import keep_layers, narrow_ffn
 from agent_lightning.distillation.teachers import check_compatible, fingerprint, freeze, load_teacher
 
@@ -35,5 +37,6 @@ __all__ = [
     "kept_blocks_map",
     "load_teacher",
     "narrow_ffn",
+    "prompt_positions",
     "replace_tokens",
 ]

@@ -82,20 +82,29 @@ class TeacherLogitCache:
     def get(self, keys: list[bytes], device: torch.device, mask: Tensor | None = None) -> Tensor | None:
         """The stacked logits when every example is cached, else ``None``: ``(B, C)``, or with the ``(B, L)``
         ``mask`` the sequence was stored with, ``(B, L, V)`` (positions outside the mask are zero)."""
-        if not all(k in self._logits for k in keys):
-            self.misses += 1
-            return None
         if mask is None:
+            if not all(k in self._logits for k in keys):
+                self.misses += 1
+                return None
             self.hits += 1
             return torch.stack([self._logits[k] for k in keys]).to(device)
-        rows = [self._sequence_rows(self._logits[k]) for k in keys]
-        if any(row.shape[0] != int(m.sum()) for row, m in zip(rows, mask)):  # not the positions stored
+        rows = self.get_rows(keys, device, mask.sum(-1).tolist())
+        if rows is None:
+            return None
+        out = torch.zeros(*mask.shape, rows.shape[-1], device=device)
+        out[mask.bool().to(device)] = rows
+        return out
+
+    def get_rows(self, keys: list[bytes], device: torch.device, counts: list[int]) -> Tensor | None:
+        """The stored sequence rows of every example, concatenated ``(sum(counts), V)``, when each example is cached
+        with ``counts[i]`` positions, else ``None`` (a miss)."""
+        entries = [self._logits.get(k) for k in keys]
+        rows = [None if entry is None else self._sequence_rows(entry) for entry in entries]
+        if any(row is None or row.shape[0] != int(n) for row, n in zip(rows, counts)):  # absent, or other positions
             self.misses += 1
             return None
         self.hits += 1
-        out = torch.zeros(*mask.shape, rows[0].shape[-1], device=device)
-        out[mask.bool().to(device)] = torch.cat(rows).to(device)
-        return out
+        return torch.cat(rows).to(device)
 
     def put(self, keys: list[bytes], logits: Tensor, mask: Tensor | None = None) -> None:
         """Store one row of ``logits`` ``(B, C)`` per key, or the ``mask``-ed positions of ``(B, L, V)`` sequence
@@ -105,8 +114,12 @@ class TeacherLogitCache:
             for key, row in zip(keys, logits):
                 self._logits[key] = row.clone()
             return
-        for key, row, keep in zip(keys, logits, mask.bool().cpu()):
-            self._logits[key] = self._compress(row[keep])
+        self.put_rows(keys, [row[keep] for row, keep in zip(logits, mask.bool().cpu())])
+
+    def put_rows(self, keys: list[bytes], rows: list[Tensor]) -> None:
+        """Store each example's sequence rows ``(n_i, V)`` (compressed to ``top_k`` tokens when set)."""
+        for key, row in zip(keys, rows):
+            self._logits[key] = self._compress(row.detach().float().cpu())
 
     def _compress(self, rows: Tensor) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         """``(n, V)`` logits as they are, or as ``(top values, top indices, tail logit, V)``."""

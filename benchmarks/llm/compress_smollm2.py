@@ -59,21 +59,37 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DIVERGENCES = ("forward", "reverse", "skew", "sft")
 
 
+def _distill_settings(pairs: list[str]) -> dict[str, str]:
+    """``--distill KEY=VALUE ...`` as a dict."""
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
+def _run_name(divergence: str, settings: dict[str, str]) -> str:
+    """A student's folder under ``--runs`` and its key in the results: the divergence, then the ``--distill``
+    settings (``forward-prompt_weight1``); ``sft`` takes none."""
+    if divergence == "sft" or not settings:
+        return divergence
+    return "-".join([divergence, *(f"{key}{value}" for key, value in sorted(settings.items()))])
+
+
 def _student(args: argparse.Namespace, divergence: str, root: Path) -> tuple[dict, Path]:
     """Run ``compress`` for one divergence; its summary and run folder."""
     flags = ["--distill.alpha=1.0"] if divergence == "sft" else [f"--distill.divergence={divergence}"]
+    settings = {} if divergence == "sft" else _distill_settings(args.distill)
+    flags += [f"--distill.{key}={value}" for key, value in sorted(settings.items())]
+    name = _run_name(divergence, settings)
     command = ["-c", "configs/llm.yaml", "--teacher", str(args.teacher), "--student-layers", args.student_layers]
     command += ["--student-epochs", str(args.student_epochs), "--student-lr", str(args.student_lr), *flags]
-    command += [f"--trainer.logger.init_args.save_dir={root / divergence}", "--trainer.enable_progress_bar=false"]
+    command += [f"--trainer.logger.init_args.save_dir={root / name}", "--trainer.enable_progress_bar=false"]
     if args.limit_batches is not None:
         command += [f"--trainer.limit_train_batches={args.limit_batches}", "--trainer.limit_val_batches=1"]
         command += ["--trainer.limit_test_batches=1"]
     started = time.perf_counter()
     summary = run_recipe(command)
     seconds = time.perf_counter() - started
-    run_dir = max((root / divergence / "student").glob("version_*"))
+    run_dir = max((root / name / "student").glob("version_*"))
     atomic_write_text(run_dir / "benchmark.json", json.dumps({"seconds": seconds}))  # for --measure-only
-    return {"divergence": divergence, "seconds": seconds, **summary.__dict__}, run_dir
+    return {"divergence": divergence, "name": name, "seconds": seconds, **summary.__dict__}, run_dir
 
 
 def _with_frequent_tokens(checkpoint: Path, frequent: int, folder: str) -> Path:
@@ -93,6 +109,7 @@ def _with_frequent_tokens(checkpoint: Path, frequent: int, folder: str) -> Path:
 
 def _measured_again(
     divergence: str,
+    name: str,
     run_dir: Path,
     teacher: Agent,
     data: TextClassificationDataModule,
@@ -104,7 +121,12 @@ def _measured_again(
     and measured against the teacher as ``compress`` does; the training time is the one its first run recorded."""
     seconds = json.loads((run_dir / "benchmark.json").read_text())["seconds"]
     if not export_again:
-        return {"divergence": divergence, "seconds": seconds, **json.loads((run_dir / "summary.json").read_text())}
+        return {
+            "divergence": divergence,
+            "name": name,
+            "seconds": seconds,
+            **json.loads((run_dir / "summary.json").read_text()),
+        }
     export = run_dir / "export-onnx"
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     with tempfile.TemporaryDirectory(prefix="frequent-", dir=run_dir) as folder:  # a checkpoint-sized copy, removed
@@ -116,7 +138,7 @@ def _measured_again(
         teacher, export, test.texts, test.labels, "test", abstain=(val.texts, val.labels, 0.95)
     )
     atomic_write_text(run_dir / "summary.json", json.dumps(dataclasses.asdict(summary), indent=2))
-    return {"divergence": divergence, "seconds": seconds, **summary.__dict__}
+    return {"divergence": divergence, "name": name, "seconds": seconds, **summary.__dict__}
 
 
 class _Llama:
@@ -249,7 +271,20 @@ def main() -> None:
         help="with --export-again: the tokenizer's most frequent tokens the exported table keeps (the runs' recorded "
         "setting otherwise), e.g. after a change of the recipe's default",
     )
+    parser.add_argument(
+        "--distill",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Distillation settings for every student but sft, e.g. prompt_weight=1 temperature=2 augment=0.2 (the "
+        "recipe's otherwise); those runs go to DIVERGENCE-KEYVALUE... under --runs",
+    )
     args = parser.parse_args()
+    if any("=" not in pair or pair.startswith("divergence=") for pair in args.distill):
+        parser.error(
+            f"--distill {' '.join(args.distill)}: give KEY=VALUE pairs of Distillation settings other than the "
+            "divergence (that is --divergences), e.g. --distill prompt_weight=1."
+        )
     if args.frequent_tokens is not None and not args.export_again:
         parser.error("--frequent-tokens N re-exports the students: give it with --measure-only --export-again.")
 
@@ -260,16 +295,17 @@ def main() -> None:
     )
     students, runs = [], {}
     for divergence in args.divergences:
+        name = _run_name(divergence, {} if divergence == "sft" else _distill_settings(args.distill))
         if args.measure_only:
-            run_dir = max((args.runs / divergence / "student").glob("version_*"))
-            row = _measured_again(divergence, run_dir, teacher, dm, args.export_again, args.frequent_tokens)
+            run_dir = max((args.runs / name / "student").glob("version_*"))
+            row = _measured_again(divergence, name, run_dir, teacher, dm, args.export_again, args.frequent_tokens)
         else:
             row, run_dir = _student(args, divergence, args.runs)
         students.append(row)
-        runs[divergence] = run_dir
-        print(json.dumps({k: row[k] for k in ("divergence", "student_acc", "teacher_acc", "seconds")}), flush=True)
+        runs[name] = run_dir
+        print(json.dumps({k: row[k] for k in ("name", "student_acc", "teacher_acc", "seconds")}), flush=True)
     best = max(students, key=lambda row: row["student_acc"])
-    export = ExportedAgent(runs[best["divergence"]] / "export-onnx")
+    export = ExportedAgent(runs[best["name"]] / "export-onnx")
     test = dm.splits["test"]
     speed = _speed_table(teacher, export, list(test.texts[: args.timed]), args.rounds)
     speed[0]["accuracy"], speed[3]["accuracy"] = best["teacher_acc"], best["student_acc"]
@@ -296,8 +332,10 @@ def main() -> None:
     ]
     for row in students:
         name = "none (answers' cross-entropy only)" if row["divergence"] == "sft" else f"{row['divergence']} KL"
-        kept = yaml.safe_load((runs[row["divergence"]] / "hparams.yaml").read_text()).get("student_layers")
-        manifest = json.loads((runs[row["divergence"]] / "export-onnx" / MANIFEST).read_text())
+        if row["divergence"] != "sft" and args.distill:
+            name += " (" + ", ".join(f"`{pair}`" for pair in args.distill) + ")"
+        kept = yaml.safe_load((runs[row["name"]] / "hparams.yaml").read_text()).get("student_layers")
+        manifest = json.loads((runs[row["name"]] / "export-onnx" / MANIFEST).read_text())
         table = manifest.get("embeddings", {})
         rows = f"{table.get('kept_tokens', 'all')} / {table.get('scored_tokens', table.get('kept_tokens', 'all'))}"
         lines.append(
@@ -308,7 +346,7 @@ def main() -> None:
         )
     lines += [
         "",
-        f"## Side by side (the `{best['divergence']}` student; {args.timed} test requests, median of {args.rounds} "
+        f"## Side by side (the `{best['name']}` student; {args.timed} test requests, median of {args.rounds} "
         "passes each)",
         "",
         "| model | action accuracy | zipped | ms per request | answer tokens/s | decode tokens/s |",

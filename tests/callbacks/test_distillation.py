@@ -263,6 +263,7 @@ def test_augmented_copy_adds_a_kd_term_on_changed_tokens(tmp_path, tiny_bert, sh
         ({"cache": "disk"}, ValueError, r"cache_dir=None\): the disk cache needs a folder"),
         ({"layer_map": "1,3"}, TypeError, "must be a list of teacher block indices"),
         ({"augment": 1.0}, ValueError, r"augment=1.0\) must be in \[0, 1\): the fraction of tokens replaced"),
+        ({"prompt_weight": -1.0}, ValueError, r"prompt_weight=-1.0\) must be a number >= 0 \(0 turns it off\)"),
     ],
 )
 def test_bad_arguments(kwargs, error, message):

@@ -12,7 +12,9 @@ from torchao.quantization import IntxUnpackedToInt8Tensor
 
 from agent_lightning import Agent
 from agent_lightning.callbacks import Distillation, EmbeddingCompression, Pruning, QuantizationAwareTraining
+from agent_lightning.distillation.prompts import prompt_positions
 from agent_lightning.evaluation import next_token_labels
+from agent_lightning.generation import position_ids
 from agent_lightning.quantization import converted_modules
 from agent_lightning.quantization.embedding import (
     CompactEmbedding,
@@ -38,6 +40,7 @@ class _Logits(Callback):
         if self.seen is None:
             with torch.no_grad():
                 inputs = {key: batch[key] for key in ("input_ids", "attention_mask")}
+                inputs["position_ids"] = position_ids(batch["attention_mask"])  # as the agent's own forward
                 student = pl_module.model(**inputs).logits
                 teacher = self.teacher.model(**inputs).logits
             self.seen = batch, student, teacher
@@ -64,6 +67,53 @@ def test_token_level_kd_on_the_answers_equals_a_hand_computation(trained_tiny_ll
     assert float(metrics["distill/kd_loss"]) == pytest.approx(expected, rel=1e-3)
     task = float(metrics["distill/task_loss"])
     assert float(metrics["distill/loss"]) == pytest.approx(0.3 * task + 0.7 * expected, rel=1e-3)
+
+
+def test_kd_on_the_prompt_positions_equals_a_hand_computation(trained_tiny_llama, tmp_path):
+    _, dm, _, path = trained_tiny_llama
+    seed_everything(0)
+    student = _student(path, student_layers=[0])
+    logits = _Logits(_student(path))
+    kd = Distillation(str(path), temperature=2.0, alpha=0.3, cache="none", prompt_weight=0.5)
+    trainer = quiet_trainer(tmp_path, [logits, kd], max_steps=1, limit_val_batches=0)
+    trainer.fit(student, datamodule=dm)
+    batch, student_logits, teacher_logits = logits.seen
+    positions = prompt_positions(batch["labels"], batch["attention_mask"])
+    p = (teacher_logits[positions].double() / 2.0).softmax(-1)
+    q = (student_logits[positions].double() / 2.0).softmax(-1)
+    expected = float((p * (p.log() - q.log())).sum(-1).mean()) * 2.0**2  # forward KL over the request's positions
+    predicted = next_token_labels(batch["input_ids"], batch["input_ids"].shape[1])[positions]
+    answers = next_token_labels(batch["labels"], batch["labels"].shape[1]) != -100
+    assert int(positions.sum()) > 2 * int(answers.sum()) and not bool((positions & answers).any())
+    assert set(predicted.tolist()) <= set(batch["input_ids"][batch["labels"] == -100].tolist())  # prompt tokens only
+    metrics = trainer.callback_metrics
+    assert float(metrics["distill/prompt_kd_loss"]) == pytest.approx(expected, rel=1e-3)
+    task, answer_kd = float(metrics["distill/task_loss"]), float(metrics["distill/kd_loss"])
+    assert float(metrics["distill/loss"]) == pytest.approx(0.3 * task + 0.7 * answer_kd + 0.5 * expected, rel=1e-3)
+
+
+def test_a_decoders_prompt_logits_are_cached_and_reused(trained_tiny_llama, tmp_path):
+    _, dm, _, path = trained_tiny_llama
+    student = _student(path, student_layers=[0])
+    kd = Distillation(str(path), temperature=1.0, cache="disk", cache_dir=str(tmp_path / "cache"), prompt_weight=1.0)
+    trainer = quiet_trainer(tmp_path, [kd], max_epochs=2, limit_val_batches=0)
+    trainer.fit(student, datamodule=dm)
+    batches = len(dm.train_dataloader())
+    assert len(kd.prompt_cache) == len(dm._datasets["train"])
+    assert (kd.prompt_cache.misses, kd.prompt_cache.hits) == (batches, batches)
+    values, indices, tail, vocab = next(iter(kd.prompt_cache._logits.values()))
+    assert values.shape[0] > 2 and values.shape[1] == 64 and int(vocab) == 49152  # several positions per request
+    answers, prompts = sorted((tmp_path / "cache").iterdir(), key=lambda file: file.name.endswith("-prompt.pt"))
+    assert prompts.name == f"{answers.stem}-prompt.pt" and len(torch.load(prompts)) == len(kd.prompt_cache)
+    assert torch.isfinite(trainer.callback_metrics["distill/prompt_kd_loss"])
+
+
+def test_prompt_kd_refuses_a_model_that_is_no_decoder(tmp_path):
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    kd = Distillation(torch.nn.Linear(32, 2), prompt_weight=1.0)
+    with pytest.raises(ValueError, match=r"prompt_weight>0.*Set prompt_weight=0"):
+        quiet_trainer(tmp_path, [kd], max_steps=1).fit(BoringModel())
 
 
 def test_a_decoders_teacher_logits_are_cached_as_top_k_and_reused(trained_tiny_llama, tmp_path):
