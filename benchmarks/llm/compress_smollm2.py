@@ -64,12 +64,11 @@ def _distill_settings(pairs: list[str]) -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in pairs)
 
 
-def _run_name(divergence: str, settings: dict[str, str]) -> str:
+def _run_name(divergence: str, settings: dict[str, str], seed: int | None = None) -> str:
     """A student's folder under ``--runs`` and its key in the results: the divergence, then the ``--distill``
-    settings (``forward-prompt_weight1``); ``sft`` takes none."""
-    if divergence == "sft" or not settings:
-        return divergence
-    return "-".join([divergence, *(f"{key}{value}" for key, value in sorted(settings.items()))])
+    settings (``forward-prompt_weight1``; ``sft`` takes none) and the seed when one is given."""
+    parts = [divergence] + ([] if divergence == "sft" else [f"{k}{v}" for k, v in sorted(settings.items())])
+    return "-".join(parts + ([] if seed is None else [f"seed{seed}"]))
 
 
 def _student(args: argparse.Namespace, divergence: str, root: Path) -> tuple[dict, Path]:
@@ -77,10 +76,11 @@ def _student(args: argparse.Namespace, divergence: str, root: Path) -> tuple[dic
     flags = ["--distill.alpha=1.0"] if divergence == "sft" else [f"--distill.divergence={divergence}"]
     settings = {} if divergence == "sft" else _distill_settings(args.distill)
     flags += [f"--distill.{key}={value}" for key, value in sorted(settings.items())]
-    name = _run_name(divergence, settings)
+    name = _run_name(divergence, settings, args.seed)
     command = ["-c", "configs/llm.yaml", "--teacher", str(args.teacher), "--student-layers", args.student_layers]
     command += ["--student-epochs", str(args.student_epochs), "--student-lr", str(args.student_lr), *flags]
     command += [f"--trainer.logger.init_args.save_dir={root / name}", "--trainer.enable_progress_bar=false"]
+    command += [] if args.seed is None else [f"--seed_everything={args.seed}"]
     if args.limit_batches is not None:
         command += [f"--trainer.limit_train_batches={args.limit_batches}", "--trainer.limit_val_batches=1"]
         command += ["--trainer.limit_test_batches=1"]
@@ -279,6 +279,13 @@ def main() -> None:
         help="Distillation settings for every student but sft, e.g. prompt_weight=1 temperature=2 augment=0.2 (the "
         "recipe's otherwise); those runs go to DIVERGENCE-KEYVALUE... under --runs",
     )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="the students' seed (the training order; configs/llm.yaml's 42 otherwise); those runs go to "
+        "DIVERGENCE-...-seedN under --runs",
+    )
     args = parser.parse_args()
     if any("=" not in pair or pair.startswith("divergence=") for pair in args.distill):
         parser.error(
@@ -295,7 +302,7 @@ def main() -> None:
     )
     students, runs = [], {}
     for divergence in args.divergences:
-        name = _run_name(divergence, {} if divergence == "sft" else _distill_settings(args.distill))
+        name = _run_name(divergence, _distill_settings(args.distill), args.seed)
         if args.measure_only:
             run_dir = max((args.runs / name / "student").glob("version_*"))
             row = _measured_again(divergence, name, run_dir, teacher, dm, args.export_again, args.frequent_tokens)
@@ -334,6 +341,7 @@ def main() -> None:
         name = "none (answers' cross-entropy only)" if row["divergence"] == "sft" else f"{row['divergence']} KL"
         if row["divergence"] != "sft" and args.distill:
             name += " (" + ", ".join(f"`{pair}`" for pair in args.distill) + ")"
+        name += "" if args.seed is None else f", seed {args.seed}"
         kept = yaml.safe_load((runs[row["name"]] / "hparams.yaml").read_text()).get("student_layers")
         manifest = json.loads((runs[row["name"]] / "export-onnx" / MANIFEST).read_text())
         table = manifest.get("embeddings", {})
