@@ -516,8 +516,7 @@ class Distillation(CompressionCallback):
         positions = prompt_positions(labels[:, -hidden.shape[1] :], mask).to(hidden.device)
         student = causal_lm_parts(pl_module)[1](hidden[positions])  # (N, V)
         inputs = {k: v for k, v in kwargs.items() if k != "labels"}
-        use_cache = self.prompt_cache is not None and not (self.hidden_weight or self.attention_weight)
-        keys = TeacherLogitCache.keys(args, inputs) if use_cache else None
+        keys = TeacherLogitCache.keys(args, inputs) if self._cached(self.prompt_cache) else None
         counts = positions.sum(-1).tolist()
         teacher = None if keys is None else self.prompt_cache.get_rows(keys, student.device, counts)
         if teacher is None:
@@ -550,9 +549,7 @@ class Distillation(CompressionCallback):
     def _teacher_logits(self, args: tuple, kwargs: dict, device: torch.device, mask: Tensor | None = None) -> Tensor:
         """The teacher's logits on the student's inputs; sequence logits are cached at the ``mask``-ed positions."""
         inputs = {k: v for k, v in kwargs.items() if k != "labels"}
-        # hidden-state and attention KD read the teacher's internals: it must run every step
-        use_cache = self.cache is not None and not (self.hidden_weight or self.attention_weight)
-        keys = TeacherLogitCache.keys(args, inputs) if use_cache else None
+        keys = TeacherLogitCache.keys(args, inputs) if self._cached(self.cache) else None
         sequence_mask = mask if mask is not None and mask.ndim == 2 else None
         if keys is not None:
             cached = self.cache.get(keys, device, sequence_mask)
@@ -562,6 +559,11 @@ class Distillation(CompressionCallback):
         if keys is not None and (logits.ndim == 2 or (logits.ndim == 3 and sequence_mask is not None)):
             self.cache.put(keys, logits, sequence_mask if logits.ndim == 3 else None)
         return logits
+
+    def _cached(self, cache: TeacherLogitCache | None) -> bool:
+        """Whether the teacher's logits may come from ``cache``: not when hidden-state or attention KD read the
+        teacher's internals, which needs its forward every step."""
+        return cache is not None and not (self.hidden_weight or self.attention_weight)
 
     def current_temperature(self, pl_module: LightningModule) -> float:
         """The temperature at the module's current optimizer step."""
