@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 
 from lightning.pytorch.callbacks import Callback
@@ -20,6 +21,7 @@ class StepTimer(Callback):
     def __init__(self, skip: int = 3) -> None:
         self.skip = skip
         self.step_seconds: list[float] = []
+        self.warmup_seconds: list[float] = []
         self.epoch_seconds: list[float] = []
         self.samples = 0
         self.tokens = 0
@@ -40,10 +42,18 @@ class StepTimer(Callback):
     @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._seen += 1
-        if self._seen > self.skip:
+        if self._seen <= self.skip:
+            self.warmup_seconds.append(time.perf_counter() - self._step_start)
+        else:
             self.step_seconds.append(time.perf_counter() - self._step_start)
             self.samples += int(batch["input_ids"].shape[0])
             self.tokens += int(batch["input_ids"].numel())
+
+    @property
+    def median_step_seconds(self) -> float:
+        """The median counted step; when no step came after the warm-up (a smoke run of a few batches), the median of
+        the warm-up steps instead."""
+        return statistics.median(self.step_seconds or self.warmup_seconds)
 
     @property
     def samples_per_second(self) -> float:

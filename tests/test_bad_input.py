@@ -235,6 +235,7 @@ CASES = [
     Case("Distillation", "temperature_end", "range", -1.0, DISTILLATION("temperature_end")),
     Case("Distillation", "alpha_end", "range", -0.1, DISTILLATION("alpha_end")),
     Case("Distillation", "hidden_weight", "range", -1.0, DISTILLATION("hidden_weight")),
+    Case("Distillation", "hidden_standardize", "type", "yes", DISTILLATION("hidden_standardize"), TypeError),
     Case("Distillation", "attention_weight", "type", "x", DISTILLATION("attention_weight"), TypeError),
     Case("Distillation", "layer_map", "type", "0,1", DISTILLATION("layer_map"), TypeError),
     Case("Distillation", "cache", "choice", "gpu", DISTILLATION("cache")),

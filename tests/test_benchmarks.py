@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from tests.conftest import REPO
 
@@ -32,3 +33,26 @@ def test_every_benchmark_runs_as_a_module(script):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("usage:")
+
+
+def _dict_batches_model():
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    model = BoringModel()  # batches as the agents' data modules give them: dicts with input_ids
+    rows = [{"input_ids": torch.ones(32)} for _ in range(24)]
+    model.train_dataloader = lambda: torch.utils.data.DataLoader(rows, batch_size=4)
+    model.training_step = lambda batch, batch_idx: model.layer(batch["input_ids"]).sum()
+    return model
+
+
+def test_step_timer_reports_a_smoke_run_shorter_than_its_warm_up(tmp_path):
+    from benchmarks.timing import StepTimer
+    from tests.conftest import quiet_trainer
+
+    short, long = StepTimer(skip=3), StepTimer(skip=3)
+    quiet_trainer(tmp_path, [short], max_steps=2, limit_val_batches=0).fit(_dict_batches_model())
+    assert short.step_seconds == [] and len(short.warmup_seconds) == 2
+    assert short.median_step_seconds > 0  # a smoke run (--limit-batches 2) still gets a figure, not an error
+    quiet_trainer(tmp_path, [long], max_steps=6, limit_val_batches=0).fit(_dict_batches_model())
+    assert len(long.step_seconds) == 3 and long.median_step_seconds in long.step_seconds  # warm-up left out
+    assert long.samples == 12

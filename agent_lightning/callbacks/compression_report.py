@@ -264,8 +264,7 @@ class CompressionReport(Callback):
         source = models[_SOURCES.get(name, name)]  # an ONNX Runtime row counts the model it was written from
         total, nonzero = parameter_counts(source)
         if isinstance(model, OnnxClassifier):
-            size, zipped = file_bytes(model.path)
-            zipped = zipped if self.zipped_size else None
+            size, zipped = file_bytes(model.path, compressed=self.zipped_size)
         else:
             size, zipped = saved_bytes(model, compressed=self.zipped_size)
         return ModelMeasurement(name, total, nonzero, size, zipped, val_acc, latency_ms)

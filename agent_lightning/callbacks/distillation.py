@@ -36,7 +36,7 @@ from agent_lightning.evaluation import (
 )
 from agent_lightning.targets import block_list, find_blocks
 from agent_lightning.tensorboard import plain_settings
-from agent_lightning.validation import check_choice, check_int, check_number
+from agent_lightning.validation import check_bool, check_choice, check_int, check_number
 
 __all__ = ["Distillation"]
 
@@ -91,6 +91,9 @@ class Distillation(CompressionCallback):
         temperature_end: if set, ``T`` moves linearly to this value over training.
         alpha_end: if set, ``alpha`` moves linearly to this value over training.
         hidden_weight: weight of the hidden-state MSE (0 turns it off).
+        hidden_standardize: divide each hidden dimension's error by the teacher's standard deviation of it over the
+            batch's tokens (:class:`~agent_lightning.distillation.losses.HiddenStateLoss`), so that a decoder's few
+            massive activations do not weigh alone.
         attention_weight: weight of the MiniLM-style self-attention KL between mapped blocks (0 turns it off);
             rebuilt from the query/key projections, exact for BERT-like models.
         layer_map: for hidden-state and attention KD, the teacher block each student block is compared with, one
@@ -145,6 +148,7 @@ class Distillation(CompressionCallback):
         temperature_end: float | None = None,
         alpha_end: float | None = None,
         hidden_weight: float = 0.0,
+        hidden_standardize: bool = False,
         attention_weight: float = 0.0,
         layer_map: list[int] | None = None,
         cache: Literal["memory", "disk", "none"] = "memory",
@@ -180,6 +184,7 @@ class Distillation(CompressionCallback):
             ("prompt_weight", prompt_weight),
         ):
             check_number(name, value, owner, minimum=0, tail=" (0 turns it off)")
+        check_bool("hidden_standardize", hidden_standardize, owner)
         if layer_map is not None and (
             isinstance(layer_map, str) or not all(isinstance(i, int) and not isinstance(i, bool) for i in layer_map)
         ):
@@ -203,6 +208,7 @@ class Distillation(CompressionCallback):
         self.temperature, self.temperature_end = float(temperature), temperature_end
         self.alpha, self.alpha_end = float(alpha), alpha_end
         self.hidden_weight = float(hidden_weight)
+        self.hidden_standardize = hidden_standardize
         self.attention_weight = float(attention_weight)
         self.attention_loss = AttentionDistillationLoss()
         self.layer_map = list(layer_map) if layer_map is not None else None
@@ -300,7 +306,7 @@ class Distillation(CompressionCallback):
                     "Distillation(hidden_weight>0) needs the hidden size of both models (an HF config with "
                     "hidden_size); set hidden_weight=0 for this model."
                 )
-            self.hidden_loss = HiddenStateLoss(widths[0], widths[1], len(self._layer_pairs))
+            self.hidden_loss = HiddenStateLoss(widths[0], widths[1], len(self._layer_pairs), self.hidden_standardize)
         for i, j in self._layer_pairs:
             self._handles.append(student_blocks[i].register_forward_hook(keep_output(self._student_hidden, i)))
             self._handles.append(teacher_blocks[j].register_forward_hook(keep_output(self._teacher_hidden, i)))

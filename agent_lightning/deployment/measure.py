@@ -111,9 +111,11 @@ def saved_bytes(model: nn.Module, compressed: bool = True) -> tuple[int, int | N
     return data.nbytes, (len(zlib.compress(data, 6)) if compressed else None)
 
 
-def file_bytes(path: str | os.PathLike) -> tuple[int, int]:
+def file_bytes(path: str | os.PathLike, compressed: bool = True) -> tuple[int, int | None]:
     """``(bytes, zlib-compressed bytes)`` of a file on disk, e.g. an exported program, measured like
-    :func:`saved_bytes`."""
+    :func:`saved_bytes`; the second is ``None`` unless ``compressed``."""
+    if not compressed:
+        return Path(path).stat().st_size, None
     data = Path(path).read_bytes()
     return len(data), len(zlib.compress(data, 6))
 

@@ -11,6 +11,8 @@ cache, token-replacement augmentation, and students made of a teacher's own bloc
 - :mod:`~agent_lightning.distillation.students`: :func:`keep_layers`, :func:`narrow_ffn`.
 - :mod:`~agent_lightning.distillation.layers`: the student-to-teacher block map and output capture.
 - :mod:`~agent_lightning.distillation.prompts`: :func:`prompt_positions` and a decoder's parts for KD on the request.
+- :mod:`~agent_lightning.distillation.synthetic`: :func:`generate_requests` (new requests written by a causal LM from
+  few-shot lists of training requests, for the teacher to answer).
 
 :class:`agent_lightning.callbacks.Distillation` drives these during ``fit``.
 """
@@ -21,18 +23,21 @@ from agent_lightning.distillation.layers import default_map, even_map, kept_bloc
 from agent_lightning.distillation.losses import AttentionDistillationLoss, HiddenStateLoss, LogitDistillationLoss
 from agent_lightning.distillation.prompts import prompt_positions
 from agent_lightning.distillation.students import keep_layers, narrow_ffn
+from agent_lightning.distillation.synthetic import RequestGenerationConfig, generate_requests
 from agent_lightning.distillation.teachers import check_compatible, fingerprint, freeze, load_teacher
 
 __all__ = [
     "AttentionDistillationLoss",
     "HiddenStateLoss",
     "LogitDistillationLoss",
+    "RequestGenerationConfig",
     "TeacherLogitCache",
     "check_compatible",
     "default_map",
     "even_map",
     "fingerprint",
     "freeze",
+    "generate_requests",
     "keep_layers",
     "kept_blocks_map",
     "load_teacher",

@@ -102,10 +102,16 @@ class HiddenStateLoss(nn.Module):
     When the widths differ, a learned linear ``projection`` maps the student's width to the teacher's (TinyBERT);
     its parameters are trained with the student.
 
+    With ``standardize``, each hidden dimension's error is divided by the teacher's standard deviation of that
+    dimension over the compared tokens (detached): every dimension weighs alike. Decoders such as SmolLM2 carry a few
+    massive activations in their residual stream (thousands of times the others on some tokens), so a plain MSE is
+    almost only theirs.
+
     Args:
         student_width: hidden size of the student.
         teacher_width: hidden size of the teacher.
         num_layers: how many (student, teacher) layer pairs are compared; one projection each.
+        standardize: divide each dimension by the teacher's standard deviation of it (see above).
 
     Shapes:
         - ``student``: list of ``num_layers`` tensors ``(B, L, student_width)``
@@ -119,8 +125,9 @@ class HiddenStateLoss(nn.Module):
         tensor(1.)
     """
 
-    def __init__(self, student_width: int, teacher_width: int, num_layers: int) -> None:
+    def __init__(self, student_width: int, teacher_width: int, num_layers: int, standardize: bool = False) -> None:
         super().__init__()
+        self.standardize = standardize
         self.projections = nn.ModuleList(
             nn.Linear(student_width, teacher_width) if student_width != teacher_width else nn.Identity()
             for _ in range(num_layers)
@@ -134,6 +141,10 @@ class HiddenStateLoss(nn.Module):
             if mask is not None:
                 keep = mask.bool()
                 s, t = s[keep], t[keep]
+            if self.standardize:  # (tokens, width): each dimension over the teacher's spread of it
+                s, t = s.reshape(-1, s.shape[-1]), t.reshape(-1, t.shape[-1])
+                scale = t.detach().std(dim=0, correction=0).clamp_min(1e-6)
+                s, t = s / scale, t / scale
             losses.append(F.mse_loss(s, t))
         return torch.stack(losses).mean()
 

@@ -27,8 +27,10 @@ Writes benchmarks/llm/results/compress_smollm2.{md,json}.
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import importlib.util
+import io
 import json
 import os
 import statistics
@@ -41,15 +43,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
 
 from agent_lightning import Agent, TextClassificationDataModule  # noqa: E402
-from agent_lightning.backbone import packaged_gguf  # noqa: E402
+from agent_lightning.backbone import load_tokenizer, packaged_gguf, resolve_backbone  # noqa: E402
 from agent_lightning.cli.recipes import run_recipe  # noqa: E402
 from agent_lightning.deployment.compare import compare_with_teacher  # noqa: E402
 from agent_lightning.deployment.export import export_agent  # noqa: E402
 from agent_lightning.deployment.measure import file_bytes, saved_bytes  # noqa: E402
 from agent_lightning.deployment.peers import decoder_peers  # noqa: E402
 from agent_lightning.deployment.runtime import MANIFEST, ExportedAgent, model_file  # noqa: E402
+from agent_lightning.distillation.synthetic import RequestGenerationConfig, generate_requests  # noqa: E402
 from agent_lightning.generation import free_greedy  # noqa: E402
 from agent_lightning.io import atomic_write_text  # noqa: E402
 from agent_lightning.quantization.checkpoint import callback_state  # noqa: E402
@@ -57,6 +61,7 @@ from benchmarks.common import command_line, write_results  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DIVERGENCES = ("forward", "reverse", "skew", "sft")
+SPLITS = ("train", "val", "test")
 
 
 def _distill_settings(pairs: list[str]) -> dict[str, str]:
@@ -64,19 +69,71 @@ def _distill_settings(pairs: list[str]) -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in pairs)
 
 
-def _run_name(divergence: str, settings: dict[str, str], seed: int | None = None) -> str:
+def _run_name(divergence: str, settings: dict[str, str], seed: int | None = None, generated: int | None = None) -> str:
     """A student's folder under ``--runs`` and its key in the results: the divergence, then the ``--distill``
-    settings (``forward-prompt_weight1``; ``sft`` takes none) and the seed when one is given."""
+    settings (``forward-prompt_weight1``; ``sft`` takes none), ``generatedN`` and the seed when they are given."""
     parts = [divergence] + ([] if divergence == "sft" else [f"{k}{v}" for k, v in sorted(settings.items())])
+    parts += [] if generated is None else [f"generated{generated}"]
     return "-".join(parts + ([] if seed is None else [f"seed{seed}"]))
 
 
-def _student(args: argparse.Namespace, divergence: str, root: Path) -> tuple[dict, Path]:
-    """Run ``compress`` for one divergence; its summary and run folder."""
+def _csv(rows: list[tuple], header: tuple[str, ...]) -> str:
+    """``rows`` under ``header`` as CSV text (quoted where a request holds a comma)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerows([header, *rows])
+    return buffer.getvalue()
+
+
+def _generated_data(per_label: int, teacher: Agent, data: TextClassificationDataModule, root: Path) -> Path:
+    """``--generated N``: a data folder whose ``train.csv`` holds the training split and N new requests per action
+    written by SmolLM2-135M-Instruct itself (few-shot lists of training requests, :func:`generate_requests`) with the
+    teacher's answers as their labels; ``val.csv`` and ``test.csv`` are the built-in splits unchanged (no generated
+    request repeats one of them). Made once (``generated.csv``: each request, the action whose examples prompted it,
+    the teacher's answer and confidence); later runs reuse it."""
+    folder = root / f"data-generated{per_label}"
+    if (folder / "train.csv").is_file():
+        return folder
+    train, val, test = (data.splits[split] for split in SPLITS)
+    examples: dict[str, list[str]] = {}
+    for text, label in zip(train.texts, train.labels):
+        examples.setdefault(label, []).append(text)
+    source = resolve_backbone(teacher.hparams.model)  # the pretrained base, not the fine-tuned teacher
+    model = AutoModelForCausalLM.from_pretrained(source).eval()
+    started = time.perf_counter()
+    generated = generate_requests(
+        model, load_tokenizer(source), examples, RequestGenerationConfig(per_label=per_label), [*val.texts, *test.texts]
+    )
+    texts = [text for requests in generated.values() for text in requests]
+    prompted = [label for label, requests in generated.items() for _ in requests]
+    with torch.no_grad():
+        answers = teacher.act(texts, batch_size=32)
+    seconds = time.perf_counter() - started
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [(t, a, p, f"{c:.4f}") for t, (a, c), p in zip(texts, answers, prompted)]
+    atomic_write_text(folder / "generated.csv", _csv(rows, ("text", "label", "prompted_by", "confidence")))
+    for name, split in (("val", val), ("test", test)):
+        atomic_write_text(folder / f"{name}.csv", _csv(list(zip(split.texts, split.labels)), ("text", "label")))
+    stats = {
+        "requests": len(texts),
+        "teacher_agrees_with_prompt": sum(a == p for (a, _), p in zip(answers, prompted)) / max(len(texts), 1),
+        "seconds": seconds,
+    }
+    atomic_write_text(folder / "generated.json", json.dumps(stats, indent=2))
+    train_rows = list(zip(train.texts, train.labels)) + [(t, a) for t, (a, _) in zip(texts, answers)]
+    atomic_write_text(folder / "train.csv", _csv(train_rows, ("text", "label")))  # last: marks the folder complete
+    print(json.dumps({"generated": str(folder), **stats}), flush=True)
+    return folder
+
+
+def _student(args: argparse.Namespace, divergence: str, root: Path, data: Path | None) -> tuple[dict, Path]:
+    """Run ``compress`` for one divergence (on ``data``'s files when given); its summary and run folder."""
     flags = ["--distill.alpha=1.0"] if divergence == "sft" else [f"--distill.divergence={divergence}"]
     settings = {} if divergence == "sft" else _distill_settings(args.distill)
     flags += [f"--distill.{key}={value}" for key, value in sorted(settings.items())]
-    name = _run_name(divergence, settings, args.seed)
+    if data is not None:
+        flags += ["--data.dataset=null"] + [f"--data.{split}_file={data / f'{split}.csv'}" for split in SPLITS]
+    name = _run_name(divergence, settings, args.seed, args.generated)
     command = ["-c", "configs/llm.yaml", "--teacher", str(args.teacher), "--student-layers", args.student_layers]
     command += ["--student-epochs", str(args.student_epochs), "--student-lr", str(args.student_lr), *flags]
     command += [f"--trainer.logger.init_args.save_dir={root / name}", "--trainer.enable_progress_bar=false"]
@@ -95,8 +152,7 @@ def _student(args: argparse.Namespace, divergence: str, root: Path) -> tuple[dic
 def _with_frequent_tokens(checkpoint: Path, frequent: int, folder: str) -> Path:
     """A copy of ``checkpoint`` in ``folder`` whose ``EmbeddingCompression`` state keeps ``frequent`` of the
     tokenizer's most frequent tokens: the setting acts when the table is compacted after training (training only
-    counts tokens), so the copy exports as a run with that setting would have (the export manifest's ``source``
-    names the copy)."""
+    counts tokens), so the copy exports as a run with that setting would have."""
     raw = torch.load(checkpoint, map_location="cpu", weights_only=False)
     state = callback_state(raw, "EmbeddingCompression")
     if state is None:
@@ -130,9 +186,12 @@ def _measured_again(
     export = run_dir / "export-onnx"
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     with tempfile.TemporaryDirectory(prefix="frequent-", dir=run_dir) as folder:  # a checkpoint-sized copy, removed
-        if frequent is not None:
-            checkpoint = _with_frequent_tokens(checkpoint, frequent, folder)
-        export_agent(checkpoint, export, overwrite=True)
+        copy = checkpoint if frequent is None else _with_frequent_tokens(checkpoint, frequent, folder)
+        export_agent(copy, export, overwrite=True)
+    if frequent is not None:  # the manifest names the run's checkpoint, not the removed copy, and the change
+        manifest = json.loads((export / MANIFEST).read_text())
+        manifest.update(source=str(checkpoint), source_frequent_tokens=frequent)
+        atomic_write_text(export / MANIFEST, json.dumps(manifest, indent=1))
     test, val = data.splits["test"], data.splits["val"]
     summary = compare_with_teacher(
         teacher, export, test.texts, test.labels, "test", abstain=(val.texts, val.labels, 0.95)
@@ -286,7 +345,18 @@ def main() -> None:
         help="the students' seed (the training order; configs/llm.yaml's 42 otherwise); those runs go to "
         "DIVERGENCE-...-seedN under --runs",
     )
+    parser.add_argument(
+        "--generated",
+        type=int,
+        default=None,
+        metavar="N",
+        help="add N requests per action written by SmolLM2-135M-Instruct (few-shot lists of training requests) to the "
+        "students' training data, labelled by the teacher's answers (made once under --runs); those runs go to "
+        "DIVERGENCE-...-generatedN",
+    )
     args = parser.parse_args()
+    if args.generated is not None and args.generated < 1:
+        parser.error(f"--generated {args.generated}: give the requests per action to write, e.g. --generated 50.")
     if any("=" not in pair or pair.startswith("divergence=") for pair in args.distill):
         parser.error(
             f"--distill {' '.join(args.distill)}: give KEY=VALUE pairs of Distillation settings other than the "
@@ -301,13 +371,16 @@ def main() -> None:
         dataset="assistant-actions", task="generation", tokenizer=hp.model, max_length=hp.max_length
     )
     students, runs = [], {}
+    generated = None
+    if args.generated is not None and not args.measure_only:
+        generated = _generated_data(args.generated, teacher, dm, args.runs)
     for divergence in args.divergences:
-        name = _run_name(divergence, _distill_settings(args.distill), args.seed)
+        name = _run_name(divergence, _distill_settings(args.distill), args.seed, args.generated)
         if args.measure_only:
             run_dir = max((args.runs / name / "student").glob("version_*"))
             row = _measured_again(divergence, name, run_dir, teacher, dm, args.export_again, args.frequent_tokens)
         else:
-            row, run_dir = _student(args, divergence, args.runs)
+            row, run_dir = _student(args, divergence, args.runs, generated)
         students.append(row)
         runs[name] = run_dir
         print(json.dumps({k: row[k] for k in ("name", "student_acc", "teacher_acc", "seconds")}), flush=True)
@@ -341,6 +414,7 @@ def main() -> None:
         name = "none (answers' cross-entropy only)" if row["divergence"] == "sft" else f"{row['divergence']} KL"
         if row["divergence"] != "sft" and args.distill:
             name += " (" + ", ".join(f"`{pair}`" for pair in args.distill) + ")"
+        name += "" if args.generated is None else f", + {args.generated} generated requests per action"
         name += "" if args.seed is None else f", seed {args.seed}"
         kept = yaml.safe_load((runs[row["name"]] / "hparams.yaml").read_text()).get("student_layers")
         manifest = json.loads((runs[row["name"]] / "export-onnx" / MANIFEST).read_text())

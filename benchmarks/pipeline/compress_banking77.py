@@ -31,7 +31,6 @@ import argparse
 import copy
 import json
 import os
-import statistics
 import tempfile
 import warnings
 from pathlib import Path
@@ -133,7 +132,7 @@ def main() -> None:
         agent = Agent.load_from_checkpoint(args.teacher, learning_rate=args.lr, warmup_fraction=0.0)
         timer = StepTimer()
         quiet_trainer([timer, *make(agent)], max_epochs=args.epochs, limit_val_batches=0, **limit).fit(agent, dm)
-        rows[name] = {**_measure_eager(agent.eval(), dm, args), "step_seconds": statistics.median(timer.step_seconds)}
+        rows[name] = {**_measure_eager(agent.eval(), dm, args), "step_seconds": timer.median_step_seconds}
         shipped[name] = LogitsProgram(agent.model).eval()
         print(json.dumps({name: rows[name]}), flush=True)
 
@@ -165,7 +164,7 @@ def main() -> None:
                 **limit,
             )
             trainer.fit(student, datamodule=dm)
-            step = statistics.median(timer.step_seconds)
+            step = timer.median_step_seconds
             if name != FULL:
                 rows[name] = {**_measure_eager(student.eval(), dm, args), "step_seconds": step}
                 shipped[name] = LogitsProgram(student.model).eval()
@@ -233,7 +232,7 @@ def _dense_step_seconds(args, dm, limit: dict) -> float:
     agent = Agent.load_from_checkpoint(args.teacher, learning_rate=args.lr, warmup_fraction=0.0)
     timer = StepTimer()
     quiet_trainer([timer], max_steps=40 if not limit else 6, limit_val_batches=0).fit(agent, dm)
-    return statistics.median(timer.step_seconds)
+    return timer.median_step_seconds
 
 
 def _write(args, rows: dict[str, dict], failures: dict[str, str]) -> None:

@@ -173,6 +173,39 @@ def test_hidden_state_kd_pairs_a_student_of_kept_blocks_with_the_outputs_they_st
     assert not torch.allclose(kd._student_hidden[1], kd._teacher_hidden[1])
 
 
+def test_standardized_hidden_kd_logs_what_the_standardized_loss_computes(tmp_path, tiny_bert, shared_tiny_data_dir):
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from agent_lightning.distillation import HiddenStateLoss
+
+    dm = TextClassificationDataModule(dataset=str(shared_tiny_data_dir), tokenizer=tiny_bert, batch_size=4)
+    torch.manual_seed(0)
+    teacher = BertForSequenceClassification(tiny_bert_config(dm.label_names, num_hidden_layers=4))
+    teacher.save_pretrained(tmp_path / "teacher")
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(tmp_path / "teacher")
+    student = Agent(model=str(tmp_path / "teacher"), labels=dm.label_names, learning_rate=1e-3, student_layers=[0, 1])
+    masks = []
+    student.model.register_forward_pre_hook(
+        lambda _, args, kwargs: masks.append(kwargs["attention_mask"]), with_kwargs=True
+    )
+    kd = Distillation(teacher=teacher, hidden_weight=1.0, hidden_standardize=True)
+    logger = CSVLogger(tmp_path, name="standardized")
+    _trainer(tmp_path, [kd], max_steps=1, logger=logger, log_every_n_steps=1, limit_val_batches=0).fit(
+        student, datamodule=dm
+    )
+    assert kd.hidden_loss.standardize
+    pairs = [0, 1]
+    expected = HiddenStateLoss(32, 32, 2, standardize=True)(
+        [kd._student_hidden[i] for i in pairs], [kd._teacher_hidden[i] for i in pairs], masks[0]
+    )
+    (row,) = [r for r in _rows(tmp_path / "standardized" / "version_0" / "metrics.csv") if r.get("distill/hidden_loss")]
+    assert float(row["distill/hidden_loss"]) == pytest.approx(expected.item(), rel=1e-5)
+    plain = HiddenStateLoss(32, 32, 2)(
+        [kd._student_hidden[i] for i in pairs], [kd._teacher_hidden[i] for i in pairs], masks[0]
+    )
+    assert plain.item() != pytest.approx(expected.item(), rel=1e-3)  # the setting changed the loss
+
+
 def test_attention_kd_is_logged_and_learned(tmp_path, tiny_bert, shared_tiny_data_dir, teacher_ckpt):
     student, dm = _student_and_data(tiny_bert, shared_tiny_data_dir)
     kd = Distillation(teacher=str(teacher_ckpt), attention_weight=1.0, alpha=1.0)  # task + attention only

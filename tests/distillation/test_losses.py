@@ -47,6 +47,24 @@ def test_hidden_loss_projects_when_widths_differ():
     assert projected.projections[0].weight.grad is not None
 
 
+def test_standardized_hidden_loss_weighs_every_dimension_alike():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    teacher[..., 0] *= 1000.0  # a massive dimension
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    s, t = student[mask.bool()].tolist(), teacher[mask.bool()].tolist()  # 5 tokens
+    expected = 0.0
+    for d in range(4):
+        column = [row[d] for row in t]
+        mean = sum(column) / len(column)
+        std = (sum((v - mean) ** 2 for v in column) / len(column)) ** 0.5  # population std
+        expected += sum(((a[d] - b[d]) / std) ** 2 for a, b in zip(s, t)) / (5 * 4)
+    loss = HiddenStateLoss(4, 4, num_layers=1, standardize=True)([student], [teacher], mask)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    plain = HiddenStateLoss(4, 4, num_layers=1)([student], [teacher], mask)
+    assert plain.item() > 1e4 * loss.item()  # the plain MSE is the massive dimension's alone
+
+
 def test_attention_loss_matches_explicit_attention_maps():
     from agent_lightning.distillation.losses import AttentionDistillationLoss
 
