@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from agent_lightning.validation import check_count, check_number
+from agent_lightning.validation import check_count, check_int, check_number
 
 __all__ = ["RequestGenerationConfig", "generate_requests", "normalized"]
 
@@ -52,7 +52,7 @@ class RequestGenerationConfig:
     def __post_init__(self) -> None:
         for name in ("per_label", "shots", "max_new_tokens", "batch_size", "rounds"):
             check_count(name, getattr(self, name))
-        check_number("seed", self.seed, "RequestGenerationConfig", minimum=0)
+        check_int("seed", self.seed, 0, "RequestGenerationConfig")
         check_number("temperature", self.temperature, "RequestGenerationConfig", minimum=0, strict_minimum=True)
         check_number("top_p", self.top_p, "RequestGenerationConfig", minimum=0, maximum=1, strict_minimum=True)
         if not isinstance(self.header, str):

@@ -105,6 +105,7 @@ def test_smollm2_writes_new_single_line_requests_reproducibly(smollm2):
         ({"temperature": 0}, ValueError, "temperature=0"),
         ({"top_p": 1.5}, ValueError, "top_p=1.5"),
         ({"header": None}, TypeError, "header=None"),
+        ({"seed": 1.5}, TypeError, "seed=1.5"),
     ],
 )
 def test_bad_config_is_refused(settings, error, named):
