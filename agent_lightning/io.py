@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
 
-__all__ = ["atomic_directory", "atomic_torch_save", "atomic_write_text", "check_writable_directory"]
+__all__ = ["atomic_directory", "atomic_torch_save", "atomic_write_csv", "atomic_write_text", "check_writable_directory"]
 
 
 def check_writable_directory(target: str | os.PathLike, overwrite: bool = False, argument: str = "directory") -> None:
@@ -89,6 +91,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
     with _atomic_file(path, "w") as handle:
         handle.write(text)
+
+
+def atomic_write_csv(
+    path: str | os.PathLike, rows: Iterable[Sequence[object]], header: Sequence[str] = ("text", "label")
+) -> None:
+    """Write ``rows`` under ``header`` as a CSV file (quoted where a field holds a comma or a newline), atomically;
+    by default the labelled-texts layout the data modules read."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
 
 
 def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:

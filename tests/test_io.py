@@ -34,6 +34,20 @@ def test_atomic_write_text(tmp_path):
     assert path.read_text() == "{}" and sorted(p.name for p in path.parent.iterdir()) == ["report.json"]
 
 
+def test_atomic_write_csv_round_trips_through_the_labelled_file_reader(tmp_path):
+    from agent_lightning.datamodules.sources import read_labelled_file
+    from agent_lightning.io import atomic_write_csv
+
+    path = tmp_path / "train.csv"
+    rows = [("add eggs, milk and bread", "add_to_shopping_list"), ('say "hi" to Ann', "send_message")]
+    atomic_write_csv(path, rows)
+    data = read_labelled_file(path, "text", "label", argument="train_file")
+    assert list(zip(data.texts, data.labels)) == rows  # commas and quotes survive
+    atomic_write_csv(path, [("x", "a", 0.5)], header=("text", "label", "confidence"))
+    assert path.read_text().splitlines() == ["text,label,confidence", "x,a,0.5"]
+    assert [p.name for p in tmp_path.iterdir()] == ["train.csv"]  # no temporary file left
+
+
 def test_backbone_resolution(tmp_path):
     default = default_backbone_path()
     assert resolve_backbone(None) == default

@@ -9,8 +9,6 @@ that a few corrections weigh against thousands of original rows in a short fine-
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -23,7 +21,7 @@ from agent_lightning.agent import Agent
 from agent_lightning.datamodules import TextClassificationDataModule
 from agent_lightning.datamodules.sources import LabelledTexts
 from agent_lightning.evaluation import action_accuracy
-from agent_lightning.io import atomic_directory, check_writable_directory
+from agent_lightning.io import atomic_directory, atomic_write_csv, check_writable_directory
 from agent_lightning.serving.store import Feedback, RequestStore
 from agent_lightning.validation import check_count, check_number
 
@@ -80,11 +78,7 @@ class LearnSummary:
 
 
 def _write_csv(path: Path, data: LabelledTexts) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(("text", "label"))
-    writer.writerows(zip(data.texts, data.labels))
-    path.write_text(buffer.getvalue(), encoding="utf-8")
+    atomic_write_csv(path, zip(data.texts, data.labels))
 
 
 def learn_from_feedback(

@@ -27,10 +27,8 @@ Writes benchmarks/llm/results/compress_smollm2.{md,json}.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import importlib.util
-import io
 import json
 import os
 import statistics
@@ -55,7 +53,7 @@ from agent_lightning.deployment.peers import decoder_peers  # noqa: E402
 from agent_lightning.deployment.runtime import MANIFEST, ExportedAgent, model_file  # noqa: E402
 from agent_lightning.distillation.synthetic import RequestGenerationConfig, generate_requests  # noqa: E402
 from agent_lightning.generation import free_greedy  # noqa: E402
-from agent_lightning.io import atomic_write_text  # noqa: E402
+from agent_lightning.io import atomic_write_csv, atomic_write_text  # noqa: E402
 from agent_lightning.quantization.checkpoint import callback_state  # noqa: E402
 from benchmarks.common import command_line, write_results  # noqa: E402
 
@@ -75,14 +73,6 @@ def _run_name(divergence: str, settings: dict[str, str], seed: int | None = None
     parts = [divergence] + ([] if divergence == "sft" else [f"{k}{v}" for k, v in sorted(settings.items())])
     parts += [] if generated is None else [f"generated{generated}"]
     return "-".join(parts + ([] if seed is None else [f"seed{seed}"]))
-
-
-def _csv(rows: list[tuple], header: tuple[str, ...]) -> str:
-    """``rows`` under ``header`` as CSV text (quoted where a request holds a comma)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerows([header, *rows])
-    return buffer.getvalue()
 
 
 def _generated_data(per_label: int, teacher: Agent, data: TextClassificationDataModule, root: Path) -> Path:
@@ -111,9 +101,9 @@ def _generated_data(per_label: int, teacher: Agent, data: TextClassificationData
     seconds = time.perf_counter() - started
     folder.mkdir(parents=True, exist_ok=True)
     rows = [(t, a, p, f"{c:.4f}") for t, (a, c), p in zip(texts, answers, prompted)]
-    atomic_write_text(folder / "generated.csv", _csv(rows, ("text", "label", "prompted_by", "confidence")))
+    atomic_write_csv(folder / "generated.csv", rows, ("text", "label", "prompted_by", "confidence"))
     for name, split in (("val", val), ("test", test)):
-        atomic_write_text(folder / f"{name}.csv", _csv(list(zip(split.texts, split.labels)), ("text", "label")))
+        atomic_write_csv(folder / f"{name}.csv", zip(split.texts, split.labels))
     stats = {
         "requests": len(texts),
         "teacher_agrees_with_prompt": sum(a == p for (a, _), p in zip(answers, prompted)) / max(len(texts), 1),
@@ -121,7 +111,7 @@ def _generated_data(per_label: int, teacher: Agent, data: TextClassificationData
     }
     atomic_write_text(folder / "generated.json", json.dumps(stats, indent=2))
     train_rows = list(zip(train.texts, train.labels)) + [(t, a) for t, (a, _) in zip(texts, answers)]
-    atomic_write_text(folder / "train.csv", _csv(train_rows, ("text", "label")))  # last: marks the folder complete
+    atomic_write_csv(folder / "train.csv", train_rows)  # last: marks the folder complete
     print(json.dumps({"generated": str(folder), **stats}), flush=True)
     return folder
 

@@ -23,7 +23,6 @@ Writes benchmarks/serving/results/feedback_banking77.{md,json}.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import random
@@ -44,6 +43,7 @@ from agent_lightning.cli.learn import learn_command  # noqa: E402
 from agent_lightning.cli.recipes import run_recipe  # noqa: E402
 from agent_lightning.datamodules.sources import read_labelled_file  # noqa: E402
 from agent_lightning.deployment.compare import RecipeSummary  # noqa: E402
+from agent_lightning.io import atomic_write_csv  # noqa: E402
 from agent_lightning.serving import RequestStore  # noqa: E402
 from benchmarks.common import DEFAULT_DATA, command_line, quiet_trainer, write_results  # noqa: E402
 from benchmarks.serving.load import _serve  # noqa: E402
@@ -53,10 +53,7 @@ LEARNING_RATE = 2e-4
 
 
 def _write(path: Path, rows: list[tuple[str, str]]) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(("text", "label"))
-        writer.writerows(rows)
+    atomic_write_csv(path, rows)
     return path
 
 
