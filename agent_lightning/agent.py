@@ -57,6 +57,7 @@ from agent_lightning.validation import (
     check_int,
     check_number,
     check_optional_string,
+    preview,
 )
 
 __all__ = ["Agent", "Task"]
@@ -516,8 +517,8 @@ class Agent(LightningModule):
         data_labels = getattr(datamodule, "label_names", None)
         if data_labels is not None and list(data_labels) != self.labels:
             raise ValueError(
-                f"The agent's labels ({len(self.labels)}: {_preview(self.labels)}) differ from the datamodule's "
-                f"({len(data_labels)}: {_preview(data_labels)}). Build the agent with labels=datamodule.label_names "
+                f"The agent's labels ({len(self.labels)}: {preview(self.labels)}) differ from the datamodule's "
+                f"({len(data_labels)}: {preview(data_labels)}). Build the agent with labels=datamodule.label_names "
                 "(the CLI links them), or load a checkpoint trained on the same label set."
             )
         data_tokenizer = getattr(datamodule, "tokenizer", None)
@@ -695,7 +696,7 @@ def _load_classifier(source: str, config: Any) -> nn.Module:
     if missing or resized or unexpected:
         warnings.warn(
             f"Agent(model={source!r}): the backbone's weights do not fit its architecture: missing "
-            f"{_preview(missing)}, resized {_preview(resized)}, unexpected {_preview(unexpected)} (these start "
+            f"{preview(missing)}, resized {preview(resized)}, unexpected {preview(unexpected)} (these start "
             "from random values). Check that model names a checkpoint of this architecture.",
             UserWarning,
             stacklevel=3,
@@ -738,12 +739,7 @@ def _resolve_labels(labels: list[str] | None, num_labels: int | None, config) ->
         )
     if num_labels is not None and num_labels != len(labels):
         raise ValueError(
-            f"num_labels={num_labels} contradicts the {len(labels)} labels of the data ({_preview(labels)}). "
+            f"num_labels={num_labels} contradicts the {len(labels)} labels of the data ({preview(labels)}). "
             f"Drop num_labels (it follows the data) or set it to {len(labels)}."
         )
     return labels
-
-
-def _preview(names: Sequence[str], limit: int = 6) -> str:
-    shown = ", ".join(map(str, list(names)[:limit]))
-    return f"[{shown}{', ...' if len(names) > limit else ''}]"

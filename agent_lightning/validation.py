@@ -21,6 +21,7 @@ __all__ = [
     "check_open_fraction",
     "check_optional_string",
     "is_number",
+    "preview",
 ]
 
 
@@ -216,3 +217,14 @@ def as_texts(texts: str | Sequence[str]) -> list[str]:
     if not isinstance(texts, Sequence) or not all(isinstance(t, str) for t in texts):
         raise TypeError(f"act(texts=...) takes a string or a list of strings, got {type(texts).__name__}.")
     return list(texts)
+
+
+def preview(names: Sequence[object], limit: int = 6) -> str:
+    """The first ``limit`` of ``names`` for an error message, ``...`` when there are more.
+
+    Example:
+        >>> preview(["call", "text", "email"], limit=2)
+        '[call, text, ...]'
+    """
+    shown = ", ".join(map(str, list(names)[:limit]))
+    return f"[{shown}{', ...' if len(names) > limit else ''}]"

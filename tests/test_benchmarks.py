@@ -56,3 +56,15 @@ def test_step_timer_reports_a_smoke_run_shorter_than_its_warm_up(tmp_path):
     quiet_trainer(tmp_path, [long], max_steps=6, limit_val_batches=0).fit(_dict_batches_model())
     assert len(long.step_seconds) == 3 and long.median_step_seconds in long.step_seconds  # warm-up left out
     assert long.samples == 12
+
+
+def test_compress_smollm2_names_each_student_run_by_what_differs():
+    from benchmarks.llm.compress_smollm2 import _run_name
+
+    assert _run_name("forward", {}) == "forward"
+    assert _run_name("sft", {"temperature": "2"}, seed=43) == "sft-seed43"  # sft distils nothing: no settings
+    settings = {"temperature": "2", "prompt_weight": "1"}
+    assert (
+        _run_name("skew", settings, 43, 50, list(range(20)))
+        == "skew-prompt_weight1-temperature2-generated50-from20-seed43"
+    )

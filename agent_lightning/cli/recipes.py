@@ -20,6 +20,9 @@
    teacher's learning rate (``--student-lr``); its tied embedding table is trimmed once to the training vocabulary
    and the tokenizer's 16,000 most frequent tokens, as int8 rows: a request's words that training never saw read
    their own rows, and the output softmax scores the training vocabulary only.
+   ``--student-from CKPT`` starts the student from another agent checkpoint of the same teacher's task instead of
+   the teacher's weights (``--student-layers`` then counts that agent's blocks): depth pruning in steps, one
+   ``compress`` per step, each step distilled from the original ``--teacher``.
    With ``--labels-per-class N`` both stages
    train on N labelled examples per label, and ``--unlabeled FILE|rest`` gives the student (only) texts without
    labels to distil on, with mostly soft labels (``--distill.temperature 1 --distill.alpha 0.1`` unless given: the
@@ -52,11 +55,11 @@ from agent_lightning.agent import Agent
 from agent_lightning.cli.lightning_cli import AgentLightningCLI
 from agent_lightning.cli.short_flags import CHOICES, expand_short_flags
 from agent_lightning.deployment.compare import RecipeSummary, compare_with_teacher
-from agent_lightning.deployment.export import describe, export_agent
+from agent_lightning.deployment.export import describe, export_agent, load_agent_checkpoint
 from agent_lightning.io import atomic_write_text, check_writable_directory
 from agent_lightning.quantization.recipe import DECODER_FLOAT_LAYERS
 from agent_lightning.targets import block_list
-from agent_lightning.validation import check_number
+from agent_lightning.validation import check_number, preview
 
 __all__ = [
     "CLASSIFIER_FREQUENT_TOKENS",
@@ -90,6 +93,11 @@ def compress_parser() -> argparse.ArgumentParser:
         help="teacher blocks the student keeps: indices, or auto:N (all but the contiguous span of blocks that "
         "changes the hidden states least on training batches; influence:N: the N of highest block influence); default "
         "0,2,4, or auto:(half the teacher's blocks) for a generative agent",
+    )
+    parser.add_argument(
+        "--student-from",
+        help="an agent checkpoint the student starts from instead of the teacher's weights, e.g. the student of an "
+        "earlier compress run of the same --teacher (depth pruning in steps); --student-layers counts its blocks",
     )
     parser.add_argument(
         "--prune",
@@ -191,6 +199,29 @@ def _compression(
     return compression, details
 
 
+def _student_start(checkpoint: str, teacher: Agent) -> Path:
+    """``--student-from``: the agent in ``checkpoint`` saved as a Hugging Face folder beside its run (the student's
+    ``--model.model``), once it is known to answer the teacher's task with the teacher's labels and vocabulary.
+
+    Raises:
+        FileNotFoundError: ``checkpoint`` does not exist.
+        ValueError: it is not an agent checkpoint, or its task, labels or vocabulary differ from the teacher's.
+    """
+    agent, _ = load_agent_checkpoint(checkpoint)
+    mine = (agent.hparams.task, agent.labels, agent.tokenizer.get_vocab())
+    if mine != (teacher.hparams.task, teacher.labels, teacher.tokenizer.get_vocab()):
+        raise ValueError(
+            f"--student-from {checkpoint!r} is a task={agent.hparams.task!r} agent with {len(agent.labels)} labels "
+            f"({preview(agent.labels)}) and {len(agent.tokenizer)} tokens; the teacher is a "
+            f"task={teacher.hparams.task!r} agent with {len(teacher.labels)} labels ({preview(teacher.labels)}) and "
+            f"{len(teacher.tokenizer)} tokens. Start from a student of this teacher (its compress run's "
+            "checkpoints/last.ckpt)."
+        )
+    folder = Path(checkpoint).parent.parent / "student-hf"
+    agent.save_pretrained(folder, overwrite=True)
+    return folder
+
+
 def run_recipe(args: Sequence[str]) -> RecipeSummary:
     """``agent-lightning compress [OPTIONS] [LightningCLI arguments]``: the four stages above.
 
@@ -221,6 +252,11 @@ def run_recipe(args: Sequence[str]) -> RecipeSummary:
     check_number("--student-lr", options.student_lr, minimum=0, strict_minimum=True, optional=True, tail=tail)
     if options.output:
         check_writable_directory(Path(options.output), options.overwrite, argument="--output")
+    if options.student_from is not None and options.teacher is None:
+        raise ValueError(
+            f"--student-from {options.student_from!r} continues from a student of a fine-tuned teacher: give that "
+            "teacher as well (--teacher CKPT), the one the student is distilled from."
+        )
     console = Console(soft_wrap=True)
     teacher_ckpt = options.teacher
     if teacher_ckpt is None:
@@ -232,9 +268,10 @@ def run_recipe(args: Sequence[str]) -> RecipeSummary:
     teacher.save_pretrained(teacher_folder, overwrite=True)
     generative = teacher.hparams.task == "generation"
     compression, details = _compression(options, details, generative, blocks=len(block_list(teacher.model)[1]))
+    start = teacher_folder if options.student_from is None else _student_start(options.student_from, teacher)
 
     console.rule("[bold]Stage 2: distil, prune and quantize the student")
-    student_args = ["fit", *common, "--trainer.logger.init_args.name=student", f"--model.model={teacher_folder}"]
+    student_args = ["fit", *common, "--trainer.logger.init_args.name=student", f"--model.model={start}"]
     student_args += ["--distill", str(teacher_ckpt), *compression, *details, *unlabeled]
     if options.student_epochs is not None:
         student_args += [f"--trainer.max_epochs={options.student_epochs}"]

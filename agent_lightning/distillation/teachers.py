@@ -11,6 +11,8 @@ import transformers
 from lightning.pytorch import LightningModule
 from torch import nn
 
+from agent_lightning.validation import preview
+
 __all__ = ["check_compatible", "fingerprint", "freeze", "label_names", "load_teacher", "vocab_size"]
 
 
@@ -120,8 +122,8 @@ def check_compatible(teacher: nn.Module, student: nn.Module, source: str) -> Non
     teacher_labels, student_labels = label_names(teacher), label_names(student)
     if teacher_labels is not None and student_labels is not None and teacher_labels != student_labels:
         raise ValueError(
-            f"Distillation(teacher={source!r}) predicts {len(teacher_labels)} labels {_preview(teacher_labels)}, the "
-            f"student {len(student_labels)} labels {_preview(student_labels)}. Distil from a teacher trained on the "
+            f"Distillation(teacher={source!r}) predicts {len(teacher_labels)} labels {preview(teacher_labels)}, the "
+            f"student {len(student_labels)} labels {preview(student_labels)}. Distil from a teacher trained on the "
             "same label set (same names, same order)."
         )
     teacher_vocab, student_vocab = vocab_size(teacher), vocab_size(student)
@@ -130,8 +132,3 @@ def check_compatible(teacher: nn.Module, student: nn.Module, source: str) -> Non
             f"Distillation(teacher={source!r}) has a vocabulary of {teacher_vocab} tokens, the student {student_vocab}."
             " Both must read the same token ids: use a teacher with the student's tokenizer."
         )
-
-
-def _preview(names: list[str], limit: int = 5) -> str:
-    shown = ", ".join(names[:limit])
-    return f"[{shown}{', ...' if len(names) > limit else ''}]"

@@ -40,7 +40,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from agent_lightning import Agent, TextClassificationDataModule  # noqa: E402
@@ -67,11 +66,19 @@ def _distill_settings(pairs: list[str]) -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in pairs)
 
 
-def _run_name(divergence: str, settings: dict[str, str], seed: int | None = None, generated: int | None = None) -> str:
+def _run_name(
+    divergence: str,
+    settings: dict[str, str],
+    seed: int | None = None,
+    generated: int | None = None,
+    start: list[int] | None = None,
+) -> str:
     """A student's folder under ``--runs`` and its key in the results: the divergence, then the ``--distill``
-    settings (``forward-prompt_weight1``; ``sft`` takes none), ``generatedN`` and the seed when they are given."""
+    settings (``forward-prompt_weight1``; ``sft`` takes none), ``generatedN``, ``fromN`` (``--student-from`` a
+    student of N blocks) and the seed when they are given."""
     parts = [divergence] + ([] if divergence == "sft" else [f"{k}{v}" for k, v in sorted(settings.items())])
     parts += [] if generated is None else [f"generated{generated}"]
+    parts += [] if start is None else [f"from{len(start)}"]
     return "-".join(parts + ([] if seed is None else [f"seed{seed}"]))
 
 
@@ -116,15 +123,25 @@ def _generated_data(per_label: int, teacher: Agent, data: TextClassificationData
     return folder
 
 
-def _student(args: argparse.Namespace, divergence: str, root: Path, data: Path | None) -> tuple[dict, Path]:
-    """Run ``compress`` for one divergence (on ``data``'s files when given); its summary and run folder."""
+def _kept_blocks(checkpoint: Path) -> list[int]:
+    """The blocks a student checkpoint kept (its ``student_layers`` as picked: ``hparams.yaml`` holds ``auto:N``)."""
+    hparams = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)["hyper_parameters"]
+    return list(hparams["student_layers"])
+
+
+def _student(
+    args: argparse.Namespace, divergence: str, root: Path, data: Path | None, start: list[int] | None
+) -> tuple[dict, Path]:
+    """Run ``compress`` for one divergence (on ``data``'s files when given; from ``--student-from``, whose kept
+    teacher blocks are ``start``, when given); its summary and run folder."""
     flags = ["--distill.alpha=1.0"] if divergence == "sft" else [f"--distill.divergence={divergence}"]
     settings = {} if divergence == "sft" else _distill_settings(args.distill)
     flags += [f"--distill.{key}={value}" for key, value in sorted(settings.items())]
     if data is not None:
         flags += ["--data.dataset=null"] + [f"--data.{split}_file={data / f'{split}.csv'}" for split in SPLITS]
-    name = _run_name(divergence, settings, args.seed, args.generated)
+    name = _run_name(divergence, settings, args.seed, args.generated, start)
     command = ["-c", "configs/llm.yaml", "--teacher", str(args.teacher), "--student-layers", args.student_layers]
+    command += [] if args.student_from is None else ["--student-from", str(args.student_from)]
     command += ["--student-epochs", str(args.student_epochs), "--student-lr", str(args.student_lr), *flags]
     command += [f"--trainer.logger.init_args.save_dir={root / name}", "--trainer.enable_progress_bar=false"]
     command += [] if args.seed is None else [f"--seed_everything={args.seed}"]
@@ -293,6 +310,13 @@ def main() -> None:
         help="the teacher blocks the students keep, as train.py compress takes them (indices, auto:N, span:N, "
         "influence:N); default auto:15",
     )
+    parser.add_argument(
+        "--student-from",
+        type=Path,
+        default=None,
+        help="start the students from this student checkpoint of the same teacher (depth pruning in steps; "
+        "--student-layers then counts its blocks); those runs go to DIVERGENCE-...-fromN under --runs",
+    )
     parser.add_argument("--student-epochs", type=int, default=3)
     parser.add_argument(
         "--student-lr", type=float, default=3e-4, help="the students' peak learning rate (the teacher's config: 1e-4)"
@@ -361,16 +385,17 @@ def main() -> None:
         dataset="assistant-actions", task="generation", tokenizer=hp.model, max_length=hp.max_length
     )
     students, runs = [], {}
+    start = None if args.student_from is None else _kept_blocks(args.student_from)
     generated = None
     if args.generated is not None and not args.measure_only:
         generated = _generated_data(args.generated, teacher, dm, args.runs)
     for divergence in args.divergences:
-        name = _run_name(divergence, _distill_settings(args.distill), args.seed, args.generated)
+        name = _run_name(divergence, _distill_settings(args.distill), args.seed, args.generated, start)
         if args.measure_only:
             run_dir = max((args.runs / name / "student").glob("version_*"))
             row = _measured_again(divergence, name, run_dir, teacher, dm, args.export_again, args.frequent_tokens)
         else:
-            row, run_dir = _student(args, divergence, args.runs, generated)
+            row, run_dir = _student(args, divergence, args.runs, generated, start)
         students.append(row)
         runs[name] = run_dir
         print(json.dumps({k: row[k] for k in ("name", "student_acc", "teacher_acc", "seconds")}), flush=True)
@@ -387,13 +412,14 @@ def main() -> None:
 
     teacher_zipped = speed[0]["zipped"]
     teacher_ms = speed[0]["ms_per_request"]
+    of = "the 30 blocks" if start is None else f"the {len(start)} blocks {start} of `{args.student_from}`"
     lines = [
         "# The compressed SmolLM2 agent against its teacher and what runs without training",
         "",
         f"Command: `{command_line()}`. {torch.get_num_threads()} CPU threads. Built-in data, 314 test requests, 24 "
         f"actions; teacher: `{args.teacher}` ({pct(best['teacher_acc'])} action accuracy).",
         "",
-        f"## Students (`--student-layers {args.student_layers}` of the 30 blocks, {args.student_epochs} epochs at "
+        f"## Students (`--student-layers {args.student_layers}` of {of}, {args.student_epochs} epochs at "
         f"peak lr {args.student_lr:g}, int8 QAT, trimmed int8 tied table, ONNX export)",
         "",
         "| KD | kept blocks | table rows (read / scored) | exported student's action accuracy | vs teacher | zipped "
@@ -406,7 +432,8 @@ def main() -> None:
             name += " (" + ", ".join(f"`{pair}`" for pair in args.distill) + ")"
         name += "" if args.generated is None else f", + {args.generated} generated requests per action"
         name += "" if args.seed is None else f", seed {args.seed}"
-        kept = yaml.safe_load((runs[row["name"]] / "hparams.yaml").read_text()).get("student_layers")
+        kept = _kept_blocks(runs[row["name"]] / "checkpoints" / "last.ckpt")
+        kept = kept if start is None else [start[index] for index in kept]  # the teacher's block numbers
         manifest = json.loads((runs[row["name"]] / "export-onnx" / MANIFEST).read_text())
         table = manifest.get("embeddings", {})
         rows = f"{table.get('kept_tokens', 'all')} / {table.get('scored_tokens', table.get('kept_tokens', 'all'))}"

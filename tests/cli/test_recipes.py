@@ -106,6 +106,46 @@ def test_compress_with_a_given_teacher_skips_stage_one(tmp_path, tiny_bert, tiny
     assert exported.manifest["quantization"].startswith("post-training")  # no QAT: quantized after training
 
 
+def test_compress_student_from_an_earlier_student_prunes_depth_in_steps(tmp_path, tiny_data_dir):
+    """Three blocks, then two (an earlier compress run), then one of those two: the second step starts from the
+    first step's trained student, not from the teacher, and is distilled from the original teacher."""
+    from transformers import AutoTokenizer, BertModel
+
+    from agent_lightning.backbone import default_backbone_path
+    from tests.conftest import tiny_bert_config
+
+    backbone = tmp_path / "three-blocks"
+    BertModel(tiny_bert_config(num_hidden_layers=3)).save_pretrained(backbone)
+    AutoTokenizer.from_pretrained(default_backbone_path()).save_pretrained(backbone)
+    common = _common(tmp_path, str(backbone), tiny_data_dir) + ["--trainer.max_epochs=1"]
+    main(["fit", *common, "--trainer.logger.init_args.name=mine"])
+    teacher_ckpt = next((tmp_path / "runs" / "mine" / "version_0" / "checkpoints").glob("epoch*.ckpt"))
+    light = ["--prune", "none", "--qat", "none", "--teacher", str(teacher_ckpt)]
+    run_recipe([*common, *light, "--student-layers", "0,2"])
+    first = tmp_path / "runs" / "student" / "version_0" / "checkpoints" / "last.ckpt"
+    with pytest.raises(FileNotFoundError, match=r"checkpoint='.*missing.ckpt' does not exist"):
+        run_recipe([*common, *light, "--student-from", str(tmp_path / "missing.ckpt"), "--student-layers", "1"])
+    assert not (tmp_path / "runs" / "student" / "version_1").exists()  # refused before the second fit
+
+    run_recipe([*common, *light, "--student-from", str(first), "--student-layers", "1"])
+    second = tmp_path / "runs" / "student" / "version_1"
+    config = yaml.safe_load((second / "config.yaml").read_text())
+    start = first.parent.parent / "student-hf"
+    assert config["model"]["model"] == str(start) and config["model"]["student_layers"] == [1]
+    callbacks = {c["class_path"].rsplit(".", 1)[1]: c["init_args"] for c in config["trainer"]["callbacks"]}
+    assert callbacks["Distillation"]["teacher"] == str(teacher_ckpt)  # still the three-block teacher
+    # the start is the first student as trained: its block 1 is the teacher's block 2 after the first step's fit
+    state = Agent.load_from_checkpoint(first, map_location="cpu").model.state_dict()
+    teacher_state = Agent.load_from_checkpoint(teacher_ckpt, map_location="cpu").model.state_dict()
+    started = BertModel.from_pretrained(start).state_dict()
+    key = "encoder.layer.1.attention.self.query.weight"
+    assert started[key].equal(state[f"bert.{key}"])
+    assert not started[key].equal(teacher_state["bert.encoder.layer.2.attention.self.query.weight"])
+    student = Agent.load_from_checkpoint(second / "checkpoints" / "last.ckpt", map_location="cpu")
+    assert len(student.model.bert.encoder.layer) == 1
+    assert ExportedAgent(second / "export-onnx").format == "onnx"
+
+
 def test_compare_with_teacher_refuses_mismatched_labels(tmp_path):
     with pytest.raises(ValueError, match=r"needs as many labels as texts, got 2 and 1"):
         compare_with_teacher(None, tmp_path, ["a", "b"], ["x"])
@@ -119,6 +159,7 @@ def test_compare_with_teacher_refuses_mismatched_labels(tmp_path):
         (["--output", "{taken}"], FileExistsError, r"exists and is not empty"),
         (["--abstain-precision", "2"], ValueError, r"--abstain-precision=2.0 .*\(0, 1\]"),
         (["--student-lr", "0"], ValueError, r"--student-lr=0.0 .*e.g. --student-lr 3e-4"),
+        (["--student-from", "s.ckpt"], ValueError, r"--student-from 's.ckpt' .*give that teacher as well"),
     ],
 )
 def test_bad_options_fail_before_anything_trains(options, error, message, tmp_path, tiny_bert, tiny_data_dir):
