@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from lightning.pytorch import Trainer
 
 from agent_lightning import Agent
 from agent_lightning.cli import main
@@ -125,6 +126,13 @@ def test_compress_student_from_an_earlier_student_prunes_depth_in_steps(tmp_path
     first = tmp_path / "runs" / "student" / "version_0" / "checkpoints" / "last.ckpt"
     with pytest.raises(FileNotFoundError, match=r"checkpoint='.*missing.ckpt' does not exist"):
         run_recipe([*common, *light, "--student-from", str(tmp_path / "missing.ckpt"), "--student-layers", "1"])
+    trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(Agent(model=str(backbone), labels=["x", "y"]))
+    trainer.save_checkpoint(tmp_path / "other.ckpt")  # an agent of other labels
+    with pytest.raises(
+        ValueError, match=r"--student-from .*other.ckpt' is a task='classification' agent with 2 labels"
+    ):
+        run_recipe([*common, *light, "--student-from", str(tmp_path / "other.ckpt"), "--student-layers", "1"])
     assert not (tmp_path / "runs" / "student" / "version_1").exists()  # refused before the second fit
 
     run_recipe([*common, *light, "--student-from", str(first), "--student-layers", "1"])
