@@ -315,7 +315,8 @@ def main() -> None:
         type=Path,
         default=None,
         help="start the students from this student checkpoint of the same teacher (depth pruning in steps; "
-        "--student-layers then counts its blocks); those runs go to DIVERGENCE-...-fromN under --runs",
+        "--student-layers then counts its blocks; the table numbers the blocks as the teacher's, which holds for a "
+        "student made from the teacher in one step); those runs go to DIVERGENCE-...-fromN under --runs",
     )
     parser.add_argument("--student-epochs", type=int, default=3)
     parser.add_argument(
