@@ -264,11 +264,13 @@ def run_recipe(args: Sequence[str]) -> RecipeSummary:
         teacher_cli = AgentLightningCLI.create(["fit", *common, "--trainer.logger.init_args.name=teacher"])
         teacher_ckpt = teacher_cli.trainer.checkpoint_callback.best_model_path
     teacher = Agent.load_from_checkpoint(teacher_ckpt, map_location="cpu").eval()
-    teacher_folder = Path(teacher_ckpt).parent.parent / "teacher-hf"
-    teacher.save_pretrained(teacher_folder, overwrite=True)
     generative = teacher.hparams.task == "generation"
     compression, details = _compression(options, details, generative, blocks=len(block_list(teacher.model)[1]))
-    start = teacher_folder if options.student_from is None else _student_start(options.student_from, teacher)
+    if options.student_from is None:  # the student starts from the teacher's weights, as a Hugging Face folder
+        start = Path(teacher_ckpt).parent.parent / "teacher-hf"
+        teacher.save_pretrained(start, overwrite=True)
+    else:
+        start = _student_start(options.student_from, teacher)
 
     console.rule("[bold]Stage 2: distil, prune and quantize the student")
     student_args = ["fit", *common, "--trainer.logger.init_args.name=student", f"--model.model={start}"]

@@ -124,6 +124,8 @@ def test_compress_student_from_an_earlier_student_prunes_depth_in_steps(tmp_path
     light = ["--prune", "none", "--qat", "none", "--teacher", str(teacher_ckpt)]
     run_recipe([*common, *light, "--student-layers", "0,2"])
     first = tmp_path / "runs" / "student" / "version_0" / "checkpoints" / "last.ckpt"
+    teacher_hf = teacher_ckpt.parent.parent / "teacher-hf" / "config.json"  # the first step's start
+    written = teacher_hf.stat().st_mtime_ns
     with pytest.raises(FileNotFoundError, match=r"checkpoint='.*missing.ckpt' does not exist"):
         run_recipe([*common, *light, "--student-from", str(tmp_path / "missing.ckpt"), "--student-layers", "1"])
     trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
@@ -142,6 +144,7 @@ def test_compress_student_from_an_earlier_student_prunes_depth_in_steps(tmp_path
     assert config["model"]["model"] == str(start) and config["model"]["student_layers"] == [1]
     callbacks = {c["class_path"].rsplit(".", 1)[1]: c["init_args"] for c in config["trainer"]["callbacks"]}
     assert callbacks["Distillation"]["teacher"] == str(teacher_ckpt)  # still the three-block teacher
+    assert teacher_hf.stat().st_mtime_ns == written  # not written again: this step does not start from it
     # the start is the first student as trained: its block 1 is the teacher's block 2 after the first step's fit
     state = Agent.load_from_checkpoint(first, map_location="cpu").model.state_dict()
     teacher_state = Agent.load_from_checkpoint(teacher_ckpt, map_location="cpu").model.state_dict()

@@ -78,8 +78,7 @@ def test_stops_at_per_label_and_prompts_each_label_with_its_own_examples(tokeniz
     assert out["add_to_shopping_list"] == ["request number 0", "request number 1", "request number 2"]
     assert out["get_weather"] == ["request number 4", "request number 5", "request number 6"]  # 3 was the 2nd batch's
     assert len(model.prompts) == 8  # two batches of two per label, none more once three were kept
-    weather = [p for p in model.prompts[4:]]
-    assert all(p.split("\n")[1][2:] in EXAMPLES["get_weather"] for p in weather)
+    assert all(p.split("\n")[1][2:] in EXAMPLES["get_weather"] for p in model.prompts[4:])
 
 
 def test_smollm2_writes_new_single_line_requests_reproducibly(smollm2):
