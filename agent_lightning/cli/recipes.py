@@ -22,7 +22,10 @@
    their own rows, and the output softmax scores the training vocabulary only.
    ``--student-from CKPT`` starts the student from another agent checkpoint of the same teacher's task instead of
    the teacher's weights (``--student-layers`` then counts that agent's blocks): depth pruning in steps, one
-   ``compress`` per step, each step distilled from the original ``--teacher``.
+   ``compress`` per step, each step distilled from the original ``--teacher``; start a step from the previous
+   step's best checkpoint (the one it prints as "Best checkpoint"; its ``last.ckpt`` is what that step exports).
+   ``--depth-steps 20`` does the steps in one ``compress``: a student of 20 blocks (``auto:20``, logged as
+   ``student-20``), then the ``--student-layers`` student from its best checkpoint, which alone is exported.
    With ``--labels-per-class N`` both stages
    train on N labelled examples per label, and ``--unlabeled FILE|rest`` gives the student (only) texts without
    labels to distil on, with mostly soft labels (``--distill.temperature 1 --distill.alpha 0.1`` unless given: the
@@ -57,6 +60,7 @@ from agent_lightning.cli.short_flags import CHOICES, expand_short_flags
 from agent_lightning.deployment.compare import RecipeSummary, compare_with_teacher
 from agent_lightning.deployment.export import describe, export_agent, load_agent_checkpoint
 from agent_lightning.io import atomic_write_text, check_writable_directory
+from agent_lightning.pruning.depth import auto_layers
 from agent_lightning.quantization.recipe import DECODER_FLOAT_LAYERS
 from agent_lightning.targets import block_list
 from agent_lightning.validation import check_number, preview
@@ -98,6 +102,13 @@ def compress_parser() -> argparse.ArgumentParser:
         "--student-from",
         help="an agent checkpoint the student starts from instead of the teacher's weights, e.g. the student of an "
         "earlier compress run of the same --teacher (depth pruning in steps); --student-layers counts its blocks",
+    )
+    parser.add_argument(
+        "--depth-steps",
+        help="depth pruning in steps: first train students of these many blocks in turn, e.g. 25,20 (then the "
+        "--student-layers one), each keeping auto:N of the previous one's blocks, starting from its best checkpoint "
+        "and distilled from the teacher with the same flags; only the last student is exported (--student-layers then "
+        "numbers the last step's blocks)",
     )
     parser.add_argument(
         "--prune",
@@ -199,9 +210,10 @@ def _compression(
     return compression, details
 
 
-def _student_start(checkpoint: str, teacher: Agent) -> Path:
-    """``--student-from``: the agent in ``checkpoint`` saved as a Hugging Face folder beside its run (the student's
-    ``--model.model``), once it is known to answer the teacher's task with the teacher's labels and vocabulary.
+def _student_start(checkpoint: str | Path, teacher: Agent) -> tuple[Path, int]:
+    """``--student-from`` (and each ``--depth-steps`` step): the agent in ``checkpoint`` saved as a Hugging Face
+    folder beside its run (the student's ``--model.model``), once it is known to answer the teacher's task with the
+    teacher's labels and vocabulary; and its number of blocks.
 
     Raises:
         FileNotFoundError: ``checkpoint`` does not exist.
@@ -215,11 +227,43 @@ def _student_start(checkpoint: str, teacher: Agent) -> Path:
             f"({preview(agent.labels)}) and {len(agent.tokenizer)} tokens; the teacher is a "
             f"task={teacher.hparams.task!r} agent with {len(teacher.labels)} labels ({preview(teacher.labels)}) and "
             f"{len(teacher.tokenizer)} tokens. Start from a student of this teacher (its compress run's "
-            "checkpoints/last.ckpt)."
+            "best checkpoint, or its checkpoints/last.ckpt)."
         )
     folder = Path(checkpoint).parent.parent / "student-hf"
     agent.save_pretrained(folder, overwrite=True)
-    return folder
+    return folder, len(block_list(agent.model)[1])
+
+
+def _check_depth_steps(value: str | None, layers: str | None, start_blocks: int | None = None) -> list[int]:
+    """``--depth-steps``' block counts: positive, each smaller than the one before, fewer than the start's
+    ``start_blocks`` (when known) and more than the final student keeps (when ``layers`` says how many).
+
+    Raises:
+        ValueError: any of these does not hold.
+    """
+    if value is None:
+        return []
+    words = value.split(",")
+    steps = [int(word) for word in words if word.strip().isdigit()]
+    if len(steps) != len(words) or min(steps) < 1 or any(a <= b for a, b in zip(steps, steps[1:])):
+        raise ValueError(
+            f"--depth-steps {value!r} must be comma-separated block counts, each smaller than the one before, e.g. "
+            "--depth-steps 25,20 (then the --student-layers student)."
+        )
+    if start_blocks is not None and steps[0] >= start_blocks:
+        raise ValueError(
+            f"--depth-steps {value!r} starts at {steps[0]} blocks, but the student starts from {start_blocks}: give "
+            f"counts below {start_blocks}, e.g. --depth-steps {max(1, (start_blocks * 2) // 3)}."
+        )
+    auto = auto_layers(layers)
+    indices = [] if layers is None or auto is not None else [int(i) for i in layers.split(",") if i.strip().isdigit()]
+    needed = auto[1] + 1 if auto is not None else max(len(indices) + 1, max(indices, default=-1) + 1)
+    if needed > steps[-1]:
+        raise ValueError(
+            f"--depth-steps {value!r} ends at {steps[-1]} blocks, too few for --student-layers {layers!r} (a student "
+            f"of fewer blocks, of the last step's): end the steps at {needed} blocks or more."
+        )
+    return steps
 
 
 def run_recipe(args: Sequence[str]) -> RecipeSummary:
@@ -252,6 +296,7 @@ def run_recipe(args: Sequence[str]) -> RecipeSummary:
     check_number("--student-lr", options.student_lr, minimum=0, strict_minimum=True, optional=True, tail=tail)
     if options.output:
         check_writable_directory(Path(options.output), options.overwrite, argument="--output")
+    _check_depth_steps(options.depth_steps, options.student_layers)
     if options.student_from is not None and options.teacher is None:
         raise ValueError(
             f"--student-from {options.student_from!r} continues from a student of a fine-tuned teacher: give that "
@@ -267,22 +312,39 @@ def run_recipe(args: Sequence[str]) -> RecipeSummary:
     generative = teacher.hparams.task == "generation"
     compression, details = _compression(options, details, generative, blocks=len(block_list(teacher.model)[1]))
     if options.student_from is None:  # the student starts from the teacher's weights, as a Hugging Face folder
-        start = Path(teacher_ckpt).parent.parent / "teacher-hf"
-        teacher.save_pretrained(start, overwrite=True)
+        start, start_blocks = Path(teacher_ckpt).parent.parent / "teacher-hf", len(block_list(teacher.model)[1])
     else:
-        start = _student_start(options.student_from, teacher)
+        start, start_blocks = _student_start(options.student_from, teacher)
+    layers = compression[compression.index("--student-layers") + 1]
+    steps = _check_depth_steps(options.depth_steps, layers, start_blocks)  # the start's blocks are known now
+    if options.student_from is None:
+        teacher.save_pretrained(start, overwrite=True)
 
-    console.rule("[bold]Stage 2: distil, prune and quantize the student")
-    student_args = ["fit", *common, "--trainer.logger.init_args.name=student", f"--model.model={start}"]
-    student_args += ["--distill", str(teacher_ckpt), *compression, *details, *unlabeled]
+    rest = ["--distill", str(teacher_ckpt), *details, *unlabeled]
     if options.student_epochs is not None:
-        student_args += [f"--trainer.max_epochs={options.student_epochs}"]
+        rest += [f"--trainer.max_epochs={options.student_epochs}"]
     student_lr = options.student_lr
     if student_lr is None and generative:
         student_lr = GENERATIVE_STUDENT_LR_FACTOR * teacher.hparams.learning_rate
     if student_lr is not None:
-        student_args += [f"--model.learning_rate={student_lr:g}"]
-    student_cli = AgentLightningCLI.create(student_args)
+        rest += [f"--model.learning_rate={student_lr:g}"]
+
+    def fit_student(name: str, start: Path, layers: str) -> AgentLightningCLI:
+        at = compression.index("--student-layers") + 1
+        student_compression = [*compression[:at], layers, *compression[at + 1 :]]
+        args = ["fit", *common, f"--trainer.logger.init_args.name={name}", f"--model.model={start}"]
+        return AgentLightningCLI.create([*args, *student_compression, *rest])
+
+    criterion = "influence" if layers.startswith("influence:") else "auto"
+    for number, blocks in enumerate(steps, 1):
+        console.rule(f"[bold]Stage 2, depth step {number} of {len(steps) + 1}: a student of {blocks} blocks")
+        step_cli = fit_student(f"student-{blocks}", start, f"{criterion}:{blocks}")
+        step_dir = Path(step_cli.trainer.logger.log_dir)
+        best = step_cli.trainer.checkpoint_callback.best_model_path or step_dir / "checkpoints" / "last.ckpt"
+        start, _ = _student_start(best, teacher)
+
+    console.rule("[bold]Stage 2: distil, prune and quantize the student")
+    student_cli = fit_student("student", start, layers)
     run_dir = Path(student_cli.trainer.logger.log_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
 

@@ -6,10 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from lightning.pytorch import Trainer
+from transformers import AutoTokenizer, BertModel
 
 from agent_lightning import Agent
+from agent_lightning.backbone import default_backbone_path
 from agent_lightning.cli import main
 from agent_lightning.cli.recipes import (
     CLASSIFIER_FREQUENT_TOKENS,
@@ -21,7 +24,7 @@ from agent_lightning.deployment.compare import RecipeSummary, compare_with_teach
 from agent_lightning.deployment.measure import file_bytes, saved_bytes
 from agent_lightning.deployment.onnx_program import ONNX_MODEL
 from agent_lightning.deployment.runtime import ExportedAgent
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_bert_config
 
 
 def _common(tmp_path: Path, tiny_bert: str, data_dir: Path) -> list[str]:
@@ -107,20 +110,21 @@ def test_compress_with_a_given_teacher_skips_stage_one(tmp_path, tiny_bert, tiny
     assert exported.manifest["quantization"].startswith("post-training")  # no QAT: quantized after training
 
 
-def test_compress_student_from_an_earlier_student_prunes_depth_in_steps(tmp_path, tiny_data_dir):
-    """Three blocks, then two (an earlier compress run), then one of those two: the second step starts from the
-    first step's trained student, not from the teacher, and is distilled from the original teacher."""
-    from transformers import AutoTokenizer, BertModel
-
-    from agent_lightning.backbone import default_backbone_path
-    from tests.conftest import tiny_bert_config
-
+def _three_block_teacher(tmp_path: Path, data_dir: Path) -> tuple[list[str], Path]:
+    """The recipe's common arguments for a tiny BERT of three blocks, and a teacher fine-tuned from it (one epoch)."""
     backbone = tmp_path / "three-blocks"
     BertModel(tiny_bert_config(num_hidden_layers=3)).save_pretrained(backbone)
     AutoTokenizer.from_pretrained(default_backbone_path()).save_pretrained(backbone)
-    common = _common(tmp_path, str(backbone), tiny_data_dir) + ["--trainer.max_epochs=1"]
+    common = _common(tmp_path, str(backbone), data_dir) + ["--trainer.max_epochs=1"]
     main(["fit", *common, "--trainer.logger.init_args.name=mine"])
-    teacher_ckpt = next((tmp_path / "runs" / "mine" / "version_0" / "checkpoints").glob("epoch*.ckpt"))
+    return common, next((tmp_path / "runs" / "mine" / "version_0" / "checkpoints").glob("epoch*.ckpt"))
+
+
+def test_compress_student_from_an_earlier_student_prunes_depth_in_steps(tmp_path, tiny_data_dir):
+    """Three blocks, then two (an earlier compress run), then one of those two: the second step starts from the
+    first step's trained student, not from the teacher, and is distilled from the original teacher."""
+    common, teacher_ckpt = _three_block_teacher(tmp_path, tiny_data_dir)
+    backbone = tmp_path / "three-blocks"
     light = ["--prune", "none", "--qat", "none", "--teacher", str(teacher_ckpt)]
     run_recipe([*common, *light, "--student-layers", "0,2"])
     first = tmp_path / "runs" / "student" / "version_0" / "checkpoints" / "last.ckpt"
@@ -157,6 +161,37 @@ def test_compress_student_from_an_earlier_student_prunes_depth_in_steps(tmp_path
     assert ExportedAgent(second / "export-onnx").format == "onnx"
 
 
+def test_compress_depth_steps_start_each_step_from_the_previous_steps_best_checkpoint(tmp_path, tiny_data_dir):
+    """``--depth-steps 2 --student-layers auto:1`` on three blocks: a two-block student, then a one-block student
+    from that one's best checkpoint, both distilled from the teacher; only the last is exported."""
+    common, teacher_ckpt = _three_block_teacher(tmp_path, tiny_data_dir)
+    light = [*common, "--prune", "none", "--qat", "none", "--teacher", str(teacher_ckpt), "--student-layers", "auto:1"]
+    with pytest.raises(ValueError, match=r"--depth-steps '3' starts at 3 blocks, but the student starts from 3"):
+        run_recipe([*light, "--depth-steps", "3"])
+    assert not (tmp_path / "runs" / "student-3").exists()  # refused before any fit
+
+    summary = run_recipe([*light, "--depth-steps", "2"])
+    step, final = tmp_path / "runs" / "student-2" / "version_0", tmp_path / "runs" / "student" / "version_0"
+    last = torch.load(step / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert len(last["hyper_parameters"]["student_layers"]) == 2  # auto:2 of the teacher's three blocks
+    best = Path(next(s["best_model_path"] for k, s in last["callbacks"].items() if k.startswith("ModelCheckpoint")))
+    assert best.parent == step / "checkpoints" and "val_acc" in best.name
+    configs = [yaml.safe_load((run / "config.yaml").read_text()) for run in (step, final)]
+    for config in configs:  # each step distilled from the three-block teacher
+        distillation = next(c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("Distillation"))
+        assert distillation["init_args"]["teacher"] == str(teacher_ckpt)
+    # the last step starts from the two-block student's best checkpoint
+    assert configs[0]["model"]["model"] == str(teacher_ckpt.parent.parent / "teacher-hf")
+    assert configs[1]["model"]["model"] == str(step / "student-hf")
+    started = BertModel.from_pretrained(step / "student-hf").state_dict()
+    trained = Agent.load_from_checkpoint(best, map_location="cpu").model.state_dict()
+    assert started.keys() and all(value.equal(trained[f"bert.{key}"]) for key, value in started.items())
+    student = Agent.load_from_checkpoint(final / "checkpoints" / "last.ckpt", map_location="cpu")
+    assert len(student.model.bert.encoder.layer) == 1
+    assert not (step / "export-onnx").exists() and ExportedAgent(final / "export-onnx").format == "onnx"
+    assert summary.examples == 20
+
+
 def test_compare_with_teacher_refuses_mismatched_labels(tmp_path):
     with pytest.raises(ValueError, match=r"needs as many labels as texts, got 2 and 1"):
         compare_with_teacher(None, tmp_path, ["a", "b"], ["x"])
@@ -171,6 +206,9 @@ def test_compare_with_teacher_refuses_mismatched_labels(tmp_path):
         (["--abstain-precision", "2"], ValueError, r"--abstain-precision=2.0 .*\(0, 1\]"),
         (["--student-lr", "0"], ValueError, r"--student-lr=0.0 .*e.g. --student-lr 3e-4"),
         (["--student-from", "s.ckpt"], ValueError, r"--student-from 's.ckpt' .*give that teacher as well"),
+        (["--depth-steps", "2,x"], ValueError, r"--depth-steps '2,x' must be comma-separated block counts, each"),
+        (["--depth-steps", "1,2"], ValueError, r"--depth-steps '1,2' must be .* smaller than the one before"),
+        (["--depth-steps", "1", "--student-layers", "auto:1"], ValueError, r"ends at 1 blocks, too few for"),
     ],
 )
 def test_bad_options_fail_before_anything_trains(options, error, message, tmp_path, tiny_bert, tiny_data_dir):
