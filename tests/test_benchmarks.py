@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -68,3 +69,25 @@ def test_compress_smollm2_names_each_student_run_by_what_differs():
         _run_name("skew", settings, 43, 50, list(range(20)))
         == "skew-prompt_weight1-temperature2-generated50-from20-seed43"
     )
+    assert _run_name("forward", {}, steps="25,20") == "forward-steps25-20"
+
+
+def test_compress_smollm2_numbers_the_kept_blocks_as_the_teachers(tmp_path):
+    """Through a depth step (student-20 beside student) and a --student-from start, the table's block numbers are
+    the teacher's."""
+    import torch
+
+    from benchmarks.llm.compress_smollm2 import _teacher_blocks
+
+    def run(folder: str, kept: list[int]) -> Path:
+        checkpoints = tmp_path / "forward-steps20" / folder / "version_0" / "checkpoints"
+        checkpoints.mkdir(parents=True)
+        torch.save({"hyper_parameters": {"student_layers": kept}}, checkpoints / "last.ckpt")
+        return checkpoints.parent
+
+    run("student-20", [*range(9), *range(19, 30)])  # of the teacher's 30
+    final = run("student", [0, 1, 2, 8, *range(9, 20)])  # of the step's 20
+    assert _teacher_blocks(final, None, None) == [0, 1, 2, 8, *range(9, 20)]
+    assert _teacher_blocks(final, None, "20") == [0, 1, 2, 8, *range(19, 30)]
+    start = [2 * block for block in range(30)]  # a --student-from start: teacher blocks 0, 2, 4, ...
+    assert _teacher_blocks(final, start, "20") == [0, 2, 4, 16, *range(38, 60, 2)]

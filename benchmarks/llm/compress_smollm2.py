@@ -72,13 +72,15 @@ def _run_name(
     seed: int | None = None,
     generated: int | None = None,
     start: list[int] | None = None,
+    steps: str | None = None,
 ) -> str:
     """A student's folder under ``--runs`` and its key in the results: the divergence, then the ``--distill``
     settings (``forward-prompt_weight1``; ``sft`` takes none), ``generatedN``, ``fromN`` (``--student-from`` a
-    student of N blocks) and the seed when they are given."""
+    student of N blocks), ``stepsN-M`` (``--depth-steps N,M``) and the seed when they are given."""
     parts = [divergence] + ([] if divergence == "sft" else [f"{k}{v}" for k, v in sorted(settings.items())])
     parts += [] if generated is None else [f"generated{generated}"]
     parts += [] if start is None else [f"from{len(start)}"]
+    parts += [] if steps is None else ["steps" + steps.replace(",", "-")]
     return "-".join(parts + ([] if seed is None else [f"seed{seed}"]))
 
 
@@ -129,6 +131,18 @@ def _kept_blocks(checkpoint: Path) -> list[int]:
     return list(hparams["student_layers"])
 
 
+def _teacher_blocks(run_dir: Path, start: list[int] | None, steps: str | None) -> list[int]:
+    """The teacher's numbers of the blocks the student of ``run_dir`` kept: through ``--student-from``'s ``start``
+    (the teacher blocks it kept) and each ``--depth-steps`` step's student (``student-N`` beside ``student``)."""
+    numbers = start
+    step_runs = [] if steps is None else [f"student-{blocks}" for blocks in steps.split(",")]
+    for folder in [*step_runs, "student"]:
+        step = run_dir if folder == "student" else max((run_dir.parent.parent / folder).glob("version_*"))
+        kept = _kept_blocks(step / "checkpoints" / "last.ckpt")
+        numbers = kept if numbers is None else [numbers[index] for index in kept]
+    return numbers
+
+
 def _student(
     args: argparse.Namespace, divergence: str, root: Path, data: Path | None, start: list[int] | None
 ) -> tuple[dict, Path]:
@@ -139,9 +153,10 @@ def _student(
     flags += [f"--distill.{key}={value}" for key, value in sorted(settings.items())]
     if data is not None:
         flags += ["--data.dataset=null"] + [f"--data.{split}_file={data / f'{split}.csv'}" for split in SPLITS]
-    name = _run_name(divergence, settings, args.seed, args.generated, start)
+    name = _run_name(divergence, settings, args.seed, args.generated, start, args.depth_steps)
     command = ["-c", "configs/llm.yaml", "--teacher", str(args.teacher), "--student-layers", args.student_layers]
     command += [] if args.student_from is None else ["--student-from", str(args.student_from)]
+    command += [] if args.depth_steps is None else ["--depth-steps", args.depth_steps]
     command += ["--student-epochs", str(args.student_epochs), "--student-lr", str(args.student_lr), *flags]
     command += [f"--trainer.logger.init_args.save_dir={root / name}", "--trainer.enable_progress_bar=false"]
     command += [] if args.seed is None else [f"--seed_everything={args.seed}"]
@@ -318,6 +333,13 @@ def main() -> None:
         "--student-layers then counts its blocks; the table numbers the blocks as the teacher's, which holds for a "
         "student made from the teacher in one step); those runs go to DIVERGENCE-...-fromN under --runs",
     )
+    parser.add_argument(
+        "--depth-steps",
+        default=None,
+        help="train.py compress --depth-steps: first students of these many blocks in turn, e.g. 20 (each from the "
+        "previous one's best checkpoint; --student-layers then counts the last one's blocks); those runs go to "
+        "DIVERGENCE-...-stepsN-M",
+    )
     parser.add_argument("--student-epochs", type=int, default=3)
     parser.add_argument(
         "--student-lr", type=float, default=3e-4, help="the students' peak learning rate (the teacher's config: 1e-4)"
@@ -391,7 +413,9 @@ def main() -> None:
     if args.generated is not None and not args.measure_only:
         generated = _generated_data(args.generated, teacher, dm, args.runs)
     for divergence in args.divergences:
-        name = _run_name(divergence, _distill_settings(args.distill), args.seed, args.generated, start)
+        name = _run_name(
+            divergence, _distill_settings(args.distill), args.seed, args.generated, start, args.depth_steps
+        )
         if args.measure_only:
             run_dir = max((args.runs / name / "student").glob("version_*"))
             row = _measured_again(divergence, name, run_dir, teacher, dm, args.export_again, args.frequent_tokens)
@@ -414,6 +438,7 @@ def main() -> None:
     teacher_zipped = speed[0]["zipped"]
     teacher_ms = speed[0]["ms_per_request"]
     of = "the 30 blocks" if start is None else f"the {len(start)} blocks {start} of `{args.student_from}`"
+    of += "" if args.depth_steps is None else f" after depth steps of {args.depth_steps} blocks"
     lines = [
         "# The compressed SmolLM2 agent against its teacher and what runs without training",
         "",
@@ -433,8 +458,7 @@ def main() -> None:
             name += " (" + ", ".join(f"`{pair}`" for pair in args.distill) + ")"
         name += "" if args.generated is None else f", + {args.generated} generated requests per action"
         name += "" if args.seed is None else f", seed {args.seed}"
-        kept = _kept_blocks(runs[row["name"]] / "checkpoints" / "last.ckpt")
-        kept = kept if start is None else [start[index] for index in kept]  # the teacher's block numbers
+        kept = _teacher_blocks(runs[row["name"]], start, args.depth_steps)
         manifest = json.loads((runs[row["name"]] / "export-onnx" / MANIFEST).read_text())
         table = manifest.get("embeddings", {})
         rows = f"{table.get('kept_tokens', 'all')} / {table.get('scored_tokens', table.get('kept_tokens', 'all'))}"
