@@ -273,7 +273,8 @@ def run_recipe(args: Sequence[str]) -> RecipeSummary:
         The measured :class:`RecipeSummary` (also written to ``summary.md``/``summary.json``).
 
     Raises:
-        ValueError: bad options (the short flags' own checks), before anything trains.
+        ValueError: bad options (the short flags' own checks), before anything trains; ``--depth-steps`` that do not
+            fit the start's blocks, once the teacher (or ``--student-from``) is known, before any student trains.
         FileExistsError: ``--output`` exists and is not empty, without ``--overwrite`` (checked first).
 
     Example:
