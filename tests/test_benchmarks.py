@@ -75,8 +75,6 @@ def test_compress_smollm2_names_each_student_run_by_what_differs():
 def test_compress_smollm2_numbers_the_kept_blocks_as_the_teachers(tmp_path):
     """Through a depth step (student-20 beside student) and a --student-from start, the table's block numbers are
     the teacher's."""
-    import torch
-
     from benchmarks.llm.compress_smollm2 import _teacher_blocks
 
     def run(folder: str, kept: list[int]) -> Path:

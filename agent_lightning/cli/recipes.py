@@ -56,7 +56,7 @@ from rich.console import Console
 
 from agent_lightning.agent import Agent
 from agent_lightning.cli.lightning_cli import AgentLightningCLI
-from agent_lightning.cli.short_flags import CHOICES, expand_short_flags
+from agent_lightning.cli.short_flags import CHOICES, expand_short_flags, student_layers_argument
 from agent_lightning.deployment.compare import RecipeSummary, compare_with_teacher
 from agent_lightning.deployment.export import describe, export_agent, load_agent_checkpoint
 from agent_lightning.io import atomic_write_text, check_writable_directory
@@ -256,7 +256,7 @@ def _check_depth_steps(value: str | None, layers: str | None, start_blocks: int 
             f"counts below {start_blocks}, e.g. --depth-steps {max(1, (start_blocks * 2) // 3)}."
         )
     auto = auto_layers(layers)
-    indices = [] if layers is None or auto is not None else [int(i) for i in layers.split(",") if i.strip().isdigit()]
+    indices = [] if layers is None or auto is not None else json.loads(student_layers_argument(layers))
     needed = auto[1] + 1 if auto is not None else max(len(indices) + 1, max(indices, default=-1) + 1)
     if needed > steps[-1]:
         raise ValueError(
@@ -311,12 +311,14 @@ def run_recipe(args: Sequence[str]) -> RecipeSummary:
         teacher_ckpt = teacher_cli.trainer.checkpoint_callback.best_model_path
     teacher = Agent.load_from_checkpoint(teacher_ckpt, map_location="cpu").eval()
     generative = teacher.hparams.task == "generation"
-    compression, details = _compression(options, details, generative, blocks=len(block_list(teacher.model)[1]))
+    teacher_blocks = len(block_list(teacher.model)[1])
+    compression, details = _compression(options, details, generative, blocks=teacher_blocks)
     if options.student_from is None:  # the student starts from the teacher's weights, as a Hugging Face folder
-        start, start_blocks = Path(teacher_ckpt).parent.parent / "teacher-hf", len(block_list(teacher.model)[1])
+        start, start_blocks = Path(teacher_ckpt).parent.parent / "teacher-hf", teacher_blocks
     else:
         start, start_blocks = _student_start(options.student_from, teacher)
-    layers = compression[compression.index("--student-layers") + 1]
+    at = compression.index("--student-layers") + 1  # its value, the one flag each depth step changes
+    layers = compression[at]
     steps = _check_depth_steps(options.depth_steps, layers, start_blocks)  # the start's blocks are known now
     if options.student_from is None:
         teacher.save_pretrained(start, overwrite=True)
@@ -331,7 +333,6 @@ def run_recipe(args: Sequence[str]) -> RecipeSummary:
         rest += [f"--model.learning_rate={student_lr:g}"]
 
     def fit_student(name: str, start: Path, layers: str) -> AgentLightningCLI:
-        at = compression.index("--student-layers") + 1
         student_compression = [*compression[:at], layers, *compression[at + 1 :]]
         args = ["fit", *common, f"--trainer.logger.init_args.name={name}", f"--model.model={start}"]
         return AgentLightningCLI.create([*args, *student_compression, *rest])

@@ -138,7 +138,7 @@ def expand_short_flags(args: Sequence[str]) -> list[str]:
     expanded = list(rest)
     expanded += [f"--data.{DATA_FLAGS[flag]}={value}" for flag, value in data.items()]
     if student_layers is not None:
-        expanded.append(f"--model.student_layers={_layers(student_layers)}")
+        expanded.append(f"--model.student_layers={student_layers_argument(student_layers)}")
     for flag in SHORT_FLAGS:  # distillation, pruning, QAT, embeddings: the documented order
         if flag not in main:
             continue
@@ -155,7 +155,7 @@ def _is_fraction(value: str) -> bool:
         return False
 
 
-def _layers(value: str) -> str:
+def student_layers_argument(value: str) -> str:
     """``--student-layers``' value as the Agent's argument: ``[0,2,4]``, or ``auto:N`` (``span:N``,
     ``influence:N``) as it is."""
     if re.fullmatch(r"(auto|span|influence):[1-9]\d*", value.strip()):
