@@ -70,22 +70,37 @@ def test_compress_smollm2_names_each_student_run_by_what_differs():
         == "skew-prompt_weight1-temperature2-generated50-from20-seed43"
     )
     assert _run_name("forward", {}, steps="25,20") == "forward-steps25-20"
+    assert _run_name("forward", {}, 43, start=list(range(20)), ema=0.98) == "forward-from20-ema0.98-seed43"
 
 
 def test_compress_smollm2_numbers_the_kept_blocks_as_the_teachers(tmp_path):
     """Through a depth step (student-20 beside student) and a --student-from start, the table's block numbers are
-    the teacher's."""
+    the teacher's; a step run again is read from its newest version (version_10 after version_9)."""
     from benchmarks.llm.compress_smollm2 import _teacher_blocks
 
-    def run(folder: str, kept: list[int]) -> Path:
-        checkpoints = tmp_path / "forward-steps20" / folder / "version_0" / "checkpoints"
+    def run(folder: str, kept: list[int], version: int = 0) -> Path:
+        checkpoints = tmp_path / "forward-steps20" / folder / f"version_{version}" / "checkpoints"
         checkpoints.mkdir(parents=True)
         torch.save({"hyper_parameters": {"student_layers": kept}}, checkpoints / "last.ckpt")
         return checkpoints.parent
 
-    run("student-20", [*range(9), *range(19, 30)])  # of the teacher's 30
+    run("student-20", list(range(20)), version=9)  # an older run of the step
+    run("student-20", [*range(9), *range(19, 30)], version=10)  # of the teacher's 30
     final = run("student", [0, 1, 2, 8, *range(9, 20)])  # of the step's 20
     assert _teacher_blocks(final, None, None) == [0, 1, 2, 8, *range(9, 20)]
     assert _teacher_blocks(final, None, "20") == [0, 1, 2, 8, *range(19, 30)]
     start = [2 * block for block in range(30)]  # a --student-from start: teacher blocks 0, 2, 4, ...
     assert _teacher_blocks(final, start, "20") == [0, 2, 4, 16, *range(38, 60, 2)]
+
+
+def test_compress_smollm2_reads_the_raw_weights_an_ema_checkpoint_keeps_beside_the_average(tmp_path):
+    from benchmarks.llm.compress_smollm2 import _without_average
+
+    checkpoint = tmp_path / "last.ckpt"
+    average, raw = {"w": torch.zeros(2)}, {"w": torch.ones(2)}
+    torch.save({"state_dict": average, "current_model_state": raw, "averaging_state": {"n_averaged": 3}}, checkpoint)
+    copy = torch.load(_without_average(checkpoint, str(tmp_path)), weights_only=False)
+    assert copy["state_dict"]["w"].equal(raw["w"]) and set(copy) == {"state_dict"}
+    torch.save({"state_dict": average}, checkpoint)  # saved without the callback
+    with pytest.raises(ValueError, match=r"holds no current_model_state; was it saved with EMAWeightAveraging"):
+        _without_average(checkpoint, str(tmp_path))

@@ -51,6 +51,7 @@ from agent_lightning.deployment.measure import file_bytes, saved_bytes  # noqa: 
 from agent_lightning.deployment.peers import decoder_peers  # noqa: E402
 from agent_lightning.deployment.runtime import MANIFEST, ExportedAgent, model_file  # noqa: E402
 from agent_lightning.distillation.synthetic import RequestGenerationConfig, generate_requests  # noqa: E402
+from agent_lightning.evaluation import action_accuracy  # noqa: E402
 from agent_lightning.generation import free_greedy  # noqa: E402
 from agent_lightning.io import atomic_write_csv, atomic_write_text  # noqa: E402
 from agent_lightning.quantization.checkpoint import callback_state  # noqa: E402
@@ -73,14 +74,17 @@ def _run_name(
     generated: int | None = None,
     start: list[int] | None = None,
     steps: str | None = None,
+    ema: float | None = None,
 ) -> str:
     """A student's folder under ``--runs`` and its key in the results: the divergence, then the ``--distill``
     settings (``forward-prompt_weight1``; ``sft`` takes none), ``generatedN``, ``fromN`` (``--student-from`` a
-    student of N blocks), ``stepsN-M`` (``--depth-steps N,M``) and the seed when they are given."""
+    student of N blocks), ``stepsN-M`` (``--depth-steps N,M``), ``emaD`` (``--ema D``) and the seed when they are
+    given."""
     parts = [divergence] + ([] if divergence == "sft" else [f"{k}{v}" for k, v in sorted(settings.items())])
     parts += [] if generated is None else [f"generated{generated}"]
     parts += [] if start is None else [f"from{len(start)}"]
     parts += [] if steps is None else ["steps" + steps.replace(",", "-")]
+    parts += [] if ema is None else [f"ema{ema:g}"]
     return "-".join(parts + ([] if seed is None else [f"seed{seed}"]))
 
 
@@ -125,6 +129,11 @@ def _generated_data(per_label: int, teacher: Agent, data: TextClassificationData
     return folder
 
 
+def _newest_version(folder: Path) -> Path:
+    """The logger's newest ``version_N`` folder under ``folder`` (by number: ``version_10`` after ``version_9``)."""
+    return max(folder.glob("version_*"), key=lambda run: int(run.name.removeprefix("version_")))
+
+
 def _kept_blocks(checkpoint: Path) -> list[int]:
     """The blocks a student checkpoint kept (its ``student_layers`` as picked: ``hparams.yaml`` holds ``auto:N``)."""
     hparams = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)["hyper_parameters"]
@@ -137,38 +146,71 @@ def _teacher_blocks(run_dir: Path, start: list[int] | None, steps: str | None) -
     numbers = start
     step_runs = [] if steps is None else [f"student-{blocks}" for blocks in steps.split(",")]
     for folder in [*step_runs, "student"]:
-        step = run_dir if folder == "student" else max((run_dir.parent.parent / folder).glob("version_*"))
+        step = run_dir if folder == "student" else _newest_version(run_dir.parent.parent / folder)
         kept = _kept_blocks(step / "checkpoints" / "last.ckpt")
         numbers = kept if numbers is None else [numbers[index] for index in kept]
     return numbers
 
 
 def _student(
-    args: argparse.Namespace, divergence: str, root: Path, data: Path | None, start: list[int] | None
+    args: argparse.Namespace,
+    divergence: str,
+    root: Path,
+    data: Path | None,
+    start: list[int] | None,
+    data_module: TextClassificationDataModule,
 ) -> tuple[dict, Path]:
     """Run ``compress`` for one divergence (on ``data``'s files when given; from ``--student-from``, whose kept
-    teacher blocks are ``start``, when given); its summary and run folder."""
+    teacher blocks are ``start``, when given); its summary and run folder. ``data_module``: the built-in splits, whose
+    test split measures ``--ema``'s raw weights."""
     flags = ["--distill.alpha=1.0"] if divergence == "sft" else [f"--distill.divergence={divergence}"]
     settings = {} if divergence == "sft" else _distill_settings(args.distill)
     flags += [f"--distill.{key}={value}" for key, value in sorted(settings.items())]
     if data is not None:
         flags += ["--data.dataset=null"] + [f"--data.{split}_file={data / f'{split}.csv'}" for split in SPLITS]
-    name = _run_name(divergence, settings, args.seed, args.generated, start, args.depth_steps)
+    name = _run_name(divergence, settings, args.seed, args.generated, start, args.depth_steps, args.ema)
     command = ["-c", "configs/llm.yaml", "--teacher", str(args.teacher), "--student-layers", args.student_layers]
     command += [] if args.student_from is None else ["--student-from", str(args.student_from)]
     command += [] if args.depth_steps is None else ["--depth-steps", args.depth_steps]
     command += ["--student-epochs", str(args.student_epochs), "--student-lr", str(args.student_lr), *flags]
     command += [f"--trainer.logger.init_args.save_dir={root / name}", "--trainer.enable_progress_bar=false"]
     command += [] if args.seed is None else [f"--seed_everything={args.seed}"]
+    if args.ema is not None:  # Lightning's own callback: checkpoints hold the average, the raw weights beside it
+        command += ["--trainer.callbacks+=EMAWeightAveraging", f"--trainer.callbacks.decay={args.ema}"]
     if args.limit_batches is not None:
         command += [f"--trainer.limit_train_batches={args.limit_batches}", "--trainer.limit_val_batches=1"]
         command += ["--trainer.limit_test_batches=1"]
     started = time.perf_counter()
     summary = run_recipe(command)
     seconds = time.perf_counter() - started
-    run_dir = max((root / name / "student").glob("version_*"))
-    atomic_write_text(run_dir / "benchmark.json", json.dumps({"seconds": seconds}))  # for --measure-only
-    return {"divergence": divergence, "name": name, "seconds": seconds, **summary.__dict__}, run_dir
+    run_dir = _newest_version(root / name / "student")
+    recorded = {"seconds": seconds}
+    if args.ema is not None:
+        recorded["raw_acc"] = _raw_accuracy(run_dir, data_module)
+    atomic_write_text(run_dir / "benchmark.json", json.dumps(recorded))  # for --measure-only
+    return {"divergence": divergence, "name": name, **recorded, **summary.__dict__}, run_dir
+
+
+def _without_average(checkpoint: Path, folder: str) -> Path:
+    """A copy of ``checkpoint`` in ``folder`` holding the run's raw weights instead of their average: Lightning's
+    ``EMAWeightAveraging`` saves the average as ``state_dict`` and the weights as trained as ``current_model_state``."""
+    raw = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if "current_model_state" not in raw:
+        raise ValueError(f"--ema: {checkpoint} holds no current_model_state; was it saved with EMAWeightAveraging?")
+    raw["state_dict"] = raw.pop("current_model_state")
+    raw.pop("averaging_state", None)
+    copy = Path(folder) / f"{checkpoint.stem}-raw.ckpt"
+    torch.save(raw, copy)
+    return copy
+
+
+def _raw_accuracy(run_dir: Path, data: TextClassificationDataModule) -> float:
+    """``--ema``: the test action accuracy of the run's last weights without the average, exported as the run's
+    student was: the same training, with and without averaging."""
+    with tempfile.TemporaryDirectory(prefix="raw-", dir=run_dir) as folder:  # checkpoint- and export-sized, removed
+        export_agent(_without_average(run_dir / "checkpoints" / "last.ckpt", folder), Path(folder) / "export-onnx")
+        test = data.splits["test"]
+        return action_accuracy(ExportedAgent(Path(folder) / "export-onnx"), test.texts, test.labels)
 
 
 def _with_frequent_tokens(checkpoint: Path, frequent: int, folder: str) -> Path:
@@ -197,14 +239,10 @@ def _measured_again(
     """``--measure-only``: a trained student's summary as its ``compress`` run wrote it or, with ``export_again``, its
     last checkpoint exported again (with this code; with ``frequent``, keeping that many frequent tokens in its table)
     and measured against the teacher as ``compress`` does; the training time is the one its first run recorded."""
-    seconds = json.loads((run_dir / "benchmark.json").read_text())["seconds"]
+    recorded = json.loads((run_dir / "benchmark.json").read_text())  # seconds, and raw_acc for --ema
     if not export_again:
-        return {
-            "divergence": divergence,
-            "name": name,
-            "seconds": seconds,
-            **json.loads((run_dir / "summary.json").read_text()),
-        }
+        summary = json.loads((run_dir / "summary.json").read_text())
+        return {"divergence": divergence, "name": name, **recorded, **summary}
     export = run_dir / "export-onnx"
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     with tempfile.TemporaryDirectory(prefix="frequent-", dir=run_dir) as folder:  # a checkpoint-sized copy, removed
@@ -219,7 +257,7 @@ def _measured_again(
         teacher, export, test.texts, test.labels, "test", abstain=(val.texts, val.labels, 0.95)
     )
     atomic_write_text(run_dir / "summary.json", json.dumps(dataclasses.asdict(summary), indent=2))
-    return {"divergence": divergence, "name": name, "seconds": seconds, **summary.__dict__}
+    return {"divergence": divergence, "name": name, **recorded, **summary.__dict__}
 
 
 class _Llama:
@@ -391,7 +429,18 @@ def main() -> None:
         "students' training data, labelled by the teacher's answers (made once under --runs); those runs go to "
         "DIVERGENCE-...-generatedN",
     )
+    parser.add_argument(
+        "--ema",
+        type=float,
+        default=None,
+        metavar="DECAY",
+        help="average the students' weights as they train (Lightning's EMAWeightAveraging, this decay per step, e.g. "
+        "0.98): the checkpoints, hence the exports, hold the average; each run's raw last weights are exported and "
+        "measured too (the same training without the average); those runs go to DIVERGENCE-...-emaD",
+    )
     args = parser.parse_args()
+    if args.ema is not None and not 0 < args.ema < 1:
+        parser.error(f"--ema {args.ema}: give the average's decay per step in (0, 1), e.g. --ema 0.98.")
     if args.generated is not None and args.generated < 1:
         parser.error(f"--generated {args.generated}: give the requests per action to write, e.g. --generated 50.")
     if any("=" not in pair or pair.startswith("divergence=") for pair in args.distill):
@@ -414,13 +463,13 @@ def main() -> None:
         generated = _generated_data(args.generated, teacher, dm, args.runs)
     for divergence in args.divergences:
         name = _run_name(
-            divergence, _distill_settings(args.distill), args.seed, args.generated, start, args.depth_steps
+            divergence, _distill_settings(args.distill), args.seed, args.generated, start, args.depth_steps, args.ema
         )
         if args.measure_only:
-            run_dir = max((args.runs / name / "student").glob("version_*"))
+            run_dir = _newest_version(args.runs / name / "student")
             row = _measured_again(divergence, name, run_dir, teacher, dm, args.export_again, args.frequent_tokens)
         else:
-            row, run_dir = _student(args, divergence, args.runs, generated, start)
+            row, run_dir = _student(args, divergence, args.runs, generated, start, dm)
         students.append(row)
         runs[name] = run_dir
         print(json.dumps({k: row[k] for k in ("name", "student_acc", "teacher_acc", "seconds")}), flush=True)
@@ -458,6 +507,7 @@ def main() -> None:
             name += " (" + ", ".join(f"`{pair}`" for pair in args.distill) + ")"
         name += "" if args.generated is None else f", + {args.generated} generated requests per action"
         name += "" if args.seed is None else f", seed {args.seed}"
+        name += "" if args.ema is None else f", EMA {args.ema:g} (raw weights: {pct(row['raw_acc'])})"
         kept = _teacher_blocks(runs[row["name"]], start, args.depth_steps)
         manifest = json.loads((runs[row["name"]] / "export-onnx" / MANIFEST).read_text())
         table = manifest.get("embeddings", {})

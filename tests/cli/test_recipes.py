@@ -192,6 +192,29 @@ def test_compress_depth_steps_start_each_step_from_the_previous_steps_best_check
     assert summary.examples == 20
 
 
+def test_compress_exports_the_average_with_lightnings_ema_weight_averaging(tmp_path, tiny_bert, tiny_data_dir):
+    """``--trainer.callbacks+=EMAWeightAveraging`` (docs/llm-agent.md): the student's checkpoints hold the average
+    beside the raw weights, and the export (read from ``last.ckpt``) answers as the average does, not as the raw
+    weights do."""
+    ema = ["--trainer.callbacks+=EMAWeightAveraging", "--trainer.callbacks.decay=0.5"]
+    plain = ["--student-layers", "1", "--prune", "none", "--qat", "none", "--embeddings", "none"]  # an fp32 export
+    run_recipe([*_common(tmp_path, tiny_bert, tiny_data_dir), *ema, *plain])
+    run = tmp_path / "runs" / "student" / "version_0"
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    average, raw = last["state_dict"], last["current_model_state"]
+    assert average.keys() == raw.keys() and any(not average[k].equal(raw[k]) for k in average)
+    student = Agent.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu").eval()
+    export = ExportedAgent(run / "export-onnx")
+    texts = ["play some jazz", "wake me at seven", "what is the weather", "call mom"]
+    encoded = export.encode(texts)
+    with torch.no_grad():
+        averaged = student.model(**encoded).logits
+        student.load_state_dict(raw)
+        unaveraged = student.model(**encoded).logits
+    exported = export.logits(texts)
+    assert (exported - averaged).abs().max() < 1e-5 < (exported - unaveraged).abs().max()
+
+
 def test_compare_with_teacher_refuses_mismatched_labels(tmp_path):
     with pytest.raises(ValueError, match=r"needs as many labels as texts, got 2 and 1"):
         compare_with_teacher(None, tmp_path, ["a", "b"], ["x"])
