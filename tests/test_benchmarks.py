@@ -71,6 +71,9 @@ def test_compress_smollm2_names_each_student_run_by_what_differs():
     )
     assert _run_name("forward", {}, steps="25,20") == "forward-steps25-20"
     assert _run_name("forward", {}, 43, start=list(range(20)), ema=0.98) == "forward-from20-ema0.98-seed43"
+    # another budget or rate is another run: --measure-only must not read the recipe's run under the same name
+    assert _run_name("forward", {}, epochs=3, lr=3e-4) == "forward"
+    assert _run_name("forward", {}, epochs=5, lr=1e-4) == "forward-epochs5-lr0.0001"
 
 
 def test_compress_smollm2_numbers_the_kept_blocks_as_the_teachers(tmp_path):

@@ -55,6 +55,7 @@ from agent_lightning.deployment.onnx_program import ONNX_MODEL, ONNX_OPSET, int8
 from agent_lightning.deployment.runtime import MANIFEST, PROGRAM, ExportedAgent
 from agent_lightning.generation import position_ids
 from agent_lightning.io import atomic_directory, check_writable_directory
+from agent_lightning.pruning.masks import apply_masks
 from agent_lightning.pruning.removal import load_pretrained_pruned, remove_structure
 from agent_lightning.quantization.checkpoint import callback_state, compact_from_checkpoint, prepare_from_checkpoint
 from agent_lightning.quantization.convert import convert, converted_modules
@@ -65,6 +66,7 @@ from agent_lightning.quiet import messages_dropped
 __all__ = [
     "ExportFormat",
     "apply_recorded_compression",
+    "apply_recorded_masks",
     "ExportResult",
     "LogitsProgram",
     "describe",
@@ -122,7 +124,8 @@ class ExportResult:
 
 
 def load_agent_checkpoint(path: str | os.PathLike) -> tuple[Agent, dict]:
-    """Load an :class:`Agent` and its raw checkpoint dict from ``path`` (on the CPU).
+    """Load an :class:`Agent` and its raw checkpoint dict from ``path`` (on the CPU), its run's pruning masks applied
+    (:func:`apply_recorded_masks`).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -146,7 +149,32 @@ def load_agent_checkpoint(path: str | os.PathLike) -> tuple[Agent, dict]:
             "'model' backbone). Export the checkpoints that `train.py fit` writes under runs/.../checkpoints/."
         )
     agent = Agent.load_from_checkpoint(path, map_location="cpu")
+    apply_recorded_masks(agent, checkpoint)
     return agent.eval(), checkpoint
+
+
+@torch.no_grad()
+def apply_recorded_masks(agent: Agent, raw: dict) -> int:
+    """Zero the weights the checkpoint's ``Pruning`` masks removed, in place; returns how many were not zero.
+
+    A pruning run's own weights are zero where its masks are, but the weights a checkpoint carries need not be the
+    run's own: Lightning's ``EMAWeightAveraging`` saves its average, whose masked entries still hold the decayed
+    values of the steps before the masks. ``raw`` is the checkpoint dict :func:`load_agent_checkpoint` returns.
+
+    Raises:
+        ValueError: a mask names a parameter the agent does not have, or has another shape.
+    """
+    keep = (callback_state(raw, "Pruning") or {}).get("keep") or {}
+    parameters = dict(agent.named_parameters())
+    wrong = [name for name, mask in keep.items() if name not in parameters or parameters[name].shape != mask.shape]
+    if wrong:
+        raise ValueError(
+            f"The checkpoint's Pruning masks do not fit its model's parameters ({wrong[:3]}); export the checkpoint "
+            "the pruning run wrote (runs/.../checkpoints/*.ckpt), with the model it was pruned from."
+        )
+    revived = sum(int(parameters[name][~mask].count_nonzero()) for name, mask in keep.items())
+    apply_masks(parameters, keep)
+    return revived
 
 
 def export_agent(

@@ -59,6 +59,7 @@ from benchmarks.common import command_line, write_results  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DIVERGENCES = ("forward", "reverse", "skew", "sft")
+STUDENT_EPOCHS, STUDENT_LR = 3, 3e-4  # the recipe's (configs/llm.yaml's teacher trains at 1e-4)
 SPLITS = ("train", "val", "test")
 
 
@@ -75,16 +76,20 @@ def _run_name(
     start: list[int] | None = None,
     steps: str | None = None,
     ema: float | None = None,
+    epochs: int = STUDENT_EPOCHS,
+    lr: float = STUDENT_LR,
 ) -> str:
     """A student's folder under ``--runs`` and its key in the results: the divergence, then the ``--distill``
     settings (``forward-prompt_weight1``; ``sft`` takes none), ``generatedN``, ``fromN`` (``--student-from`` a
-    student of N blocks), ``stepsN-M`` (``--depth-steps N,M``), ``emaD`` (``--ema D``) and the seed when they are
-    given."""
+    student of N blocks), ``stepsN-M`` (``--depth-steps N,M``), ``emaD`` (``--ema D``), ``epochsN`` and ``lrX``
+    (``--student-epochs`` and ``--student-lr`` other than the recipe's) and the seed when they are given."""
     parts = [divergence] + ([] if divergence == "sft" else [f"{k}{v}" for k, v in sorted(settings.items())])
     parts += [] if generated is None else [f"generated{generated}"]
     parts += [] if start is None else [f"from{len(start)}"]
     parts += [] if steps is None else ["steps" + steps.replace(",", "-")]
     parts += [] if ema is None else [f"ema{ema:g}"]
+    parts += [] if epochs == STUDENT_EPOCHS else [f"epochs{epochs}"]
+    parts += [] if lr == STUDENT_LR else [f"lr{lr:g}"]
     return "-".join(parts + ([] if seed is None else [f"seed{seed}"]))
 
 
@@ -168,7 +173,17 @@ def _student(
     flags += [f"--distill.{key}={value}" for key, value in sorted(settings.items())]
     if data is not None:
         flags += ["--data.dataset=null"] + [f"--data.{split}_file={data / f'{split}.csv'}" for split in SPLITS]
-    name = _run_name(divergence, settings, args.seed, args.generated, start, args.depth_steps, args.ema)
+    name = _run_name(
+        divergence,
+        settings,
+        args.seed,
+        args.generated,
+        start,
+        args.depth_steps,
+        args.ema,
+        args.student_epochs,
+        args.student_lr,
+    )
     command = ["-c", "configs/llm.yaml", "--teacher", str(args.teacher), "--student-layers", args.student_layers]
     command += [] if args.student_from is None else ["--student-from", str(args.student_from)]
     command += [] if args.depth_steps is None else ["--depth-steps", args.depth_steps]
@@ -378,9 +393,18 @@ def main() -> None:
         "previous one's best checkpoint; --student-layers then counts the last one's blocks); those runs go to "
         "DIVERGENCE-...-stepsN-M",
     )
-    parser.add_argument("--student-epochs", type=int, default=3)
     parser.add_argument(
-        "--student-lr", type=float, default=3e-4, help="the students' peak learning rate (the teacher's config: 1e-4)"
+        "--student-epochs",
+        type=int,
+        default=STUDENT_EPOCHS,
+        help=f"the students' epochs (default {STUDENT_EPOCHS}); other counts go to DIVERGENCE-...-epochsN",
+    )
+    parser.add_argument(
+        "--student-lr",
+        type=float,
+        default=STUDENT_LR,
+        help=f"the students' peak learning rate (default {STUDENT_LR:g}; the teacher's config: 1e-4); other rates go "
+        "to DIVERGENCE-...-lrX",
     )
     parser.add_argument("--timed", type=int, default=20, help="test requests in the speed table")
     parser.add_argument("--rounds", type=int, default=5, help="timed passes per request and runtime (median)")
@@ -462,8 +486,17 @@ def main() -> None:
     if args.generated is not None and not args.measure_only:
         generated = _generated_data(args.generated, teacher, dm, args.runs)
     for divergence in args.divergences:
+        settings = _distill_settings(args.distill)
         name = _run_name(
-            divergence, _distill_settings(args.distill), args.seed, args.generated, start, args.depth_steps, args.ema
+            divergence,
+            settings,
+            args.seed,
+            args.generated,
+            start,
+            args.depth_steps,
+            args.ema,
+            args.student_epochs,
+            args.student_lr,
         )
         if args.measure_only:
             run_dir = _newest_version(args.runs / name / "student")

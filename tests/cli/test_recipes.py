@@ -21,6 +21,7 @@ from agent_lightning.cli.recipes import (
     run_recipe,
 )
 from agent_lightning.deployment.compare import RecipeSummary, compare_with_teacher
+from agent_lightning.deployment.export import load_agent_checkpoint
 from agent_lightning.deployment.measure import file_bytes, saved_bytes
 from agent_lightning.deployment.onnx_program import ONNX_MODEL
 from agent_lightning.deployment.runtime import ExportedAgent
@@ -213,6 +214,33 @@ def test_compress_exports_the_average_with_lightnings_ema_weight_averaging(tmp_p
         unaveraged = student.model(**encoded).logits
     exported = export.logits(texts)
     assert (exported - averaged).abs().max() < 1e-5 < (exported - unaveraged).abs().max()
+
+
+def test_compress_exports_the_pruning_masks_over_lightnings_ema_average(tmp_path, tiny_bert, tiny_data_dir):
+    """An average of weights is not zero where ``Pruning`` masked them (it averages steps from before the masks):
+    the export applies the run's recorded masks to the average, so it answers as the masked average does."""
+    ema = ["--trainer.callbacks+=EMAWeightAveraging", "--trainer.callbacks.decay=0.999"]  # mostly the start
+    prune = ["--prune", "0.5", "--prune.method=magnitude", "--prune.end=0.5", "--prune.frequency=1"]
+    plain = ["--student-layers", "1", "--qat", "none", "--embeddings", "none"]  # an fp32 export
+    run_recipe([*_common(tmp_path, tiny_bert, tiny_data_dir), *ema, *prune, *plain])
+    last = tmp_path / "runs" / "student" / "version_0" / "checkpoints" / "last.ckpt"
+    raw = torch.load(last, map_location="cpu", weights_only=False)
+    keep = next(state for key, state in raw["callbacks"].items() if key.startswith("Pruning"))["keep"]
+    assert keep and all(0.4 < 1 - mask.float().mean() < 0.6 for mask in keep.values())  # half of each layer
+    revived = sum(int(raw["state_dict"][name][~mask].count_nonzero()) for name, mask in keep.items())
+    assert revived > 0  # the average the checkpoint holds is not zero where the masks are
+    student = Agent.load_from_checkpoint(last, map_location="cpu").eval()
+    loaded, _ = load_agent_checkpoint(last)
+    parameters, masked = dict(student.named_parameters()), dict(loaded.named_parameters())
+    assert all(masked[name][~mask].count_nonzero() == 0 for name, mask in keep.items())
+    assert all(masked[name][mask].equal(parameters[name][mask]) for name, mask in keep.items())
+    export = ExportedAgent(tmp_path / "runs" / "student" / "version_0" / "export-onnx")
+    texts = ["play some jazz", "wake me at seven", "what is the weather", "call mom"]
+    encoded = export.encode(texts)
+    with torch.no_grad():
+        unmasked, averaged_and_masked = student.model(**encoded).logits, loaded.model(**encoded).logits
+    exported = export.logits(texts)
+    assert (exported - averaged_and_masked).abs().max() < 1e-5 < (exported - unmasked).abs().max()
 
 
 def test_compare_with_teacher_refuses_mismatched_labels(tmp_path):

@@ -14,7 +14,7 @@ from transformers import AutoModelForSequenceClassification
 from agent_lightning import Agent, TextClassificationDataModule
 from agent_lightning.callbacks import QuantizationAwareTraining, prepare_from_checkpoint
 from agent_lightning.cli import main
-from agent_lightning.deployment.export import export_agent
+from agent_lightning.deployment.export import apply_recorded_masks, export_agent
 from agent_lightning.deployment.runtime import ExportedAgent
 from agent_lightning.quantization import convert, converted_modules
 from tests.conftest import quiet_trainer
@@ -106,6 +106,20 @@ def test_refusals_leave_nothing_behind(tmp_path, agent_checkpoint, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         export_agent(agent_checkpoint, tmp_path / "half", "int8")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["agent.ckpt", "boring.ckpt", "taken", "truncated.ckpt"]
+
+
+def test_recorded_masks_zero_the_loaded_weights_and_refuse_another_model(agent_checkpoint):
+    agent = Agent.load_from_checkpoint(agent_checkpoint)
+    name = "model.bert.encoder.layer.0.attention.self.query.weight"
+    weight = dict(agent.named_parameters())[name]
+    keep = torch.rand(weight.shape, generator=torch.Generator().manual_seed(0)) < 0.5
+    before = weight.detach().clone()
+    assert apply_recorded_masks(agent, {"callbacks": {"Pruning{}": {"keep": {name: keep}}}}) == int((~keep).sum())
+    assert weight[~keep].count_nonzero() == 0 and weight[keep].equal(before[keep])
+    assert apply_recorded_masks(agent, {"callbacks": {}}) == 0  # a run without pruning: nothing to do
+    for wrong in ({"model.missing.weight": keep}, {name: keep[:, :3]}):
+        with pytest.raises(ValueError, match=r"Pruning masks do not fit its model.s parameters .*export the"):
+            apply_recorded_masks(agent, {"callbacks": {"Pruning{}": {"keep": wrong}}})
 
 
 def test_export_from_the_command_line(tmp_path, agent_checkpoint, capsys):
