@@ -93,6 +93,22 @@ def _run_name(
     return "-".join(parts + ([] if seed is None else [f"seed{seed}"]))
 
 
+def _args_run_name(args: argparse.Namespace, divergence: str, start: list[int] | None) -> str:
+    """:func:`_run_name` of this command line's student for ``divergence`` (``start``: the teacher blocks
+    ``--student-from``'s student kept)."""
+    return _run_name(
+        divergence,
+        _distill_settings(args.distill),
+        args.seed,
+        args.generated,
+        start,
+        args.depth_steps,
+        args.ema,
+        args.student_epochs,
+        args.student_lr,
+    )
+
+
 def _generated_data(per_label: int, teacher: Agent, data: TextClassificationDataModule, root: Path) -> Path:
     """``--generated N``: a data folder whose ``train.csv`` holds the training split and N new requests per action
     written by SmolLM2-135M-Instruct itself (few-shot lists of training requests, :func:`generate_requests`) with the
@@ -173,17 +189,7 @@ def _student(
     flags += [f"--distill.{key}={value}" for key, value in sorted(settings.items())]
     if data is not None:
         flags += ["--data.dataset=null"] + [f"--data.{split}_file={data / f'{split}.csv'}" for split in SPLITS]
-    name = _run_name(
-        divergence,
-        settings,
-        args.seed,
-        args.generated,
-        start,
-        args.depth_steps,
-        args.ema,
-        args.student_epochs,
-        args.student_lr,
-    )
+    name = _args_run_name(args, divergence, start)
     command = ["-c", "configs/llm.yaml", "--teacher", str(args.teacher), "--student-layers", args.student_layers]
     command += [] if args.student_from is None else ["--student-from", str(args.student_from)]
     command += [] if args.depth_steps is None else ["--depth-steps", args.depth_steps]
@@ -486,18 +492,7 @@ def main() -> None:
     if args.generated is not None and not args.measure_only:
         generated = _generated_data(args.generated, teacher, dm, args.runs)
     for divergence in args.divergences:
-        settings = _distill_settings(args.distill)
-        name = _run_name(
-            divergence,
-            settings,
-            args.seed,
-            args.generated,
-            start,
-            args.depth_steps,
-            args.ema,
-            args.student_epochs,
-            args.student_lr,
-        )
+        name = _args_run_name(args, divergence, start)
         if args.measure_only:
             run_dir = _newest_version(args.runs / name / "student")
             row = _measured_again(divergence, name, run_dir, teacher, dm, args.export_again, args.frequent_tokens)
